@@ -1,0 +1,31 @@
+"""Dataset adapters: metadata + audio on disk -> DatasetSpec. One module per dataset."""
+
+from __future__ import annotations
+
+import importlib
+
+from c2fdata.datasets.base import Clip, DatasetSpec, FileSource
+
+# name -> (module, function); imported lazily so that one adapter's optional needs
+# (e.g. the synthesiser behind `instruments`) never break the others.
+ADAPTERS = {
+    "audioset": ("c2fdata.datasets.audioset", "prepare_audioset"),
+    "vggsound": ("c2fdata.datasets.vggsound", "prepare_vggsound"),
+    "esc50": ("c2fdata.datasets.esc50", "prepare_esc50"),
+    "voxceleb": ("c2fdata.datasets.voxceleb", "prepare_voxceleb"),
+    "folder": ("c2fdata.datasets.folder", "prepare_folder"),
+    "instruments": ("c2fdata.datasets.instruments", "prepare_instruments"),
+}
+NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
+
+
+def prepare(name: str, root=None, **options) -> DatasetSpec:
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
+    if name in NEEDS_ROOT and root is None:
+        raise ValueError(f"dataset {name!r} needs --root (the folder holding its metadata and audio)")
+    module, func = ADAPTERS[name]
+    return getattr(importlib.import_module(module), func)(root, **options)
+
+
+__all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "prepare"]

@@ -1,0 +1,201 @@
+"""c2fdata command line: thin wrappers over build_store / store_info / verify_store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from c2fdata import __version__
+from c2fdata.datasets import ADAPTERS
+
+console = Console(stderr=True)
+
+
+def progress_bar(unit: str = "clips") -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Build, inspect and check c2f feature stores (Kaldi fbank in chunked Zarr)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+@main.command()
+@click.option("--dataset", required=True, type=click.Choice(sorted(ADAPTERS)), help="Dataset adapter.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Folder with the dataset's metadata and audio (see README).")
+@click.option("--out", type=click.Path(path_type=Path), help="Store to write (default: stores/DATASET).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes decoding audio and computing features.")
+@click.option("--shard", default="0/1", show_default=True, help="K/N: this builder fills every N-th block from K (0 <= K < N).")
+@click.option("--limit", type=int, help="At most this many clips per split (a quick trial).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad clip or metadata problem.")
+@click.option("--fold", type=int, default=1, show_default=True, help="esc50: the fold used as the eval split.")
+@click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
+@click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
+@click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
+def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed):
+    """Turn a dataset into a feature store; re-run the same command to resume."""
+    from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
+    from c2fdata.store import DEFAULT_BLOCK_CLIPS, StoreFormatError
+
+    options = {"fold": fold, "seed": seed}
+    if target_frames:
+        options["target_frames"] = target_frames
+    try:
+        cfg = BuildConfig(
+            dataset=dataset, root=root, out=out or Path("stores") / dataset, workers=workers,
+            shard=parse_shard(shard), limit=limit, strict=strict,
+            block_clips=block_clips or DEFAULT_BLOCK_CLIPS, options=options,
+        )
+    except ValueError as err:
+        fail(str(err))
+    console.print(f"building [bold]{dataset}[/] -> {cfg.out} with {workers} worker(s), shard {shard}")
+    with progress_bar() as bar:
+        task = bar.add_task("features", total=None, rate="")
+        state = {}
+
+        def progress(done, total):
+            import time
+
+            now = time.perf_counter()
+            state.setdefault("t0", now)
+            rate = done / (now - state["t0"]) if now > state["t0"] else 0.0
+            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} clips/s")
+
+        try:
+            result = build_store(cfg, progress=progress)
+        except (ValueError, StoreFormatError, StrictError) as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            fail(f"interrupted; finished blocks are kept: re-run the same command to resume {cfg.out}")
+    _print_build(result)
+
+
+def _print_build(result) -> None:
+    t = Table(title=f"store {result.path}")
+    for col in ("split", "clips", "ok", "failed", "pending"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, c in result.completion.items():
+        t.add_row(split, str(c["clips"]), str(c["ok"]), str(c["failed"]), str(c["pending"]))
+    console.print(t)
+    rate = result.computed / result.seconds if result.seconds else 0
+    console.print(f"computed {result.computed} clips in {result.seconds:.1f} s ({rate:,.1f} clips/s)")
+    if result.problems:
+        _print_problems(result.problems)
+    if result.finalized:
+        s = result.stats
+        console.print(f"[green]finalised[/]: mean {s['mean']:.4f}, std {s['std']:.4f} over {s['frames']:,} values of '{s['split']}'")
+    else:
+        console.print("[yellow]not finalised yet[/]: other shards are still pending; "
+                      f"once they finish, run `c2fdata finalize {result.path}` (the last builder does it itself)")
+
+
+def _print_problems(problems, shown: int = 10) -> None:
+    counts = Counter((p["reason"], p["fatal"]) for p in problems)
+    t = Table(title="build report (kept in the store: `c2fdata info STORE --problems`)")
+    t.add_column("reason")
+    t.add_column("clips", justify="right")
+    t.add_column("effect")
+    t.add_column("example")
+    for (reason, fatal), n in counts.most_common():
+        example = next(p for p in problems if p["reason"] == reason)
+        t.add_row(reason, str(n), "skipped" if fatal or reason in ("missing", "unknown-label") else "kept",
+                  f"{example['split']}/{example['id']}: {example['detail']}"[:100])
+    console.print(t)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def finalize(store):
+    """Compute normalisation stats once every shard of a sharded build is complete."""
+    from c2fdata import store as st
+
+    try:
+        group = st.open_store(store, mode="r+")
+    except st.StoreFormatError as err:
+        fail(str(err))
+    stats = st.finalize(group, store)
+    if stats is None:
+        pending = {s: c["pending"] for s, c in st.completion(group).items() if c["pending"]}
+        fail(f"{store}: clips still pending {pending}; finish every --shard first")
+    console.print(f"finalised {store}: mean {stats['mean']:.4f}, std {stats['std']:.4f}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--problems", is_flag=True, help="List every problem the build recorded.")
+def info(store, as_json, problems):
+    """What a store holds."""
+    from c2fdata.info import build_problems, store_info
+    from c2fdata.store import StoreFormatError
+
+    try:
+        d = store_info(store)
+    except StoreFormatError as err:
+        fail(str(err))
+    if problems:
+        d["problems"] = build_problems(store)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    out = Console()
+    t = Table(title=f"{d['dataset']} store at {d['path']}")
+    for col in ("split", "clips", "failed", "missing", "pending", "warnings", "mean frames"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, s in d["splits"].items():
+        t.add_row(split + (" (stats)" if split == d["train_split"] else ""), f"{s['clips']:,}", str(s["failed"]),
+                  str(s["missing"]), str(s["pending"]), str(s["warnings"]), f"{s['frames_mean']:.0f}")
+    out.print(t)
+    f = d["features"]
+    out.print(f"classes {d['classes']} ({'multi-label' if d['multi_label'] else 'single-label'}), "
+              f"{d['target_frames']} frames x {d['n_mels']} mels, hop {f['frame_shift_ms']} ms, window {f['frame_length_ms']} ms, "
+              f"{f['sample_rate']} Hz")
+    mean = "n/a (not finalised)" if d["mean"] is None else f"{d['mean']:.4f}, std {d['std']:.4f}"
+    out.print(f"normalisation mean {mean}; {d['bytes'] / 2**20:,.1f} MiB in {d['files']:,} files; "
+              f"format v{d['format_version']} by c2f {d['tool_version']}")
+    if problems and d["problems"]:
+        _print_problems(d["problems"])
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(store):
+    """Read every clip back: completeness, checksums, finite values, shapes, labels."""
+    from c2fdata.verify import verify_store
+
+    with progress_bar() as bar:
+        task = bar.add_task("verify", total=None, rate="")
+        problems = verify_store(store, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    if problems:
+        for p in problems[:50]:
+            console.print(f"[red]x[/] {p}")
+        if len(problems) > 50:
+            console.print(f"... and {len(problems) - 50} more")
+        fail(f"{store}: {len(problems)} problem(s)")
+    console.print(f"[green]ok[/]: {store} verified")
+
+
+if __name__ == "__main__":
+    main()

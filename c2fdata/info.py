@@ -1,0 +1,73 @@
+"""`c2fdata info`: what a store holds, as one dict (the CLI renders it or prints it as JSON)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from c2fdata import store as st
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes, files) under path."""
+    size = files = 0
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            files += 1
+            size += os.path.getsize(os.path.join(dirpath, n))
+    return size, files
+
+
+def store_info(path: str | Path) -> dict:
+    path = Path(path)
+    group = st.open_store(path)
+    a = dict(group.attrs)
+    done = st.completion(group)
+    missing = a.get("missing", {})
+    splits = {}
+    for split, c in done.items():
+        frames = group[split]["frames"][:]
+        status = group[split]["status"][:]
+        errors = group[split]["errors"][:]
+        ok = status == st.OK
+        splits[split] = {
+            "clips": c["ok"], "listed": c["clips"], "failed": c["failed"], "pending": c["pending"],
+            "missing": int(missing.get(split, 0)),
+            "warnings": int(sum(1 for e, s in zip(errors, ok) if s and e)),
+            "frames_total": int(frames[ok].sum()),
+            "frames_mean": float(frames[ok].mean()) if ok.any() else 0.0,
+        }
+    size, files = disk_usage(path)
+    stats = a.get("stats") or {}
+    feats = a["features"]
+    return {
+        "path": str(path), "dataset": a["dataset"], "format_version": a["format_version"],
+        "tool_version": a.get("tool_version"), "finalized": bool(a.get("finalized")),
+        "multi_label": a["multi_label"], "classes": len(a["vocabulary"]),
+        "target_frames": a["target_frames"], "block_clips": a["block_clips"],
+        "train_split": a["train_split"], "splits": splits,
+        "mean": stats.get("mean"), "std": stats.get("std"),
+        "n_mels": feats["n_mels"], "frame_shift_ms": feats["frame_shift_ms"],
+        "frame_length_ms": feats["frame_length_ms"], "sample_rate": feats["sample_rate"],
+        "features": feats, "bytes": size, "files": files, "notes": a.get("notes", []),
+    }
+
+
+def build_problems(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Every problem the build recorded: failed and flagged clips, metadata issues, missing clips."""
+    path = Path(path)
+    group = st.open_store(path)
+    out = []
+    for split in group.attrs["splits"]:
+        errors = group[split]["errors"][:]
+        status = group[split]["status"][:]
+        ids = group[split]["ids"][:]
+        for i in [i for i, e in enumerate(errors) if e]:
+            reason, _, detail = str(errors[i]).partition(": ")
+            out.append({"split": split, "id": str(ids[i]), "reason": reason, "detail": detail,
+                        "fatal": bool(status[i] == st.FAILED)})
+    out += [dict(i, fatal=False) for i in st.read_json(path, "prepare.json") or []]
+    for split, ids in (st.read_json(path, "missing.json") or {}).items():
+        out += [{"split": split, "id": i, "reason": "missing", "detail": "listed but not on disk", "fatal": False}
+                for i in ids]
+    return out[:limit] if limit else out

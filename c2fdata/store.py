@@ -1,0 +1,316 @@
+"""The c2f feature store: one Zarr v3 group per dataset, written once, read by every phase.
+
+Layout (format version 1)::
+
+    STORE/                       zarr group; attrs: format, format_version, dataset, features
+                                 (FbankConfig), vocabulary, multi_label, target_frames, splits,
+                                 train_split, block_clips, fingerprint, stats, finalized, ...
+    STORE/<split>/features       (N, T, F) float16, one chunk per clip, sharded by block_clips
+    STORE/<split>/frames         (N,) int32   real frames before zero padding
+    STORE/<split>/status         (N,) uint8   0 pending, 1 ok, 2 failed  (the completion flag)
+    STORE/<split>/errors         (N,) str     "" or "reason: detail" (failures and warnings)
+    STORE/<split>/stat_sums      (blocks, 3) float64  sum, sum of squares, count over real frames
+    STORE/<split>/ids            (N,) str     clip ids             (written once, at creation)
+    STORE/<split>/labels         (N, K) uint8 multi-hot, or (N,) int32 class index (at creation)
+    STORE/build/missing.json     clips listed by the metadata but absent on disk
+    STORE/build/prepare.json     metadata problems (unknown labels, ...)
+
+Clips are built in blocks of `block_clips` consecutive clips. A block is the unit of work, of
+sharding (`--shard K/N` takes every N-th block) and of commit: its features shard, frames,
+errors and statistics are written first and its status flags last, so a clip is complete iff
+its status is non-zero, whatever moment a build was killed at. Blocks never share a file, so
+builders on different machines never write the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from c2fdata import __version__
+from c2fdata.features import FbankConfig
+from c2fdata.vocab import Vocabulary
+
+FORMAT_NAME = "c2f-feature-store"
+FORMAT_VERSION = 1
+PENDING, OK, FAILED = 0, 1, 2
+DEFAULT_BLOCK_CLIPS = 32  # clips per shard file; see docs/STORE.md for the measurement
+META_CHUNK = 4096  # rows per chunk of the write-once metadata arrays (ids, labels)
+
+
+class StoreFormatError(ValueError):
+    """A path that is not a c2f store, or a store of another format version."""
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    ids: list[str]
+    labels: np.ndarray  # (N, K) uint8 multi-hot, or (N,) int32
+
+
+def _fingerprint(attrs: dict, splits: dict[str, SplitMeta]) -> str:
+    h = hashlib.sha256()
+    keys = ("dataset", "features", "vocabulary", "multi_label", "target_frames", "block_clips")
+    h.update(json.dumps({k: attrs[k] for k in keys}, sort_keys=True).encode())
+    for name in sorted(splits):
+        h.update(name.encode())
+        h.update("\n".join(splits[name].ids).encode())
+        h.update(np.ascontiguousarray(splits[name].labels).tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_format(attrs: dict, path: str | Path) -> None:
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreFormatError(
+            f"{path} is not a c2f feature store (no '{FORMAT_NAME}' attribute); "
+            "build one with `c2fdata build`"
+        )
+    found = attrs.get("format_version")
+    if found != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path} is a c2f store of format version {found}, this c2f ({__version__}) reads "
+            f"version {FORMAT_VERSION}; rebuild it with `c2fdata build` (features are "
+            "recomputed from the audio) or use the c2f release that wrote it"
+        )
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a store and check its format; StoreFormatError with what to do otherwise."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreFormatError(f"{path}: no store here (no zarr.json); build one with `c2fdata build`")
+    group = zarr.open_group(str(path), mode=mode)
+    check_format(dict(group.attrs), path)
+    return group
+
+
+def create_or_open(
+    path: str | Path,
+    *,
+    dataset: str,
+    vocabulary: Vocabulary,
+    multi_label: bool,
+    target_frames: int,
+    splits: dict[str, SplitMeta],
+    train_split: str,
+    fbank: FbankConfig,
+    block_clips: int = DEFAULT_BLOCK_CLIPS,
+    missing: dict[str, list[str]] | None = None,
+    prepare_issues: list[dict] | None = None,
+    extra_attrs: dict | None = None,
+) -> zarr.Group:
+    """Create the store with every clip pending, or open the one a previous (or parallel) build
+    made from the same metadata. Creation is atomic: built in a temporary folder, then renamed,
+    so N builders starting together agree on one store."""
+    path = Path(path)
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "dataset": dataset,
+        "features": fbank.to_dict(),
+        "vocabulary": vocabulary.to_list(),
+        "multi_label": bool(multi_label),
+        "target_frames": int(target_frames),
+        "block_clips": int(block_clips),
+        "train_split": train_split,
+        "splits": {s: {"clips": len(m.ids)} for s, m in splits.items()},
+        "missing": {s: len(v) for s, v in (missing or {}).items()},
+        "finalized": False,
+        "stats": None,
+        **(extra_attrs or {}),
+    }
+    attrs["fingerprint"] = _fingerprint(attrs, splits)
+    if path.exists():
+        group = open_store(path, mode="r+")
+        if group.attrs.get("fingerprint") != attrs["fingerprint"]:
+            raise StoreFormatError(
+                f"{path} exists but was built from other metadata or settings (fingerprint "
+                f"{group.attrs.get('fingerprint')} != {attrs['fingerprint']}); use another --out, "
+                "or delete it to start over"
+            )
+        return group
+    if train_split not in splits:
+        raise ValueError(f"train split {train_split!r} not among splits {sorted(splits)}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(str(tmp), mode="w")
+    for name, meta in splits.items():
+        _create_split(group, name, meta, int(target_frames), fbank.n_mels, int(block_clips))
+    build_dir = tmp / "build"
+    build_dir.mkdir()
+    (build_dir / "missing.json").write_text(json.dumps(missing or {}, indent=1))
+    (build_dir / "prepare.json").write_text(json.dumps(prepare_issues or [], indent=1))
+    group.attrs.update(attrs)
+    try:
+        os.rename(tmp, path)  # atomic; fails if another builder got there first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise
+        return create_or_open(
+            path, dataset=dataset, vocabulary=vocabulary, multi_label=multi_label,
+            target_frames=target_frames, splits=splits, train_split=train_split, fbank=fbank,
+            block_clips=block_clips, missing=missing, prepare_issues=prepare_issues,
+            extra_attrs=extra_attrs,
+        )
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _create_split(group: zarr.Group, name: str, meta: SplitMeta, frames: int, n_mels: int, block: int):
+    n = len(meta.ids)
+    n_blocks = max(1, -(-n // block))
+    g = group.create_group(name)
+    g.create_array(
+        "features", shape=(n, frames, n_mels), dtype="float16", chunks=(1, frames, n_mels),
+        shards=(block, frames, n_mels), fill_value=0,
+        # no compression (zstd saves ~10% on log-mel, costs read speed); a checksum per clip so
+        # that `c2fdata verify` finds silent corruption
+        compressors=[Crc32cCodec()],
+    )
+    g.create_array("frames", shape=(n,), dtype="int32", chunks=(block,), fill_value=0)
+    g.create_array("status", shape=(n,), dtype="uint8", chunks=(block,), fill_value=PENDING)
+    g.create_array("errors", shape=(n,), dtype=str, chunks=(block,), fill_value="")
+    g.create_array("stat_sums", shape=(n_blocks, 3), dtype="float64", chunks=(1, 3), fill_value=0.0)
+    ids = g.create_array("ids", shape=(n,), dtype=str, chunks=(min(max(n, 1), META_CHUNK),))
+    labels = g.create_array(
+        "labels", shape=meta.labels.shape, dtype=meta.labels.dtype,
+        chunks=(min(max(n, 1), META_CHUNK),) + meta.labels.shape[1:], fill_value=0,
+    )
+    if n:
+        ids[:] = np.asarray(meta.ids, dtype=object).astype(str)
+        labels[:] = meta.labels
+
+
+def block_ranges(n: int, block: int) -> list[tuple[int, int]]:
+    return [(s, min(s + block, n)) for s in range(0, n, block)]
+
+
+def pending_blocks(group: zarr.Group, split: str, shard: tuple[int, int] = (0, 1)) -> list[int]:
+    """Blocks of this builder's shard (every N-th block, from K) not yet committed."""
+    k, n = shard
+    status = group[split]["status"][:]
+    block = group.attrs["block_clips"]
+    return [
+        b for b, (s, e) in enumerate(block_ranges(len(status), block))
+        if b % n == k and (status[s:e] == PENDING).any()
+    ]
+
+
+def write_block(
+    group: zarr.Group, split: str, block_index: int, features: np.ndarray, frames: np.ndarray,
+    status: np.ndarray, errors: list[str], sums: np.ndarray,
+) -> None:
+    """Commit one block. Status goes last: a kill before it leaves the block pending."""
+    g = group[split]
+    start = block_index * group.attrs["block_clips"]
+    end = start + len(frames)
+    g["features"][start:end] = features.astype(np.float16, copy=False)
+    g["frames"][start:end] = frames
+    g["errors"][start:end] = np.asarray(errors, dtype=object).astype(str)
+    g["stat_sums"][block_index] = sums
+    g["status"][start:end] = status
+
+
+def completion(group: zarr.Group) -> dict[str, dict[str, int]]:
+    out = {}
+    for split in group.attrs["splits"]:
+        st = group[split]["status"][:]
+        out[split] = {
+            "clips": int(st.size), "ok": int((st == OK).sum()),
+            "failed": int((st == FAILED).sum()), "pending": int((st == PENDING).sum()),
+        }
+    return out
+
+
+def finalize(group: zarr.Group, path: str | Path = "") -> dict | None:
+    """Once every clip of every split is committed: normalisation stats from the train split
+    (over real frames, not padding), written to the attrs. Returns the stats, or None while
+    clips are still pending (another shard still building)."""
+    done = completion(group)
+    if any(s["pending"] for s in done.values()):
+        return None
+    train = group.attrs["train_split"]
+    total, total_sq, count = group[train]["stat_sums"][:].sum(axis=0)
+    if count == 0:
+        raise ValueError(f"{path}: no usable clip in the train split {train!r}; nothing to normalise with")
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    stats = {"mean": float(mean), "std": std, "frames": int(count), "split": train}
+    group.attrs.update({"stats": stats, "finalized": True, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return stats
+
+
+def read_json(path: str | Path, name: str):
+    p = Path(path) / "build" / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def encode_labels(
+    labels: list[list[str] | tuple[str, ...]], vocabulary: Vocabulary, multi_label: bool
+) -> tuple[np.ndarray, list[tuple[int, list[str]]]]:
+    """Label names/ids -> multi-hot (N, K) uint8 or class index (N,) int32 (-1 when unknown).
+    Returns the array and [(row, unknown labels)] for the report."""
+    unknown = []
+    if multi_label:
+        out = np.zeros((len(labels), len(vocabulary)), np.uint8)
+    else:
+        out = np.full((len(labels),), -1, np.int32)
+    for row, labs in enumerate(labels):
+        bad = [lab for lab in labs if lab not in vocabulary]
+        if bad:
+            unknown.append((row, bad))
+        good = [vocabulary.index(lab) for lab in labs if lab in vocabulary]
+        if multi_label:
+            out[row, good] = 1
+        elif len(good) == 1 and not bad:
+            out[row] = good[0]
+        elif len(labs) > 1:
+            unknown.append((row, [f"{len(labs)} labels for a single-label dataset"]))
+    return out, unknown
+
+
+def create_store_from_arrays(
+    path: str | Path, *, dataset: str, vocabulary: Vocabulary, multi_label: bool,
+    splits: dict[str, dict], train_split: str = "train", fbank: FbankConfig | None = None,
+    block_clips: int = DEFAULT_BLOCK_CLIPS,
+) -> zarr.Group:
+    """A complete, finalised store from features already in memory (tests, own features).
+
+    splits: name -> dict(features (N, T, F), frames (N,), labels [[label, ...], ...], ids [str]).
+    """
+    fbank = fbank or FbankConfig()
+    metas, target = {}, None
+    for name, s in splits.items():
+        feats = np.asarray(s["features"])
+        target = feats.shape[1] if target is None else target
+        if feats.shape[1:] != (target, fbank.n_mels):
+            raise ValueError(f"split {name}: features {feats.shape}, want (N, {target}, {fbank.n_mels})")
+        enc, unknown = encode_labels(list(s["labels"]), vocabulary, multi_label)
+        if unknown:
+            raise ValueError(f"split {name}: unknown labels {unknown[:3]}")
+        metas[name] = SplitMeta(ids=list(s["ids"]), labels=enc)
+    group = create_or_open(
+        path, dataset=dataset, vocabulary=vocabulary, multi_label=multi_label,
+        target_frames=target, splits=metas, train_split=train_split, fbank=fbank,
+        block_clips=block_clips,
+    )
+    for name, s in splits.items():
+        feats = np.asarray(s["features"], np.float32)
+        frames = np.asarray(s["frames"], np.int32)
+        for b, (start, end) in enumerate(block_ranges(len(frames), block_clips)):
+            real = np.concatenate([feats[i, : frames[i]] for i in range(start, end)])
+            sums = np.array([real.sum(), np.square(real, dtype=np.float64).sum(), real.size], np.float64)
+            write_block(group, name, b, feats[start:end], frames[start:end],
+                        np.full(end - start, OK, np.uint8), [""] * (end - start), sums)
+    finalize(group, path)
+    return group

@@ -1,0 +1,69 @@
+"""`c2fdata verify`: read every clip back and check it; a list of what is wrong (empty = fine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from c2fdata import store as st
+from c2fdata.shard_io import ShardedClipReader
+
+
+def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    path = Path(path)
+    try:
+        group = st.open_store(path)
+    except st.StoreFormatError as err:
+        return [str(err)]
+    a = dict(group.attrs)
+    problems: list[str] = []
+    if not a.get("finalized"):
+        problems.append("not finalised: a build or some shards are unfinished (re-run the build, then "
+                        f"`c2fdata finalize {path}`)")
+    n_classes = len(a["vocabulary"])
+    target, n_mels = a["target_frames"], a["features"]["n_mels"]
+    total = sum(s["clips"] for s in a["splits"].values())
+    done = 0
+    for split in a["splits"]:
+        g = group[split]
+        status, frames, labels = g["status"][:], g["frames"][:], g["labels"][:]
+        ids = g["ids"][:]
+        n = len(status)
+        if g["features"].shape != (n, target, n_mels):
+            problems.append(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})")
+            continue
+        for name, arr in (("frames", frames), ("labels", labels), ("ids", ids)):
+            if len(arr) != n:
+                problems.append(f"{split}: {name} has {len(arr)} rows, status has {n}")
+        if (status == st.PENDING).any():
+            problems.append(f"{split}: {int((status == st.PENDING).sum())} clips pending (incomplete build)")
+        if a["multi_label"]:
+            bad = np.flatnonzero((labels > 1).any(axis=1))
+        else:
+            bad = np.flatnonzero(((labels < 0) | (labels >= n_classes)) & (status == st.OK))
+        problems += [f"{split}/{ids[i]}: label out of range" for i in bad[:20]]
+        fast = ShardedClipReader(path / split / "features") if ShardedClipReader.supports(path / split / "features") else None
+        for i in range(n):
+            done += 1
+            if status[i] != st.OK:
+                continue
+            where = f"{split}/{ids[i]} (row {i})"
+            try:
+                x = fast.read(i, check=True) if fast else g["features"][i]
+            except Exception as err:
+                problems.append(f"{where}: unreadable: {err}")
+                continue
+            if not 0 < frames[i] <= target:
+                problems.append(f"{where}: frame count {frames[i]} outside 1..{target}")
+            elif not np.isfinite(x[: frames[i]]).all():
+                problems.append(f"{where}: non-finite values")
+            elif frames[i] < target and np.any(x[frames[i]:]):
+                problems.append(f"{where}: non-zero padding after frame {frames[i]}")
+            if progress and (done % 256 == 0 or done == total):
+                progress(done, total)
+    stats = a.get("stats")
+    if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
+        problems.append(f"normalisation stats invalid: {stats}")
+    return problems

@@ -1,0 +1,217 @@
+"""Store builds: resume after SIGKILL, sharded builds, bad input, verify, format checks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zarr
+
+from c2fdata import store as st
+from c2fdata.build import BuildConfig, StrictError, build_store
+from c2fdata.reader import StoreReader, StoreFormatError
+from c2fdata.shard_io import ShardedClipReader
+from c2fdata.verify import verify_store
+from conftest import tone
+
+
+@pytest.fixture
+def folder_big(tmp_path):
+    """24 clips (1 s each) in one class folder per split: 6 blocks of 4."""
+    root = tmp_path / "data"
+    for split, n in (("train", 16), ("eval", 8)):
+        for c in ("a", "b"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for k in range(n // 2):
+                sf.write(d / f"{k:02d}.wav", tone(1.0, freq=200 + 37 * k + (c == "b") * 500, seed=k), 16000)
+    return root
+
+
+def cfg(root, out, **kw):
+    return BuildConfig(dataset="folder", root=root, out=out, block_clips=4,
+                       options={"target_frames": 128}, **kw)
+
+
+def store_arrays(path):
+    g = zarr.open_group(str(path), mode="r")
+    return {s: (g[s]["features"][:], g[s]["frames"][:], g[s]["status"][:]) for s in ("train", "eval")}
+
+
+def test_sigkill_mid_block_then_resume(folder_big, tmp_path):
+    """Kill the builder with SIGKILL half-way through writing its 4th block (features written,
+    status not yet): re-running completes the store, recomputing only the unfinished blocks."""
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        import c2fdata.store as st
+        from c2fdata.build import BuildConfig, build_store
+        real, calls = st.write_block, []
+        def dying(group, split, b, feats, frames, status, errors, sums):
+            calls.append(b)
+            if len(calls) == 4:  # half-write block 4, then die the hard way
+                group[split]["features"][b * 4:b * 4 + len(frames)] = feats
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(group, split, b, feats, frames, status, errors, sums)
+        st.write_block = dying
+        build_store(BuildConfig(dataset="folder", root=Path({str(folder_big)!r}), out=Path({str(out)!r}),
+                                block_clips=4, options={{"target_frames": 128}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    done = st.completion(st.open_store(out))
+    assert sum(c["ok"] for c in done.values()) == 12  # 3 blocks committed, block 4 is not
+    assert not st.open_store(out).attrs["finalized"]
+
+    res = build_store(cfg(folder_big, out))
+    assert res.computed == 24 - 12 and res.finalized
+    ref = build_store(cfg(folder_big, tmp_path / "ref"))
+    a, b = store_arrays(out), store_arrays(tmp_path / "ref")
+    for split in a:
+        for x, y in zip(a[split], b[split]):
+            np.testing.assert_array_equal(x, y)
+    assert res.stats == ref.stats
+    assert build_store(cfg(folder_big, out)).computed == 0  # nothing left to do
+
+
+def test_two_shards_equal_one_build(folder_big, tmp_path):
+    one = build_store(cfg(folder_big, tmp_path / "one", workers=2))
+    first = build_store(cfg(folder_big, tmp_path / "two", shard=(0, 2)))
+    assert not first.finalized and first.computed == 12  # blocks 0, 2 of train and 0 of eval
+    second = build_store(cfg(folder_big, tmp_path / "two", shard=(1, 2)))
+    assert second.finalized and first.computed + second.computed == 24
+    a, b = store_arrays(tmp_path / "one"), store_arrays(tmp_path / "two")
+    for split in a:
+        for x, y in zip(a[split], b[split]):
+            np.testing.assert_array_equal(x, y)
+    assert one.stats == second.stats
+
+
+def test_finalize_waits_for_all_shards(folder_big, tmp_path):
+    build_store(cfg(folder_big, tmp_path / "s", shard=(0, 3)))
+    g = st.open_store(tmp_path / "s", mode="r+")
+    assert st.finalize(g) is None
+    with pytest.raises(StoreFormatError, match="not finalised"):
+        StoreReader(tmp_path / "s", "train")
+
+
+def test_bad_shard_settings():
+    with pytest.raises(ValueError, match="0 <= K < N"):
+        BuildConfig(dataset="folder", out="x", shard=(2, 2))
+
+
+@pytest.fixture
+def bad_root(tmp_path):
+    root = tmp_path / "bad"
+    d = root / "train" / "x"
+    d.mkdir(parents=True)
+    sf.write(d / "good.wav", tone(1.0), 16000)
+    sf.write(d / "stereo_22k.wav", tone(1.0, sr=22050, channels=2), 22050)
+    sf.write(d / "empty.wav", np.zeros(0, np.float32), 16000)
+    sf.write(d / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    sf.write(d / "tiny.wav", tone(0.01), 16000)
+    sf.write(d / "silent.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(d / "short.wav", tone(0.3), 16000)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    return root
+
+
+def test_bad_input_is_reported_not_fatal(bad_root, tmp_path):
+    res = build_store(cfg(bad_root, tmp_path / "s", workers=2))
+    assert res.finalized
+    by_id = {p["id"].split("/")[-1]: p for p in res.problems}
+    assert {k: (v["reason"], v["fatal"]) for k, v in by_id.items()} == {
+        "empty": ("empty", True), "nan": ("non-finite", True), "tiny": ("too-short", True),
+        "corrupt": ("unreadable", True), "silent": ("silent", False), "short": ("short", False),
+    }
+    assert "corrupt.wav" in by_id["corrupt"]["detail"]
+    r = StoreReader(tmp_path / "s", "train")
+    assert sorted(i.split("/")[-1] for i in r.ids) == ["good", "short", "silent", "stereo_22k"]
+    assert r.failed() == 4
+    # the report is kept in the store
+    from c2fdata.info import build_problems
+    assert {p["reason"] for p in build_problems(tmp_path / "s")} == {p["reason"] for p in res.problems}
+    assert verify_store(tmp_path / "s") == []
+
+
+def test_strict_makes_bad_input_fatal(bad_root, tmp_path):
+    with pytest.raises(StrictError, match="corrupt.wav|empty|nan"):
+        build_store(cfg(bad_root, tmp_path / "s", strict=True))
+
+
+def test_unknown_labels_in_metadata(audioset_root, tmp_path):
+    csv = audioset_root / "balanced_train_segments.csv"
+    csv.write_text(csv.read_text().replace("/m/012xff", "/m/not_a_class"))
+    res = build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "s"))
+    unknown = [p for p in res.problems if p["reason"] == "unknown-label"]
+    assert len(unknown) == 1 and "/m/not_a_class" in unknown[0]["detail"]
+    with pytest.raises(StrictError, match="metadata problems"):
+        build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "t", strict=True))
+
+
+def test_verify_catches_corrupted_chunk(folder_big, tmp_path):
+    out = tmp_path / "s"
+    build_store(cfg(folder_big, out))
+    assert verify_store(out) == []
+    shard = out / "train" / "features" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x55  # one flipped byte inside clip 4's data: values stay finite
+    shard.write_bytes(bytes(data))
+    problems = verify_store(out)
+    assert len(problems) == 1 and "row 4" in problems[0] and "checksum" in problems[0]
+    # a truncated shard file: its index (at the end) no longer checks out
+    shard.write_bytes(bytes(data[:-100]))
+    assert any("unreadable" in p for p in verify_store(out))
+
+
+def test_other_format_version_is_refused(folder_big, tmp_path):
+    out = tmp_path / "s"
+    build_store(cfg(folder_big, out))
+    meta = json.loads((out / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 99
+    (out / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreFormatError, match="format version 99.*rebuild"):
+        StoreReader(out, "train")
+    assert "format version 99" in verify_store(out)[0]
+    with pytest.raises(StoreFormatError, match="not a c2f feature store|no store here"):
+        StoreReader(tmp_path, "train")
+
+
+def test_other_metadata_into_same_store_is_refused(folder_big, tmp_path):
+    out = tmp_path / "s"
+    build_store(cfg(folder_big, out))
+    sf.write(folder_big / "train" / "a" / "new.wav", tone(1.0), 16000)
+    with pytest.raises(StoreFormatError, match="other metadata"):
+        build_store(cfg(folder_big, out))
+
+
+def test_fast_reader_equals_zarr(folder_big, tmp_path):
+    out = tmp_path / "s"
+    build_store(cfg(folder_big, out))
+    arr = zarr.open_array(str(out / "train" / "features"), mode="r")
+    fast = ShardedClipReader(out / "train" / "features")
+    for i in range(arr.shape[0]):
+        np.testing.assert_array_equal(fast.read(i, check=True), arr[i])
+    assert fast.read(0).flags.writeable
+
+
+def test_reader_pickles_and_serves(folder_big, tmp_path):
+    import pickle
+    out = tmp_path / "s"
+    build_store(cfg(folder_big, out))
+    r = StoreReader(out, "eval")
+    r2 = pickle.loads(pickle.dumps(r))
+    assert len(pickle.dumps(r)) < 300  # path and split only
+    x, frames, y = r2[3]
+    assert x.shape == (128, 128) and x.dtype == np.float16 and frames == 98
+    assert r2.vocabulary.names[int(y)] == r2.ids[3].split("/")[0]
+    feats, fr, ys = r2.read_batch([0, 3])
+    np.testing.assert_array_equal(feats[1], x)
+    with pytest.raises(IndexError):
+        r2[len(r2)]
