@@ -131,6 +131,8 @@ def create_or_open(
     }
     attrs["fingerprint"] = _fingerprint(attrs, splits)
     if path.exists():
+        if not (path / "zarr.json").is_file():
+            raise StoreFormatError(f"{path} exists and is not a c2f store; choose another --out or remove it")
         group = open_store(path, mode="r+")
         if group.attrs.get("fingerprint") != attrs["fingerprint"]:
             raise StoreFormatError(

@@ -69,3 +69,15 @@ def test_gradient_flows_through_resize():
     w = torch.randn(4, 1, 16, 16, requires_grad=True)
     resize_patch_kernel(w, (16, 32)).sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40)])
+def test_pinv_transpose_matches_svd_pinv(shape):
+    from c2ftrain.patch_embed import pinv_transpose
+
+    g = torch.Generator().manual_seed(3)
+    b = torch.randn(*shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(pinv_transpose(b), torch.linalg.pinv(b.T))
+    b[:, 0] = b[:, 1] if shape[0] > shape[1] else b[:, 0]  # rank-deficient: the SVD fallback
+    b[0] = b[1] if shape[0] <= shape[1] else b[0]
+    torch.testing.assert_close(pinv_transpose(b), torch.linalg.pinv(b.T))

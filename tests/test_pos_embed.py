@@ -71,7 +71,9 @@ def test_freq_rows_untouched_by_time_resampling():
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("antialias", [True, False])
-@pytest.mark.parametrize("old,new", [((12, 101), (12, 50)), ((14, 14), (12, 101)), ((8, 16), (8, 4))])
+@pytest.mark.parametrize("old,new", [
+    ((12, 101), (12, 50)), ((14, 14), (12, 101)), ((8, 16), (8, 4))
+])
 def test_matches_manual_interpolate(interpolation, antialias, old, new):
     pe = table(*old)
     out = resample_pos_embed(pe, new, old, PREFIX, interpolation, antialias)
