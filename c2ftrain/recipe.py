@@ -64,7 +64,10 @@ class Phase:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    preset: str = "tiny"
+    preset: str = "tiny"  # tiny | small | base (the paper's)
+    embed_dim: int | None = None  # None: the preset's width / depth / heads
+    depth: int | None = None
+    num_heads: int | None = None
     patch_stride: tuple[int, int] = (16, 16)
     drop_path_rate: float = 0.0
     init_checkpoint: str | None = None  # a DeiT/ViT state_dict on disk (never a download)

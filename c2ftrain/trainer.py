@@ -83,10 +83,12 @@ class RunOutcome:
 
 
 def model_config(recipe: Recipe, reader: StoreReader) -> ASTConfig:
+    m = recipe.model
+    sizes = {k: getattr(m, k) for k in ("embed_dim", "depth", "num_heads") if getattr(m, k) is not None}
     return ast_config(
-        recipe.model.preset, n_mels=reader.n_mels, target_frames=reader.target_frames,
-        patch_stride=tuple(recipe.model.patch_stride), drop_path_rate=recipe.model.drop_path_rate,
-        num_classes=reader.n_classes,
+        m.preset, n_mels=reader.n_mels, target_frames=reader.target_frames,
+        patch_stride=tuple(m.patch_stride), drop_path_rate=m.drop_path_rate,
+        num_classes=reader.n_classes, **sizes,
     )
 
 
@@ -190,8 +192,8 @@ class PhaseTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.on_event = on_event or (lambda e: None)
         data = recipe.data
-        self.reader = StoreReader(recipe.store, data.train_split or StoreReader(recipe.store, data.eval_split).attrs["train_split"])
         self.eval_reader = StoreReader(recipe.store, data.eval_split)
+        self.reader = StoreReader(recipe.store, data.train_split or self.eval_reader.attrs["train_split"])
         self.multi_label = self.reader.multi_label
         self.metric_name = metric_name(self.multi_label)
         self.cfg = model_config(recipe, self.reader)
