@@ -77,11 +77,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 _CFG: tuple[FbankConfig, int] | None = None
 
 
-def _init_worker(cfg: FbankConfig, target_frames: int) -> None:
+def _init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True) -> None:
     global _CFG
-    import torch
+    if single_thread:  # pool workers: parallelism comes from processes, threads would oversubscribe
+        import torch
 
-    torch.set_num_threads(1)  # parallelism comes from processes; threads would oversubscribe
+        torch.set_num_threads(1)
     _CFG = (cfg, target_frames)
 
 
@@ -208,7 +209,7 @@ def _unknown_label(task):
 def _run(tasks, workers: int, cfg: FbankConfig, target: int):
     """Ordered results of _compute over tasks, in-process (workers=1) or in a process pool."""
     if workers == 1:
-        _init_worker(cfg, target)
+        _init_worker(cfg, target, single_thread=False)  # in-process: leave the caller's threads alone
         return (_unknown_label(t) for t in tasks)
     # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
     ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")

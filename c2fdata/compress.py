@@ -69,7 +69,7 @@ def frame_shift(x: torch.Tensor, factor: int, offset: int = 0) -> torch.Tensor:
 def pool(x: torch.Tensor, factor: int, mode: str = "avg") -> torch.Tensor:
     """Average or max over non-overlapping groups of C frames: (..., T, F) -> (..., T // C, F).
 
-    The tail of T % C frames is dropped. Floating-point input only for "avg".
+    The tail of T % C frames is dropped. "avg" wants float32 input (float16 sums lose bits).
     """
     _check_input(x)
     if mode not in ("avg", "max"):
@@ -77,7 +77,11 @@ def pool(x: torch.Tensor, factor: int, mode: str = "avg") -> torch.Tensor:
     check_phase("pool-" + mode, factor)
     groups = x.shape[-2] // factor
     grouped = x[..., : groups * factor, :].unflatten(-2, (groups, factor))  # (..., T/C, C, F)
-    return grouped.mean(dim=-2) if mode == "avg" else grouped.amax(dim=-2)
+    if mode == "max":
+        return grouped.amax(dim=-2)
+    # The mean as sum * (1/C) in x's dtype: how DALI's reductions.mean computes it, so that the
+    # two paths agree bit for bit (torch's mean divides; the two differ by at most one ulp).
+    return grouped.sum(dim=-2) * (1.0 / factor)
 
 
 def compress(x: torch.Tensor, method: str, factor: int, offset: int = 0) -> torch.Tensor:

@@ -150,17 +150,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return F.cross_entropy(logits, target)  # target: (B,) indices or (B, K) probabilities
 
 
-def epoch_batches(loader, epoch: int, start: int):
-    """Batches of `epoch` from batch `start` on (a resumed run starts mid-epoch)."""
-    loader.set_epoch(epoch)
-    if hasattr(loader, "epoch_batches"):
-        yield from loader.epoch_batches(epoch, start)
-        return
-    for i, batch in enumerate(loader):
-        if i >= start:
-            yield batch
-
-
 @torch.no_grad()
 def evaluate_model(model: AST, loader, multi_label: bool, device: torch.device, d: Dist) -> dict:
     """Scores of every clip of the loader's split (all ranks) -> metrics dict."""
@@ -348,7 +337,7 @@ class PhaseTrainer:
             t_epoch = time.perf_counter()
             t_wait = time.perf_counter()
             data_s = 0.0
-            for batch in epoch_batches(loader, epoch_base + epoch, progress.batch):
+            for batch in loader.epoch_batches(epoch_base + epoch, progress.batch):
                 if progress.phase_step >= total:
                     break
                 x = batch["features"].to(self.device, non_blocking=True)  # (B, T/C, F)

@@ -110,6 +110,8 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # same float summation order as the parent
         import c2ftrain.trainer as tr
         from test_trainer import toy_recipe
         real = tr.save_checkpoint

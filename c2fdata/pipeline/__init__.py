@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from c2fdata.pipeline.config import PipelineConfig
 from c2fdata.pipeline.sampling import BatchSource, EpochPlan, balanced_weights
 
-__all__ = ["PipelineConfig", "Loader", "make_loader", "dali_available", "balanced_weights", "EpochPlan"]
+__all__ = ["PipelineConfig", "Loader", "make_loader", "resolve_backend", "dali_available", "balanced_weights", "EpochPlan"]
 
 OUTPUTS = ("features", "labels", "index")  # the keys of every batch, in the backends' order
 
@@ -88,11 +88,19 @@ class Loader:
         return BatchSource(self.reader, self.plan, self.cfg)
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
-        yield from self._epoch_batches(epoch)
+        return self.epoch_batches(self.epoch)
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """Batches `start`, `start + 1`, ... of `epoch`: a resumed run continues mid-epoch
+        without reading the batches it already trained on (every batch is a pure function of
+        the config, the epoch and its position, so batch k is the same either way)."""
+        if not 0 <= start <= len(self.plan):
+            raise ValueError(f"start batch {start} outside 0..{len(self.plan)}")
+        self.set_epoch(epoch)
+        yield from self._epoch_batches(epoch, start)
         self.epoch = epoch + 1  # reached only after a complete pass
 
-    def _epoch_batches(self, epoch: int) -> Iterator[dict]:
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -105,14 +113,23 @@ class Loader:
         self.close()
 
 
+def resolve_backend(cfg: PipelineConfig) -> str:
+    """The backend that serves cfg, "dali" or "torch". "auto" takes DALI for device="gpu" where it imports, and the
+    torch backend on the CPU: measured on 2 CPU cores, DALI's CPU operators serve Frame-Shift and
+    full resolution about as fast as torch but pool 2-4x slower (its reductions and casts are not
+    vectorised like torch's kernels), which would make coarse pooled phases load slower than C=1.
+    Ask for backend="dali" to run the DALI graph on the CPU anyway."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "dali" if cfg.device == "gpu" and dali_available() else "torch"
+
+
 def make_loader(cfg: PipelineConfig, reader=None) -> Loader:
-    """The loader for cfg on the backend it asks for ("auto": DALI where it imports, else torch).
+    """The loader for cfg on its backend (see `resolve_backend`).
 
     reader: an open `StoreReader` of cfg's store and split, to share one scan between loaders.
     """
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "dali" if dali_available() else "torch"
+    backend = resolve_backend(cfg)
     if backend == "dali":
         if not dali_available():
             raise ImportError(

@@ -48,7 +48,7 @@ class PipelineConfig:
     rank: int = 0  # this shard
     world_size: int = 1  # number of shards (ranks)
     device: str = "cpu"  # where compression and augmentation run: cpu | gpu
-    backend: str = "auto"  # dali | torch | auto (DALI where it imports)
+    backend: str = "auto"  # dali | torch | auto (DALI on the GPU, torch on the CPU: resolve_backend)
     num_workers: int = 2  # reader processes (DALI parallel source / DataLoader workers)
     num_threads: int = 2  # DALI operator threads (torch backend: unused)
 

@@ -2,7 +2,9 @@
 
 It is the reference the DALI graph is tested against and the loader on machines without DALI
 (macOS, Windows). Per sample: crop/pad to the target length -> compress by C -> normalise ->
-SpecAugment (zeros after normalisation, i.e. the dataset mean).
+SpecAugment. Masks are applied after normalisation, as DESIGN.md orders it, so a masked value
+is 0, the dataset mean (AST masks before normalising, which leaves -mean / (2 std) there).
+With device="gpu" this backend computes on the CPU and hands over CUDA tensors.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from c2fdata.compress import compress
 from c2fdata.pipeline import Loader
 from c2fdata.pipeline.sampling import Batch, BatchSource
 
-__all__ = ["TorchLoader", "crop_or_pad", "normalize", "mask", "transform"]
+__all__ = ["TorchLoader", "crop_or_pad", "normalize", "reciprocal", "mask", "transform"]
 
 
 def crop_or_pad(x: torch.Tensor, start: int, frames: int) -> torch.Tensor:
@@ -31,67 +33,120 @@ def crop_or_pad(x: torch.Tensor, start: int, frames: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """AST's normalisation, (x - mean) / (2 std), in x's dtype."""
-    return (x - mean) / (2.0 * std)
+    """AST's normalisation (x - mean) / (2 std), computed as (x - mean) * r with r the float32
+    reciprocal of 2 std: what DALI's normalising ops compute, so that both paths agree bit for
+    bit (dividing instead differs by at most one ulp)."""
+    return (x - mean) * reciprocal(2.0 * std)
+
+
+def reciprocal(value: float) -> float:
+    """1 / value rounded to float32 (as DALI takes it)."""
+    return float(np.float32(1.0) / np.float32(value))
 
 
 def mask(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int) -> torch.Tensor:
-    """SpecAugment on (T, F): zero frames [time_start, +time_width) and bins [freq_start, +freq_width)."""
-    x = x.clone()
+    """SpecAugment on (T, F): a copy with frames [time_start, +time_width) and bins
+    [freq_start, +freq_width) set to 0."""
+    return mask_(x.clone(), time_start, time_width, freq_start, freq_width)
+
+
+def mask_(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int) -> torch.Tensor:
+    """`mask`, in place."""
     x[time_start : time_start + time_width, :] = 0
     x[:, freq_start : freq_start + freq_width] = 0
     return x
 
 
 def transform(batch: Batch, cfg, mean: float | None, std: float | None) -> dict[str, torch.Tensor]:
-    """A read batch -> dict(features (B, T/C, F) float32, labels, index), the reference semantics."""
+    """A read batch -> dict(features (B, T/C, F) float32, labels, index): the reference semantics,
+    crop/pad -> compress -> normalise -> mask, per sample. Written into one preallocated batch
+    (in shared memory inside a DataLoader worker, so that handing it over copies nothing)."""
     p = batch.params
-    masks = cfg.time_mask_frames > 0 or cfg.freq_mask_bins > 0
-    out = []
+    n_mels = batch.features[0].shape[1] if batch.features else 0
+    out = torch.empty((len(batch.features), cfg.out_frames, n_mels))  # (B, T/C, F)
+    if get_worker_info() is not None:
+        out.share_memory_()
     for b, stored in enumerate(batch.features):
         x = crop_or_pad(torch.from_numpy(stored), int(p.crop_start[b]), cfg.target_frames)  # (T, F) f16
-        x = compress(x.float(), cfg.method, cfg.factor, int(p.offset[b]))  # (T/C, F)
-        if mean is not None:
-            x = normalize(x, mean, std)
-        if masks:
-            x = mask(x, int(p.time_start[b]), int(p.time_width[b]), int(p.freq_start[b]), int(p.freq_width[b]))
-        out.append(x)
+        if cfg.method == "pool-avg":
+            x = x.float()  # sums need float32; selection and max are exact in float16
+        out[b] = compress(x, cfg.method, cfg.factor, int(p.offset[b]))  # (T/C, F)
+    if mean is not None:
+        out.sub_(mean).mul_(reciprocal(2.0 * std))  # == normalize(out, mean, std), in place
+    if cfg.time_mask_frames or cfg.freq_mask_bins:
+        for b in range(len(out)):
+            mask_(out[b], int(p.time_start[b]), int(p.time_width[b]), int(p.freq_start[b]), int(p.freq_width[b]))
     return {
-        "features": torch.stack(out).contiguous(),  # (B, T/C, F)
+        "features": out,
         "labels": torch.from_numpy(np.stack(batch.labels)),  # (B, K) float32 or (B,) int64
         "index": torch.from_numpy(batch.index),  # (B,)
     }
 
 
-class _EpochBatches(Dataset):
-    """Item k = batch k of one epoch, built entirely inside a DataLoader worker."""
+class _Batches(Dataset):
+    """Item (cfg, epoch, k) = batch k of that epoch at cfg's phase, built inside a worker.
 
-    def __init__(self, source: BatchSource, epoch: int, mean: float | None, std: float | None):
-        self.source, self.epoch, self.mean, self.std = source, epoch, mean, std
+    The phase and epoch travel with each request, so one set of persistent workers serves every
+    epoch and phase: no re-fork, no re-open of the store between them.
+    """
+
+    def __init__(self, source: BatchSource, mean: float | None, std: float | None):
+        self.source, self.mean, self.std = source, mean, std
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return transform(self.source.read(self.epoch, k), self.source.cfg, self.mean, self.std)
+    def __getitem__(self, request) -> dict[str, torch.Tensor]:
+        cfg, epoch, k = request
+        self.source.cfg = cfg
+        return transform(self.source.read(epoch, k), cfg, self.mean, self.std)
+
+
+class _Requests(Sampler):
+    """The batch requests of the loader's current pass, decided when the pass starts."""
+
+    def __init__(self):
+        self.cfg, self.epoch, self.start, self.batches = None, 0, 0, 0
+
+    def __iter__(self):
+        return iter([(self.cfg, self.epoch, k) for k in range(self.start, self.batches)])
+
+    def __len__(self) -> int:
+        return self.batches - self.start
 
 
 class TorchLoader(Loader):
     backend = "torch"
 
-    def _epoch_batches(self, epoch: int) -> Iterator[dict]:
-        if len(self.plan) == 0:
-            return
-        workers = self.cfg.num_workers
+    def __init__(self, cfg, reader=None):
+        super().__init__(cfg, reader)
+        self._requests = _Requests()
+        self._loader = None
+
+    def _dataloader(self) -> DataLoader:
+        if self._loader is None:
+            workers = self.cfg.num_workers
+            self._loader = DataLoader(
+                _Batches(self.source(), self.mean, self.std),
+                batch_size=None,  # items are whole batches already
+                sampler=self._requests,
+                num_workers=workers,
+                pin_memory=self.cfg.device == "gpu",
+                prefetch_factor=2 if workers else None,
+                persistent_workers=workers > 0,
+            )
+        return self._loader
+
+    def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        r = self._requests
+        r.cfg, r.epoch, r.start, r.batches = self.cfg, epoch, start, len(self.plan)
         gpu = self.cfg.device == "gpu"
-        loader = DataLoader(
-            _EpochBatches(self.source(), epoch, self.mean, self.std),
-            batch_size=None,  # items are whole batches already
-            num_workers=workers,
-            pin_memory=gpu,
-            prefetch_factor=2 if workers else None,
-        )
-        for batch in loader:
+        if start >= len(self.plan):
+            return
+        for batch in self._dataloader():
             if gpu:
                 batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
             yield batch
+
+    def close(self) -> None:
+        self._loader = None  # persistent workers stop with their iterator

@@ -1,0 +1,139 @@
+"""Smoke tests of the `bench` commands: each runs at tiny sizes and writes sane JSON.
+
+The benchmarks are commands, not timed tests: nothing here checks a speed, only that the
+figures exist, are finite and positive, and carry the keys docs/BENCHMARKS.md promises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.throughput import train_step
+from c2fdata.pipeline import dali_available
+from c2fdata.store import create_store_from_arrays
+from c2fdata.vocab import Vocabulary
+
+PHASE_KEYS = {"phase", "method", "factor", "loader_samples_per_s", "model_samples_per_s",
+              "end_to_end_samples_per_s", "data_loading_share", "speedup"}
+MACHINE_KEYS = {"cpu", "cores", "gpu", "torch", "dali"}
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def run(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    """A 48-clip store of 64 frames (train and eval) and a 2-phase recipe on it: pool-avg C=4 -> full."""
+    tmp = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+
+    def split(n):
+        return dict(features=(rng.standard_normal((n, 64, 128)) - 4).astype(np.float16), frames=np.full(n, 64),
+                    labels=[[names[i % 3]] for i in range(n)], ids=[str(i) for i in range(n)])
+
+    store = tmp / "store"
+    create_store_from_arrays(store, dataset="tiny", vocabulary=Vocabulary.from_names(names), multi_label=False,
+                             splits={"train": split(48), "eval": split(16)})
+    recipe = tmp / "tiny.toml"
+    recipe.write_text(f"""
+name = "tiny"
+store = "{store}"
+[data]
+batch_size = 8
+num_workers = 1
+num_threads = 1
+backend = "torch"
+[[phases]]
+method = "pool-avg"
+factor = 4
+epochs = 1
+[[phases]]
+method = "none"
+factor = 1
+epochs = 1
+""")
+    return recipe
+
+
+def test_train_step_changes_the_weights():
+    from c2ftrain.model import AST, ast_config
+
+    model = AST(ast_config("tiny", n_mels=128, target_frames=32, num_classes=3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = model.head.weight.detach().clone()
+    loss = train_step(model, opt, torch.randn(2, 32, 128), torch.tensor([0, 2]), multi_label=False)
+    assert torch.isfinite(loss) and not torch.equal(before, model.head.weight)
+
+
+@pytest.mark.parametrize("loader", ["torch"] + (["dali"] if dali_available() else []))
+def test_throughput_writes_the_figures(tiny_recipe, tmp_path, loader):
+    out, png = tmp_path / "t.json", tmp_path / "t.png"
+    run(["throughput", "--recipe", str(tiny_recipe), "--all", "--loader", loader, "--repeats", "1",
+         "--warmup", "0", "--batches", "1", "--loader-batches", "2", "--json", str(out), "--plot", str(png)])
+    d = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(d["machine"]) and d["reference_phase"] == 2
+    assert d["loader"]["backend"] == loader
+    rows = {r["phase"]: r for r in d["phases"]}
+    assert set(rows) == {1, 2}
+    for r in rows.values():
+        assert PHASE_KEYS <= set(r)
+        for key in ("loader_samples_per_s", "model_samples_per_s", "end_to_end_samples_per_s"):
+            assert positive(r[key]), (key, r[key])
+        assert 0 <= r["data_loading_share"] <= 1
+        assert {"loader", "model", "end_to_end", "flops"} <= set(r["speedup"])
+    assert (rows[1]["factor"], rows[1]["frames"], rows[2]["frames"]) == (4, 16, 64)
+    assert all(v == pytest.approx(1.0) for v in rows[2]["speedup"].values())  # C = 1 against itself
+    assert rows[1]["speedup"]["flops"] > 1
+    assert png.stat().st_size > 0
+
+
+def test_throughput_one_phase_adds_the_reference(tiny_recipe, tmp_path):
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--repeats", "1", "--warmup", "0",
+         "--batches", "1", "--loader-batches", "1", "--json", str(out)])
+    assert [r["phase"] for r in json.loads(out.read_text())["phases"]] == [1, 2]
+
+
+def test_throughput_refuses_a_missing_phase(tiny_recipe):
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--phase", "3"])
+    assert result.exit_code != 0 and "phases 1..2" in result.output
+
+
+def test_loaders_writes_the_figures(tmp_path):
+    out = tmp_path / "l.json"
+    run(["loaders", "--clips", "8", "--seconds", "1", "--batch-size", "4", "--workers", "1", "--repeats", "1",
+         "--warmup", "0", "--batches", "2", "--ast-batches", "1", "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(d["machine"])
+    names = {"c2f-torch", "ast-style"} | ({"c2f-dali"} if dali_available() else set())
+    assert set(d["loaders"]) == names
+    for name, rows in d["loaders"].items():
+        assert "none/1" in rows and "fshift/4" in rows
+        for r in rows.values():
+            assert positive(r["samples_per_s"]) and positive(r["vs_own_c1"])
+    assert positive(d["loaders"]["c2f-torch"]["none/1"]["vs_ast_style"])
+    assert "c2f-torch_ge_10x_ast_at_c1" in d["targets"]
+
+
+def test_store_writes_the_figures(tmp_path):
+    out = tmp_path / "s.json"
+    run(["store", "--clips", "96", "--read-clips", "40", "--block-clips", "1,32", "--reads", "100",
+         "--repeats", "1", "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(d["machine"])
+    assert all(positive(r["clips_per_s_per_worker"]) for r in d["build"].values())
+    assert positive(d["reads"]["mmap"]["median"]) and positive(d["reads"]["block_1"]["reader_vs_mmap"])
