@@ -197,5 +197,24 @@ def verify(store):
     console.print(f"[green]ok[/]: {store} verified")
 
 
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", required=True, help="Split to read.")
+@click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
+@click.option("--method", type=click.Choice(["none", "fshift", "pool-avg", "pool-max"]), help="Only this method (default: all).")
+@click.option("--factor", type=int, help="Only this compression factor (default: 1, 2, 4).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".png: a picture; .npy: the served array.")
+def show(store, split, index, method, factor, out):
+    """See what the model sees: one clip at C = 1, 2, 4 per method (.png), or exactly as served (.npy)."""
+    from c2fdata.show import show as render
+    from c2fdata.store import StoreFormatError
+
+    try:
+        path = render(store, split, index, out, method, factor)
+    except (ValueError, IndexError, StoreFormatError) as err:
+        fail(str(err))
+    console.print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,48 @@
+"""The c2fdata command line: build -> info --json -> verify, and its errors."""
+
+import json
+
+from click.testing import CliRunner
+
+from c2fdata.cli import main
+
+
+def test_build_info_verify(folder_root, tmp_path):
+    out = tmp_path / "store"
+    r = CliRunner().invoke(main, ["build", "--dataset", "folder", "--root", str(folder_root), "--out", str(out),
+                                  "--target-frames", "128", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "finalised" in r.output
+    r = CliRunner().invoke(main, ["info", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["dataset"] == "folder" and info["n_mels"] == 128 and info["frame_shift_ms"] == 10.0
+    assert {s: v["clips"] for s, v in info["splits"].items()} == {"test": 6, "train": 6}
+    assert isinstance(info["mean"], float) and info["std"] > 0
+    r = CliRunner().invoke(main, ["verify", str(out)])
+    assert r.exit_code == 0 and "verified" in r.output
+    # corrupt one clip's bytes: verify names it and fails
+    shard = out / "train" / "features" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[5000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["verify", str(out)])
+    assert r.exit_code == 2 and "checksum" in r.output and "row 0" in r.output
+
+
+def test_rerun_is_a_no_op(folder_root, tmp_path):
+    args = ["build", "--dataset", "folder", "--root", str(folder_root), "--out", str(tmp_path / "s"), "--target-frames", "128"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "computed 0 clips" in r.output
+
+
+def test_clear_errors(tmp_path):
+    r = CliRunner().invoke(main, ["build", "--dataset", "audioset", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "needs --root" in r.output
+    r = CliRunner().invoke(main, ["build", "--dataset", "folder", "--root", str(tmp_path), "--shard", "3/2"])
+    assert r.exit_code == 2 and "0 <= K < N" in r.output
+    r = CliRunner().invoke(main, ["build", "--dataset", "folder", "--root", str(tmp_path), "--shard", "x"])
+    assert r.exit_code == 2 and "K/N" in r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert r.exit_code == 2 and "no store here" in r.output
