@@ -78,12 +78,32 @@ def test_run_recipe_report(toy_store, tmp_path):
     assert base["metric"] > 0.4  # the toy task is learnable: well above chance (0.25)
 
 
-def test_checkpoints_load_weights_only(toy_store, tmp_path):
-    PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "c2f", "c2f").run()
+def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    outcome = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "c2f", "c2f").run()
     state = torch.load(tmp_path / "c2f" / "checkpoints" / "last.pt", weights_only=True)
     assert state["progress"]["global_step"] == 12 and state["resolution"]["frames"] == T
     final = load_checkpoint(tmp_path / "c2f" / "final.pt")
     assert final["model"]["pos_embed"].shape == (1, 2 + 8 * 4, 32)
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(toy_store), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["accuracy"] == outcome.metric
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
+    assert r.exit_code == 2 and "not a loadable c2f checkpoint" in r.output
+
+
+def test_cli_run_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    r = CliRunner().invoke(main, ["run", "demo", "--set", f"store=\"{tmp_path / 'none'}\""])
+    assert r.exit_code == 2 and "build it first" in r.output
+    r = CliRunner().invoke(main, ["run", "no_such_recipe"])
+    assert r.exit_code == 2 and "shipped recipes are" in r.output
 
 
 def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
