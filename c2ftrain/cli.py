@@ -31,6 +31,9 @@ def _printer(state: dict):
             console.rule(f"[bold]{e['run']}[/]: {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
             m = ", ".join(f"{k} {v:.4f}" for k, v in e["metrics"].items() if "/" not in k)
+            if "metrics_at_phase_resolution" in e:
+                m += " [dim](at phase resolution: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in e["metrics_at_phase_resolution"].items()) + ")[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
         elif e["event"] == "step" and state.get("verbose"):

@@ -384,6 +384,13 @@ class PhaseTrainer:
                 entry = {"event": "eval", "run": self.label, "phase": progress.phase, "phase_label": phase.label,
                          "epoch": epoch + 1, "step": progress.global_step, "metrics": metrics,
                          "cum_flops": sum(r.flops for r in records), "cum_wall_s": sum(r.wall_s for r in records)}
+                if not phase.full_resolution:
+                    # also as the coarse model sees the data: shows whether the coarse phase learns,
+                    # apart from how well it transfers to full resolution
+                    eval_loader.set_phase(*phase.loader_method)
+                    entry["metrics_at_phase_resolution"] = evaluate_model(
+                        model, eval_loader, self.multi_label, self.device, self.dist)
+                    eval_loader.set_phase("none", 1)
                 history.append(entry)
                 self._log(entry)
             self.save(model, optimizer, progress, records, history)
