@@ -122,8 +122,7 @@ def _labels_and_issues(spec: DatasetSpec, limit: int | None):
                            "detail": f"labels not in the vocabulary: {', '.join(bad)}"})
         metas[split] = st.SplitMeta(ids=[c.id for c in clips], labels=enc)
     for split, ids in spec.missing.items():
-        for clip_id in ids[: None]:
-            issues.append({"split": split, "id": clip_id, "reason": "missing", "detail": "listed but not on disk"})
+        issues += [{"split": split, "id": i, "reason": "missing", "detail": "listed but not on disk"} for i in ids]
     return metas, issues, clips_by_split
 
 

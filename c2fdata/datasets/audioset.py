@@ -86,10 +86,11 @@ def prepare_audioset(root, *, train_split: str | None = None, target_frames: int
             if not wav.is_absolute():
                 wav = root / wav
             hit = wav if wav.is_file() else audio.get(wav.stem)
+            if hit is None:
+                lost.append(wav.stem)
+                continue
             labels = tuple(m for m in e["labels"].split(",") if m)
-            (found if hit else lost).append(
-                Clip(wav.stem, split, labels, FileSource(str(hit))) if hit else wav.stem
-            )
+            found.append(Clip(wav.stem, split, labels, FileSource(str(hit))))
         clips[split], missing[split] = found, lost
     if not clips:
         raise ValueError(
