@@ -92,12 +92,17 @@ def run(recipe, run_dir, resume_dir, no_baseline, overrides, steps_log):
         console.print(
             f"coarse-to-fine: {name} {report['c2f']['metric'] * scale:.2f} vs baseline "
             f"{report['baseline']['metric'] * scale:.2f} ({report['metric_delta'] * scale:+.2f}{unit}), "
-            f"[bold]{s['flops']:.0%} fewer training FLOPs, {s['wall']:.0%} less training time[/]"
+            f"[bold]{_less(s['flops'], 'fewer', 'more')} training FLOPs, "
+            f"{_less(s['wall'], 'less', 'more')} training time[/]"
         )
         if "equal_flops" in report:
             console.print(f"full resolution for the same FLOPs as coarse-to-fine: "
                           f"{name} {report['equal_flops']['metric'] * scale:.2f}")
     console.print(f"report: {Path(run_dir) / 'report.json'}, {Path(run_dir) / 'report.png'}")
+
+
+def _less(saving: float, less: str, more: str) -> str:
+    return f"{saving:.0%} {less}" if saving >= 0 else f"{-saving:.0%} {more}"
 
 
 @main.command("eval")
