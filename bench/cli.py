@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from bench.machine import describe
 
-console = Console()
+# Wide enough for the throughput table when the output goes to a file or a pipe (docs, CI logs).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def machine_line(m: dict) -> str:
@@ -35,8 +37,10 @@ def main() -> None:
 @click.option("--clips", default=200, show_default=True, help="10-s clips to build.")
 @click.option("--read-clips", default=2000, show_default=True, help="Clips in the read benchmark store.")
 @click.option("--block-clips", "blocks", default="1,32", show_default=True, help="Shard sizes to compare.")
+@click.option("--reads", "n_reads", default=2000, show_default=True, help="Random reads per timed repeat.")
+@click.option("--repeats", default=5, show_default=True, help="Timed repeats of the reads (median, spread).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
-def store(clips, read_clips, blocks, json_path):
+def store(clips, read_clips, blocks, n_reads, repeats, json_path):
     """Build clips/s at 1 and 2 workers; random clip reads against a memory-mapped .npy."""
     from bench.store import bench_build, bench_reads
 
@@ -52,7 +56,8 @@ def store(clips, read_clips, blocks, json_path):
                   f"{r['clips_per_s_with_startup']:.1f}")
     console.print(t)
     with console.status("reading..."):
-        reads = bench_reads(read_clips, block_clips=[int(b) for b in blocks.split(",")])
+        reads = bench_reads(read_clips, block_clips=[int(b) for b in blocks.split(",")], reads=n_reads,
+                            repeats=repeats)
     t = Table(title=f"random single-clip reads, {read_clips} clips of 1024x128 float16, one process")
     for c in ("path", "clips/s", "spread", "vs mmap", "feature files", "write clips/s"):
         t.add_column(c, justify="right")
@@ -66,6 +71,113 @@ def store(clips, read_clips, blocks, json_path):
                       f"{r['zarr']['median'] / reads['mmap']['median']:.2f}", "", "")
     console.print(t)
     write_json(json_path, {"machine": m, "build": build, "reads": reads})
+
+
+@main.command()
+@click.option("--phase", "phase_numbers", type=int, multiple=True,
+              help="Phase of the recipe, 1-based (repeatable; default 1). The C = 1 phase is always measured too.")
+@click.option("--all", "all_phases", is_flag=True, help="Every phase of the recipe, in one table.")
+@click.option("--recipe", default="demo", show_default=True, help="Shipped recipe name or a .toml path.")
+@click.option("--store", type=click.Path(path_type=Path), help="Store to read instead of the recipe's.")
+@click.option("--loader", "backend", type=click.Choice(["dali", "torch"]),
+              help="Loader backend (default: the recipe's).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", default=5, show_default=True,
+              help="Timed rounds (every phase once per round); median and spread over them.")
+@click.option("--warmup", default=1, show_default=True, help="Untimed rounds before them.")
+@click.option("--batches", default=10, show_default=True, help="Train steps per repeat (model alone, end to end).")
+@click.option("--loader-batches", default=50, show_default=True, help="Batches per repeat of the loader alone.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Draw the split into FILE.png.")
+def throughput(phase_numbers, all_phases, recipe, store, backend, device, repeats, warmup, batches,
+               loader_batches, json_path, plot_path):
+    """Per phase: samples/s of the loader alone, the model's train step alone (synthetic input of
+    the phase's shape) and both together; data-loading share; speed-ups against C = 1."""
+    from bench.throughput import ThroughputSettings, bench_throughput
+    from c2ftrain.recipe import load_recipe
+
+    try:
+        rec = load_recipe(recipe)
+        numbers = list(range(1, len(rec.phases) + 1)) if all_phases else list(phase_numbers or [1])
+        settings = ThroughputSettings(repeats=repeats, warmup=warmup, batches=batches, loader_batches=loader_batches)
+        console.print(machine_line(describe()))
+        with console.status("measuring (warm-up excluded)..."):
+            result = bench_throughput(rec, numbers, store=store, backend=backend, device=device, settings=settings)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+    console.print(throughput_table(result))
+    write_json(json_path, result)
+    if plot_path:
+        from bench.plot import plot_throughput
+
+        console.print(f"wrote {plot_throughput(result, plot_path)}")
+
+
+def throughput_table(result: dict) -> Table:
+    ld = result["loader"]
+    t = Table(title=(f"{result['recipe']}: samples/s per phase, median of {result['settings']['repeats']} "
+                     f"(± half-range); {ld['backend']} loader ({ld['num_workers']} workers) on {ld['device']}, "
+                     f"model on {result['device']}; speed-ups vs phase {result['reference_phase']} (C = 1)"))
+    for c in ("phase", "frames", "tokens", "loader", "model", "end to end", "data share",
+              "loader x", "model x", "end-to-end x", "FLOPs x"):
+        t.add_column(c, justify="right")
+    for r in result["phases"]:
+        sp, up = r["spread"], r["speedup"]
+        t.add_row(
+            f"{r['phase']}: {r['label']}", str(r["frames"]), str(r["tokens"]),
+            f"{r['loader_samples_per_s']:,.0f} ±{sp['loader']:.0%}",
+            f"{r['model_samples_per_s']:,.0f} ±{sp['model']:.0%}",
+            f"{r['end_to_end_samples_per_s']:,.0f} ±{sp['end_to_end']:.0%}", f"{r['data_loading_share']:.1%}",
+            f"{up['loader']:.2f}", f"{up['model']:.2f}", f"{up['end_to_end']:.2f}", f"{up['flops']:.2f}",
+        )
+    la = result["load_average"]
+    t.caption = f"load average (1 min) before {la['before'][0]:.2f}, after {la['after'][0]:.2f}"
+    return t
+
+
+@main.command()
+@click.option("--clips", default=1024, show_default=True, help="10-s clips written, built and served.")
+@click.option("--seconds", default=10.0, show_default=True, help="Clip length.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--workers", default=2, show_default=True,
+              help="Worker processes of every loader (DALI: also its operator threads).")
+@click.option("--loader", "backends", multiple=True, type=click.Choice(["dali", "torch"]),
+              help="c2f backends to run (default: both, DALI where it imports).")
+@click.option("--no-ast", is_flag=True, help="Skip the AST-style loader.")
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--batches", default=16, show_default=True, help="Batches per repeat, c2f loaders.")
+@click.option("--ast-batches", default=4, show_default=True, help="Batches per repeat, AST-style loader.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+def loaders(clips, seconds, batch_size, workers, backends, no_ast, repeats, warmup, batches, ast_batches, json_path):
+    """c2f DALI vs c2f torch vs an AST-style loader (decode + fbank per sample), same clips, cores
+    and batch; loader-only samples/s at C = 1, 2, 4 for Frame-Shift and average pooling."""
+    from bench.loaders import bench_loaders
+
+    m = describe()
+    console.print(machine_line(m))
+    with console.status("writing clips, building the store, measuring..."):
+        result = bench_loaders(clips, seconds, batch_size, workers, tuple(backends) or ("dali", "torch"),
+                               batches=batches, ast_batches=ast_batches, repeats=repeats, warmup=warmup,
+                               ast=not no_ast)
+    console.print(loaders_table(result))
+    write_json(json_path, {"machine": m, **result})
+
+
+def loaders_table(result: dict) -> Table:
+    t = Table(title=(f"loader alone: samples/s, {result['clips']} clips of {result['seconds']:g} s "
+                     f"({result['target_frames']} frames), batch {result['batch_size']}, {result['workers']} workers, "
+                     f"median of {result['repeats']} (± half-range)"))
+    for c in ("loader", "phase", "samples/s", "vs own C = 1", "vs AST-style"):
+        t.add_column(c, justify="right")
+    for name, rows in result["loaders"].items():
+        for r in rows.values():
+            vs = r.get("vs_ast_style")
+            t.add_row(name, f"{r['method']} C={r['factor']}", f"{r['samples_per_s']:,.0f} ±{r['spread']:.0%}",
+                      f"{r['vs_own_c1']:.2f}", f"{vs:.1f}x" if vs else "")
+    la = result["load_average"]
+    t.caption = f"load average (1 min) before {la['before'][0]:.2f}, after {la['after'][0]:.2f}"
+    return t
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""`bench throughput`: for each phase of a recipe, how the time saved splits between loader and model.
+
+Per phase, three rates in samples/s, all in one run:
+- loader alone: batches pulled from the real pipeline (the trainer's own loader config) on the
+  real store, nothing else running;
+- model alone: the real train step (forward, loss, backward, clip, optimizer step) on fixed
+  synthetic input of the phase's shape, no loader alive;
+- end to end: real batches into real train steps, with the time spent waiting in `next()` on
+  the loader giving the data-loading share of step time (as the trainer's own `data_s`).
+Each speed-up is against the recipe's full-resolution phase (C = 1) measured in the same run;
+the FLOPs ratio is printed beside them as the ideal.
+
+Order of work (what keeps the figures clean on a small, shared machine): the run goes in rounds
+(`warmup` untimed, then `repeats` timed); one round takes every phase once: model alone with no
+loader alive, then the phase's loader is opened and primed (untimed), timed alone, timed end to
+end, and closed before the next phase (an idle loader keeps refilling its prefetch queue, which
+would steal cores from the next phase). A speed-up is the median over rounds of the ratio of the
+same round's rates, so that a slow drift of the machine's load cancels out of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.machine import describe
+from bench.timing import Measurement, measure, sync
+from c2ftrain.flops import tokens, train_step_flops
+from c2ftrain.model import AST
+from c2ftrain.recipe import Phase, Recipe
+from c2ftrain.trainer import PhaseTrainer, loss_fn, make_optimizer, phase_resolution
+
+FIGURES = ("loader", "model", "end_to_end")  # the three rates measured per phase
+
+__all__ = ["train_step", "endless", "bench_throughput", "ThroughputSettings", "TARGETS"]
+
+LOADER_PRIME_BATCHES = 2  # untimed batches after opening a loader: worker start, first batch
+
+# The targets of issue 5 (AST tiny, demo store, this machine): see docs/BENCHMARKS.md.
+TARGETS = {
+    "model_speedup_at_c4_min": 3.0,  # model-only step at C = 4 at least 3x the C = 1 step
+    "end_to_end_vs_model_speedup_min": 0.85,  # end-to-end speed-up within 15% of model-only
+    "data_loading_share_max": 0.10,  # in every phase
+}
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               multi_label: bool, clip_grad_norm: float | None = 1.0) -> torch.Tensor:
+    """One training step as PhaseTrainer takes it: forward (bf16 autocast on CUDA), loss in
+    float32, backward, gradient clipping, optimizer step. x: (B, T/C, F)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = model(x)  # (B, K)
+    loss = loss_fn(logits.float(), y, multi_label)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    opt.step()
+    return loss.detach()
+
+
+def endless(loader) -> Iterator[dict]:
+    """Batches of a loader across epoch boundaries (each pass advances the loader's epoch)."""
+    if len(loader) == 0:
+        raise ValueError("the loader serves no batch: fewer clips than one batch?")
+    while True:
+        yield from loader
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    repeats: int = 5  # timed rounds: one value per figure and phase each (median and spread)
+    warmup: int = 1  # untimed rounds before them (allocator, first touch of the store, caches)
+    batches: int = 10  # train steps per repeat (model alone and end to end)
+    loader_batches: int = 50  # batches per repeat of the loader alone
+
+    def __post_init__(self):
+        for name in ("repeats", "batches", "loader_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class _Phase:
+    """What one phase's measurements need: its shape, model and optimizer."""
+
+    number: int  # 1-based, as the recipe lists it
+    phase: Phase
+    resolution: dict  # set_time_resolution arguments
+    batch_size: int
+    model: AST
+    opt: torch.optim.Optimizer
+    rates: dict[str, list[float]] = field(default_factory=dict)  # per figure, one value per round
+
+    @property
+    def frames(self) -> int:
+        return self.resolution["frames"]
+
+
+def _synthetic_batch(trainer: PhaseTrainer, p: _Phase) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(p.number)
+    x = torch.randn(p.batch_size, p.frames, trainer.cfg.n_mels, generator=g)  # (B, T/C, F)
+    k = trainer.cfg.num_classes
+    if trainer.multi_label:
+        y = (torch.rand(p.batch_size, k, generator=g) < 0.05).float()  # (B, K) multi-hot
+    else:
+        y = torch.randint(0, k, (p.batch_size,), generator=g)  # (B,)
+    return x.to(trainer.device), y.to(trainer.device)
+
+
+class _Steps:
+    """The three timed runs of one phase; each returns samples processed, as `measure` wants."""
+
+    def __init__(self, trainer: PhaseTrainer, p: _Phase, s: ThroughputSettings):
+        self.trainer, self.p, self.s = trainer, p, s
+        self.x, self.y = _synthetic_batch(trainer, p)
+        self.batches: Iterator[dict] | None = None
+        self.wait_s = 0.0  # time inside next() during the last end-to-end run
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        t = self.trainer
+        train_step(self.p.model, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
+
+    def model(self) -> int:
+        for _ in range(self.s.batches):
+            self.step(self.x, self.y)
+        return self.s.batches * self.p.batch_size
+
+    def loader(self) -> int:
+        n = 0
+        for _ in range(self.s.loader_batches):
+            n += next(self.batches)["features"].shape[0]
+        return n
+
+    def end_to_end(self) -> int:
+        n, self.wait_s = 0, 0.0
+        device = self.trainer.device
+        for _ in range(self.s.batches):
+            t = time.perf_counter()
+            batch = next(self.batches)
+            x = batch["features"].to(device, non_blocking=True)  # (B, T/C, F)
+            y = batch["labels"].to(device, non_blocking=True)
+            self.wait_s += time.perf_counter() - t
+            self.step(x, y)
+            n += x.shape[0]
+        return n
+
+    def open_loader(self) -> None:
+        """The trainer's own loader at this phase, started and primed (untimed)."""
+        self.batches = endless(self.trainer.train_loader(self.p.phase))
+        for _ in range(LOADER_PRIME_BATCHES):
+            next(self.batches)
+
+    def close_loader(self) -> None:
+        self.batches.close()
+        self.trainer.close()  # stops the reader processes: nothing runs behind the next phase
+        self.batches = None
+
+
+def _round(steps: list[_Steps], timed: bool) -> None:
+    """Every phase once: model alone (no loader alive), then loader alone and end to end on
+    the phase's own loader, closed before the next phase."""
+    for st in steps:
+        _timed(st, "model", st.model, timed)
+        st.open_loader()
+        try:
+            _timed(st, "loader", st.loader, timed)
+            t0 = time.perf_counter()
+            _timed(st, "end_to_end", st.end_to_end, timed)
+            if timed:  # the share of the end-to-end run spent waiting in next()
+                st.p.rates.setdefault("data_loading_share", []).append(st.wait_s / (time.perf_counter() - t0))
+        finally:
+            st.close_loader()
+
+
+def _timed(st: _Steps, key: str, run, timed: bool) -> None:
+    if not timed:
+        run()
+        sync()
+        return
+    st.p.rates.setdefault(key, []).extend(measure(run, repeats=1, warmup=0).rates)
+
+
+def _paired_speedup(p: _Phase, ref: _Phase, key: str) -> float:
+    """Median over rounds of (this phase's rate / the C = 1 rate of the same round)."""
+    return statistics.median(a / b for a, b in zip(p.rates[key], ref.rates[key]))
+
+
+def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
+                     backend: str | None = None, device: str = "cpu",
+                     settings: ThroughputSettings = ThroughputSettings()) -> dict:
+    """Figures of the phases `phase_numbers` (1-based) of `recipe` and of its full-resolution
+    phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys)."""
+    n = len(recipe.phases)
+    for k in phase_numbers:
+        if not 1 <= k <= n:
+            raise ValueError(f"--phase {k}: recipe {recipe.name!r} has phases 1..{n}")
+    if store is not None:
+        recipe = dataclasses.replace(recipe, store=str(store))
+    if backend is not None:
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, backend=backend))
+    if not Path(recipe.store).exists():
+        raise FileNotFoundError(
+            f"store {recipe.store} not found; build it (`c2fdata build --dataset instruments`) or pass --store"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but CUDA is not available here")
+    ref_number = max(i + 1 for i, p in enumerate(recipe.phases) if p.full_resolution)
+    numbers = sorted(set(phase_numbers) | {ref_number})
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as out_dir:  # the trainer is only asked for its loaders
+        trainer = PhaseTrainer(recipe, recipe.phases, Path(out_dir), "bench", device=device)
+        torch.manual_seed(recipe.seed)
+        phases = []
+        for k in numbers:
+            phase = recipe.phases[k - 1]
+            res = phase_resolution(trainer.cfg, phase)
+            model = AST(trainer.cfg).to(trainer.device)
+            model.set_time_resolution(**res)
+            lr = phase.lr if phase.lr is not None else recipe.optim.lr
+            phases.append(_Phase(k, phase, res, phase.batch_size or recipe.data.batch_size, model,
+                                 make_optimizer(recipe, model, lr)))
+        for p in phases:
+            p.model.train()
+        steps = [_Steps(trainer, p, settings) for p in phases]
+        for r in range(settings.warmup + settings.repeats):
+            _round(steps, timed=r >= settings.warmup)
+        loader_backend = _backend_name(trainer)
+    ref = next(p for p in phases if p.number == ref_number)
+    ref_flops = train_step_flops(trainer.cfg, ref.frames, ref.resolution["time_patch"], ref.resolution["time_stride"])
+    rows = [_row(trainer, p, ref, ref_flops) for p in phases]
+    return {
+        "machine": {**describe(), "torch_threads": torch.get_num_threads()},
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "recipe": recipe.name, "store": str(recipe.store), "device": str(trainer.device),
+        "loader": {"backend": loader_backend, "device": trainer.base.device,
+                   "num_workers": trainer.base.num_workers, "num_threads": trainer.base.num_threads},
+        "settings": dataclasses.asdict(settings),
+        "reference_phase": ref_number,
+        "phases": rows,
+        "targets": _targets(rows, ref_number),
+    }
+
+
+def _backend_name(trainer: PhaseTrainer) -> str:
+    from c2fdata.pipeline import dali_available
+
+    b = trainer.base.backend
+    return ("dali" if dali_available() else "torch") if b == "auto" else b
+
+
+def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
+    m = {k: Measurement(v) for k, v in p.rates.items()}
+    res = p.resolution
+    flops = train_step_flops(trainer.cfg, p.frames, res["time_patch"], res["time_stride"])
+    return {
+        "phase": p.number, "method": p.phase.method, "factor": p.phase.factor, "label": p.phase.label,
+        "frames": p.frames, "tokens": tokens(trainer.cfg, p.frames, res["time_patch"], res["time_stride"]),
+        "batch_size": p.batch_size,
+        "loader_samples_per_s": m["loader"].median,
+        "model_samples_per_s": m["model"].median,
+        "end_to_end_samples_per_s": m["end_to_end"].median,
+        "data_loading_share": m["data_loading_share"].median,
+        "speedup": {**{k: _paired_speedup(p, ref, k) for k in FIGURES}, "flops": ref_flops / flops},
+        "train_step_flops_per_sample": flops,
+        "spread": {k: m[k].spread for k in FIGURES},
+        "repeats": p.rates,
+    }
+
+
+def _targets(rows: list[dict], ref_number: int) -> dict:
+    """Issue 5's targets, checked where they apply (None where they do not)."""
+    t = TARGETS
+    c4 = [r for r in rows if r["factor"] == 4]
+    return {
+        "model_speedup_at_c4_ge_3": (all(r["speedup"]["model"] >= t["model_speedup_at_c4_min"] for r in c4)
+                                     if c4 else None),
+        "end_to_end_speedup_within_15pct_of_model": {
+            r["phase"]: r["speedup"]["end_to_end"] >= t["end_to_end_vs_model_speedup_min"] * r["speedup"]["model"]
+            for r in rows if r["phase"] != ref_number
+        },
+        "data_loading_share_le_10pct": {r["phase"]: r["data_loading_share"] <= t["data_loading_share_max"]
+                                        for r in rows},
+    }
