@@ -143,23 +143,29 @@ def throughput_table(result: dict) -> Table:
               help="Worker processes of every loader (DALI: also its operator threads).")
 @click.option("--loader", "backends", multiple=True, type=click.Choice(["dali", "torch"]),
               help="c2f backends to run (default: both, DALI where it imports).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Where c2f's loaders compress and normalise (the AST-style loader is CPU-only).")
 @click.option("--no-ast", is_flag=True, help="Skip the AST-style loader.")
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--warmup", default=1, show_default=True)
 @click.option("--batches", default=16, show_default=True, help="Batches per repeat, c2f loaders.")
 @click.option("--ast-batches", default=4, show_default=True, help="Batches per repeat, AST-style loader.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
-def loaders(clips, seconds, batch_size, workers, backends, no_ast, repeats, warmup, batches, ast_batches, json_path):
+def loaders(clips, seconds, batch_size, workers, backends, device, no_ast, repeats, warmup, batches, ast_batches,
+            json_path):
     """c2f DALI vs c2f torch vs an AST-style loader (decode + fbank per sample), same clips, cores
     and batch; loader-only samples/s at C = 1, 2, 4 for Frame-Shift and average pooling."""
     from bench.loaders import bench_loaders
 
     m = describe()
     console.print(machine_line(m))
-    with console.status("writing clips, building the store, measuring..."):
-        result = bench_loaders(clips, seconds, batch_size, workers, tuple(backends) or ("dali", "torch"),
-                               batches=batches, ast_batches=ast_batches, repeats=repeats, warmup=warmup,
-                               ast=not no_ast)
+    try:
+        with console.status("writing clips, building the store, measuring..."):
+            result = bench_loaders(clips, seconds, batch_size, workers, tuple(backends) or ("dali", "torch"),
+                                   batches=batches, ast_batches=ast_batches, repeats=repeats, warmup=warmup,
+                                   ast=not no_ast, device=device)
+    except (ValueError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
     console.print(loaders_table(result))
     write_json(json_path, {"machine": m, **result})
 
@@ -167,6 +173,7 @@ def loaders(clips, seconds, batch_size, workers, backends, no_ast, repeats, warm
 def loaders_table(result: dict) -> Table:
     t = Table(title=(f"loader alone: samples/s, {result['clips']} clips of {result['seconds']:g} s "
                      f"({result['target_frames']} frames), batch {result['batch_size']}, {result['workers']} workers, "
+                     f"c2f on {result['device']}, "
                      f"median of {result['repeats']} (± half-range)"))
     for c in ("loader", "phase", "samples/s", "vs own C = 1", "vs AST-style"):
         t.add_column(c, justify="right")

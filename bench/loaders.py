@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from bench.timing import Measurement, measure
 from bench.throughput import endless
 
@@ -35,11 +37,11 @@ def _pull(batches, n_batches: int) -> int:
 
 
 def _c2f(store, reader, backend: str, method: str, factor: int, batch_size: int, workers: int,
-         n_batches: int, repeats: int, warmup: int) -> Measurement:
+         n_batches: int, repeats: int, warmup: int, device: str = "cpu") -> Measurement:
     from c2fdata.pipeline import PipelineConfig, make_loader
 
     cfg = PipelineConfig(store, "train", method=method, factor=factor, batch_size=batch_size, shuffle=True,
-                         backend=backend, num_workers=workers, num_threads=workers)
+                         backend=backend, num_workers=workers, num_threads=workers, device=device)
     loader = make_loader(cfg, reader)
     batches = endless(loader)
     try:
@@ -84,11 +86,12 @@ def _cycle(loader):
 def bench_loaders(clips: int = 1024, seconds: float = 10.0, batch_size: int = 64, workers: int = 2,
                   backends: tuple[str, ...] = ("dali", "torch"), phases=PHASES, batches: int = 16,
                   ast_batches: int = 4, repeats: int = 5, warmup: int = 1, ast: bool = True,
-                  build_workers: int = 2) -> dict:
+                  build_workers: int = 2, device: str = "cpu") -> dict:
     """Loader-only samples/s per (loader, method, C) on `clips` clips of `seconds` s, one run.
 
     batches: batches per timed repeat of the c2f loaders (default: one epoch of 1024 clips);
     ast_batches: the same for the AST-style loader (slower; fewer batches keep the run short).
+    device: where c2f's loaders compress and normalise (cpu | gpu); the AST-style loader is CPU-only.
     """
     from bench.ast_loader import files_of_folder_store
     from bench.store import write_clips
@@ -98,7 +101,9 @@ def bench_loaders(clips: int = 1024, seconds: float = 10.0, batch_size: int = 64
 
     backends = tuple(b for b in backends if b != "dali" or dali_available())
     load_before = os.getloadavg()
-    out: dict = {"clips": clips, "seconds": seconds, "batch_size": batch_size, "workers": workers,
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("--device gpu but CUDA is not available here")
+    out: dict = {"clips": clips, "seconds": seconds, "batch_size": batch_size, "workers": workers, "device": device,
                  "batches_per_repeat": {"c2f": batches, "ast": ast_batches}, "repeats": repeats, "loaders": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = write_clips(Path(tmp) / "audio", clips, seconds)
@@ -111,7 +116,8 @@ def bench_loaders(clips: int = 1024, seconds: float = 10.0, batch_size: int = 64
         for backend in backends:
             rows = {}
             for method, factor in phases:
-                m = _c2f(store, reader, backend, method, factor, batch_size, workers, batches, repeats, warmup)
+                m = _c2f(store, reader, backend, method, factor, batch_size, workers, batches, repeats, warmup,
+                         device)
                 rows[f"{method}/{factor}"] = _row(method, factor, m)
             out["loaders"][f"c2f-{backend}"] = rows
         if ast:

@@ -12,10 +12,11 @@ the FLOPs ratio is printed beside them as the ideal.
 
 Order of work (what keeps the figures clean on a small, shared machine): the run goes in rounds
 (`warmup` untimed, then `repeats` timed); one round takes every phase once: model alone with no
-loader alive, then the phase's loader is opened and primed (untimed), timed alone, timed end to
-end, and closed before the next phase (an idle loader keeps refilling its prefetch queue, which
-would steal cores from the next phase). A speed-up is the median over rounds of the ratio of the
-same round's rates, so that a slow drift of the machine's load cancels out of it.
+loader alive, then the phase's loader is opened and primed with train steps (untimed), timed
+alone, timed end to end, and closed before the next phase (an idle loader keeps refilling its
+prefetch queue, which would steal cores from the next phase). A speed-up is the median over
+rounds of the ratio of the same round's rates, so that a slow drift of the machine's load cancels
+out of it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ FIGURES = ("loader", "model", "end_to_end")  # the three rates measured per phas
 
 __all__ = ["train_step", "endless", "bench_throughput", "ThroughputSettings", "TARGETS"]
 
-LOADER_PRIME_BATCHES = 2  # untimed batches after opening a loader: worker start, first batch
+PRIME_STEPS = 2  # untimed train steps before timing after a loader opens or closes (see _Steps.prime)
 
 # The targets of issue 5 (AST tiny, demo store, this machine): see docs/BENCHMARKS.md.
 TARGETS = {
@@ -155,11 +156,22 @@ class _Steps:
             n += x.shape[0]
         return n
 
+    def prime(self) -> None:
+        """A few untimed steps, on real batches when the loader is open. Starting or stopping
+        reader processes (fork) makes the next write to every page of the model, optimizer and
+        allocator a page fault; the trainer pays that once per phase, so it stays untimed here."""
+        for _ in range(PRIME_STEPS):
+            if self.batches is None:
+                self.step(self.x, self.y)
+            else:
+                batch = next(self.batches)
+                self.step(batch["features"].to(self.trainer.device), batch["labels"].to(self.trainer.device))
+        sync()
+
     def open_loader(self) -> None:
         """The trainer's own loader at this phase, started and primed (untimed)."""
         self.batches = endless(self.trainer.train_loader(self.p.phase))
-        for _ in range(LOADER_PRIME_BATCHES):
-            next(self.batches)
+        self.prime()
 
     def close_loader(self) -> None:
         self.batches.close()
@@ -171,6 +183,7 @@ def _round(steps: list[_Steps], timed: bool) -> None:
     """Every phase once: model alone (no loader alive), then loader alone and end to end on
     the phase's own loader, closed before the next phase."""
     for st in steps:
+        st.prime()
         _timed(st, "model", st.model, timed)
         st.open_loader()
         try:

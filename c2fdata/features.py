@@ -35,9 +35,10 @@ class FbankConfig:
     def __post_init__(self):
         if self.sample_rate <= 0 or self.n_mels <= 0:
             raise ValueError(f"sample_rate and n_mels must be positive, got {self}")
-        if not 0 < self.frame_shift_ms <= self.frame_length_ms:
+        # a hop longer than the window is allowed: Frame-Shift at 40/80 ms is exactly Kaldi's output
+        if not (self.frame_shift_ms > 0 and self.frame_length_ms > 0):
             raise ValueError(
-                f"need 0 < frame_shift_ms <= frame_length_ms, got {self.frame_shift_ms}, "
+                f"frame_shift_ms and frame_length_ms must be positive, got {self.frame_shift_ms}, "
                 f"{self.frame_length_ms}"
             )
 

@@ -137,3 +137,22 @@ def test_store_writes_the_figures(tmp_path):
     assert MACHINE_KEYS <= set(d["machine"])
     assert all(positive(r["clips_per_s_per_worker"]) for r in d["build"].values())
     assert positive(d["reads"]["mmap"]["median"]) and positive(d["reads"]["block_1"]["reader_vs_mmap"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_gpu_options_refused_without_cuda(tiny_recipe):
+    for args in (["throughput", "--recipe", str(tiny_recipe), "--device", "cuda"],
+                 ["loaders", "--clips", "4", "--device", "gpu"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0 and "CUDA is not available" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_throughput_on_cuda(tiny_recipe, tmp_path):
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--all", "--device", "cuda", "--repeats", "1", "--warmup", "0",
+         "--batches", "1", "--loader-batches", "1", "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert d["machine"]["gpu"] and d["loader"]["device"] == "gpu"
+    assert all(positive(r["end_to_end_samples_per_s"]) for r in d["phases"])
