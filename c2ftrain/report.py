@@ -4,7 +4,6 @@ time, coarse-to-fine beside the baseline(s), phase boundaries marked."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from c2ftrain.recipe import Recipe

@@ -4,9 +4,8 @@ one run directory, one report."""
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +15,11 @@ from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
 from c2ftrain.trainer import PhaseTrainer, RunOutcome, model_config
 
-RUNS = ("c2f", "baseline", "equal_flops")
-
-
 def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def equal_flops_phases(recipe: Recipe, c2f: RunOutcome, samples_per_epoch: int) -> tuple[Phase, ...]:
+def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
     """Full resolution for as many samples as fit in the FLOPs coarse-to-fine spent."""
     from c2fdata.reader import StoreReader
 
@@ -53,7 +49,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, baseline:
     for label, phases in plan:
         outcomes[label] = _one_run(recipe, phases, run_dir / label, label, d, dev, resume, on_event)
     if baseline and recipe.baseline.equal_flops:
-        phases = equal_flops_phases(recipe, outcomes["c2f"], 0)
+        phases = equal_flops_phases(recipe, outcomes["c2f"])
         outcomes["equal_flops"] = _one_run(recipe, phases, run_dir / "equal_flops", "equal_flops", d, dev, resume, on_event)
     report = build_report(recipe, outcomes)
     if d.is_main:

@@ -97,7 +97,7 @@ def phase_resolution(cfg: ASTConfig, phase: Phase) -> dict:
     if phase.method == "patch":
         return dict(frames=cfg.target_frames, time_patch=cfg.patch_size[1] * phase.factor,
                     time_stride=cfg.patch_stride[1] * phase.factor)
-    method, factor = phase.loader_method
+    _, factor = phase.loader_method
     return dict(frames=cfg.target_frames // factor, time_patch=None, time_stride=None)
 
 

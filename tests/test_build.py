@@ -1,7 +1,6 @@
 """Store builds: resume after SIGKILL, sharded builds, bad input, verify, format checks."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
