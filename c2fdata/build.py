@@ -1,28 +1,22 @@
-"""`c2fdata build`: decode + fbank in worker processes, commit blocks to the store, resumable.
+"""`c2fdata build`: clips -> features in worker processes (build_worker.py), committed to the store
+block by block, resumable.
 
 The library API is `build_store(BuildConfig(...), progress=...)`; the CLI only renders.
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing as mp
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from c2fdata import store as st
-from c2fdata.datasets import DatasetSpec, prepare
-from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
-
-log = logging.getLogger(__name__)
-
-SILENT_PEAK = 1e-6  # peak |sample| below this: the clip is flagged "silent" (kept, reported)
-SHORT_FRACTION = 0.5  # clips with fewer real frames than this share of the target are flagged
+from c2fdata.build_worker import ClipResult, ClipTask, clip_results, close_results
+from c2fdata.datasets import Clip, DatasetSpec, prepare
+from c2fdata.features import FbankConfig
 
 
 class StrictError(RuntimeError):
@@ -73,44 +67,36 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-# -- worker side -------------------------------------------------------------------------------
-_CFG: tuple[FbankConfig, int] | None = None
+@dataclass(frozen=True)
+class BlockTask:
+    """Rows [start, end) of a split: block `block`, one shard file of the store."""
+
+    split: str
+    block: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
 
 
-def _init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True) -> None:
-    global _CFG
-    if single_thread:  # pool workers: parallelism comes from processes, threads would oversubscribe
-        import torch
+@dataclass(frozen=True)
+class BlockResult:
+    """A computed block, as `store.write_block` takes it, and the problems of its clips."""
 
-        torch.set_num_threads(1)
-    _CFG = (cfg, target_frames)
+    features: np.ndarray  # (n, target_frames, n_mels) float16
+    frames: np.ndarray  # (n,) int32 real frames per clip
+    status: np.ndarray  # (n,) uint8 st.OK / st.FAILED
+    errors: list[str]  # per clip "reason: detail", or "" when clean
+    sums: np.ndarray  # (3,) float64: sum, sum of squares, count of the real values
+    problems: list[dict]  # {split, id, reason, detail, fatal}
 
-
-def _compute(task: tuple[str, Callable]):
-    """One clip -> (features (T, F) float16 | None, real frames, status, message, sums)."""
-    clip_id, source = task
-    cfg, target = _CFG
-    try:
-        audio, sr = source()
-        feats = fbank(audio, sr, cfg, source=str(getattr(source, "path", clip_id)))
-    except BadClip as err:
-        return None, 0, st.FAILED, f"{err.reason}: {err.detail}", None
-    except Exception as err:  # a decoder bug must not kill a build of millions
-        return None, 0, st.FAILED, f"error: {clip_id}: {type(err).__name__}: {err}", None
-    padded, frames = pad_or_crop(feats, target)
-    out = padded.numpy().astype(np.float16)
-    real = out[:frames].astype(np.float64)
-    sums = np.array([real.sum(), np.square(real).sum(), real.size], np.float64)
-    message = ""
-    peak = float(np.max(np.abs(audio))) if np.size(audio) else 0.0
-    if peak < SILENT_PEAK:
-        message = f"silent: {clip_id}: peak amplitude {peak:.2g}"
-    elif frames < SHORT_FRACTION * target:
-        message = f"short: {clip_id}: {frames} of {target} frames, zero-padded"
-    return out, frames, st.OK, message, sums
+    @property
+    def failed(self) -> int:
+        return int(np.count_nonzero(self.status == st.FAILED))
 
 
-# -- orchestration -----------------------------------------------------------------------------
 def _labels_and_issues(spec: DatasetSpec, limit: int | None):
     metas, issues, clips_by_split = {}, [], {}
     for split, clips in spec.clips.items():
@@ -126,9 +112,49 @@ def _labels_and_issues(spec: DatasetSpec, limit: int | None):
     return metas, issues, clips_by_split
 
 
+def _pending_blocks(group, metas: dict[str, st.SplitMeta], cfg: BuildConfig) -> list[BlockTask]:
+    """This shard's blocks that are not committed yet, in block order."""
+    todo = []
+    for split, meta in metas.items():
+        for b in st.pending_blocks(group, split, cfg.shard):
+            start = b * cfg.block_clips
+            todo.append(BlockTask(split, b, start, min(start + cfg.block_clips, len(meta.ids))))
+    return todo
+
+
+def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
+                metas: dict[str, st.SplitMeta]) -> Iterator[ClipTask]:
+    for block in todo:
+        clips, labels = clips_by_split[block.split], metas[block.split].labels
+        for row in range(block.start, block.end):
+            # single-label encoding marks an unknown label with -1: fail the clip without decoding it
+            unknown = labels.ndim == 1 and labels[row] < 0
+            yield ClipTask(clips[row].id, None if unknown else clips[row].source)
+
+
+def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResult], target_frames: int,
+                   n_mels: int) -> BlockResult:
+    """The next `block.size` results, assembled into the block's arrays."""
+    n = block.size
+    feats = np.zeros((n, target_frames, n_mels), np.float16)
+    frames = np.zeros(n, np.int32)
+    status = np.zeros(n, np.uint8)
+    errors, sums, problems = [""] * n, np.zeros(3), []
+    for j in range(n):
+        r = next(results)
+        if r.features is not None:
+            feats[j], frames[j], sums = r.features, r.frames, sums + r.sums
+        status[j], errors[j] = r.status, r.message
+        if r.reason:
+            problems.append({"split": block.split, "id": ids[block.start + j], "reason": r.reason,
+                             "detail": r.detail, "fatal": r.failed})
+    return BlockResult(feats, frames, status, errors, sums, problems)
+
+
 def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None = None) -> BuildResult:
     """Build (or resume, or add this shard to) the store at cfg.out. Never stops on a bad clip
-    unless cfg.strict. `progress(done, total)` is called after every committed block."""
+    unless cfg.strict. `progress(done, total)` is called once the dataset is found and the store
+    opened, then after every committed block."""
     t0 = time.perf_counter()
     fbank_cfg = fbank_cfg or FbankConfig()
     spec = prepare(cfg.dataset, cfg.root, **cfg.options)
@@ -143,93 +169,31 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         prepare_issues=[i for i in issues if i["reason"] != "missing"],
         extra_attrs={"notes": spec.notes},
     )
-    # Tasks of this shard's pending blocks, in block order.
-    todo: list[tuple[str, int, int, int]] = []  # (split, block, start, end)
-    for split in metas:
-        for b in st.pending_blocks(group, split, cfg.shard):
-            start = b * cfg.block_clips
-            todo.append((split, b, start, min(start + cfg.block_clips, len(metas[split].ids))))
-    total = sum(e - s for _, _, s, e in todo)
+    todo = _pending_blocks(group, metas, cfg)
+    total = sum(b.size for b in todo)
     problems = [dict(i, fatal=False) for i in issues]
     computed = failed = 0
     if progress:
         progress(0, total)
-
-    def tasks():
-        for split, _, start, end in todo:
-            clips = clips_by_split[split]
-            labels = metas[split].labels
-            for row in range(start, end):
-                # a single-label clip whose label is unknown is failed without decoding it
-                yield (clips[row].id, None if (labels.ndim == 1 and labels[row] < 0) else clips[row].source)
-
-    results = _run(tasks(), cfg.workers, fbank_cfg, spec.target_frames)
+    results = clip_results(_clip_tasks(todo, clips_by_split, metas), cfg.workers, fbank_cfg, spec.target_frames)
     try:
-        for split, b, start, end in todo:
-            n = end - start
-            feats = np.zeros((n, spec.target_frames, fbank_cfg.n_mels), np.float16)
-            frames = np.zeros(n, np.int32)
-            status = np.zeros(n, np.uint8)
-            errors, sums = [""] * n, np.zeros(3)
-            for j in range(n):
-                out, fr, stt, msg, s = next(results)
-                clip_id = metas[split].ids[start + j]
-                if out is not None:
-                    feats[j], frames[j], sums = out, fr, sums + s
-                status[j], errors[j] = stt, msg
-                if msg:
-                    reason, _, detail = msg.partition(": ")
-                    problems.append({"split": split, "id": clip_id, "reason": reason, "detail": detail,
-                                     "fatal": stt == st.FAILED})
-                    if cfg.strict:
-                        raise StrictError(f"--strict: {split}/{clip_id}: {msg}")
-                failed += stt == st.FAILED
-            st.write_block(group, split, b, feats, frames, status, errors, sums)
-            computed += n
+        for task in todo:
+            block = _collect_block(task, metas[task.split].ids, results, spec.target_frames, fbank_cfg.n_mels)
+            problems += block.problems
+            if cfg.strict and block.problems:
+                first = block.problems[0]
+                raise StrictError(f"--strict: {first['split']}/{first['id']}: {first['reason']}: {first['detail']}")
+            st.write_block(group, task.split, task.block, block.features, block.frames, block.status,
+                           block.errors, block.sums)
+            computed += task.size
+            failed += block.failed
             if progress:
                 progress(computed, total)
     finally:
-        _close(results)
+        close_results(results)
     stats = st.finalize(group, cfg.out)
     return BuildResult(
         path=Path(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
         completion=st.completion(group), problems=problems,
     )
-
-
-def _unknown_label(task):
-    clip_id, source = task
-    if source is None:
-        return None, 0, st.FAILED, f"unknown-label: {clip_id}: label not in the vocabulary", None
-    return _compute(task)
-
-
-def _run(tasks, workers: int, cfg: FbankConfig, target: int):
-    """Ordered results of _compute over tasks, in-process (workers=1) or in a process pool."""
-    if workers == 1:
-        _init_worker(cfg, target, single_thread=False)  # in-process: leave the caller's threads alone
-        return (_unknown_label(t) for t in tasks)
-    # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
-    ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, target))
-    it = pool.imap(_unknown_label, tasks, chunksize=4)
-
-    class _Results:
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            return next(it)
-
-        def close(self):
-            pool.terminate()
-            pool.join()
-
-    return _Results()
-
-
-def _close(results) -> None:
-    close = getattr(results, "close", None)
-    if close:
-        close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from c2fdata import __version__
 from c2fdata.datasets import ADAPTERS
 
 console = Console(stderr=True)
+VERIFY_PROBLEMS_SHOWN = 50  # a damaged store can have thousands; the first ones say what happened
 
 
 def progress_bar(unit: str = "clips") -> Progress:
@@ -26,6 +28,42 @@ def progress_bar(unit: str = "clips") -> Progress:
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, transient=False,
     )
+
+
+class LazyProgress:
+    """A progress bar that appears on its first update, as a `progress(done, total)` callback.
+
+    The library calls back only once it found the dataset and opened the store, so an error
+    found before any work (a wrong --root, another dataset's store) prints alone, not under an
+    empty bar.
+    """
+
+    def __init__(self, description: str, rate_unit: str | None = None):
+        self.description, self.rate_unit = description, rate_unit
+        self._bar = self._task = self._t0 = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self._bar is None:
+            self._bar = progress_bar()
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=total, rate="")
+            self._t0 = now
+        rate = ""
+        if self.rate_unit:
+            rate = f"{done / (now - self._t0) if now > self._t0 else 0.0:,.0f} {self.rate_unit}"
+        self._bar.update(self._task, completed=done, total=total, rate=rate)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "LazyProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def fail(message: str) -> None:
@@ -71,18 +109,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
     except ValueError as err:
         fail(str(err))
     console.print(f"building [bold]{dataset}[/] -> {cfg.out} with {workers} worker(s), shard {shard}")
-    with progress_bar() as bar:
-        task = bar.add_task("features", total=None, rate="")
-        state = {}
-
-        def progress(done, total):
-            import time
-
-            now = time.perf_counter()
-            state.setdefault("t0", now)
-            rate = done / (now - state["t0"]) if now > state["t0"] else 0.0
-            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} clips/s")
-
+    with LazyProgress("features", rate_unit="clips/s") as progress:
         try:
             result = build_store(cfg, progress=progress)
         except (ValueError, StoreFormatError, StrictError) as err:
@@ -185,14 +212,13 @@ def verify(store):
     """Read every clip back: completeness, checksums, finite values, shapes, labels."""
     from c2fdata.verify import verify_store
 
-    with progress_bar() as bar:
-        task = bar.add_task("verify", total=None, rate="")
-        problems = verify_store(store, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    with LazyProgress("verify") as progress:
+        problems = verify_store(store, progress=progress)
     if problems:
-        for p in problems[:50]:
+        for p in problems[:VERIFY_PROBLEMS_SHOWN]:
             console.print(f"[red]x[/] {p}")
-        if len(problems) > 50:
-            console.print(f"... and {len(problems) - 50} more")
+        if len(problems) > VERIFY_PROBLEMS_SHOWN:
+            console.print(f"... and {len(problems) - VERIFY_PROBLEMS_SHOWN} more")
         fail(f"{store}: {len(problems)} problem(s)")
     console.print(f"[green]ok[/]: {store} verified")
 

@@ -1,4 +1,4 @@
-"""Temporal compression of a 10 ms fbank at load time: the torch reference (METHOD.md, DESIGN.md).
+"""Temporal compression of a 10 ms fbank at load time: the torch reference (see docs/METHOD.md).
 
 Every other path (the DALI graph, the torch loader) is tested against these functions. They work
 on `(T, F)` and `(B, T, F)` (time is always axis -2) for any integer factor C >= 1.
@@ -8,8 +8,10 @@ Tail rule, one for all methods: `compress(x, method, C)` returns exactly `T // C
   fill a group is dropped (never padded: a padded group would mix real frames with zeros).
 - Frame-Shift keeps frames `offset + k*C` for `k < T // C`. `frame_shift` alone returns every
   selected frame, `ceil((T - offset) / C)` of them, which is what Kaldi returns for a hop of
-  10*C ms on the same audio (offset 0); `compress` crops that to `T // C` (it is never shorter,
-  for any offset in [0, C)) so that a phase has one length whatever the random offset.
+  10*C ms on the same audio (offset 0; checked to max abs diff 0.0 for C = 2, 3, 4, 8, and an
+  offset of k frames equals that hop on the audio started 10*k ms later; tests/test_compress.py).
+  `compress` crops that to `T // C` (it is never shorter, for any offset in [0, C)) so that a
+  phase has one length whatever the random offset.
 A phase's length is therefore `compressed_frames(target_frames, method, C) == target_frames // C`.
 """
 

@@ -1,4 +1,9 @@
-"""Audio -> AST's Kaldi log-mel filterbank, exactly as AST computes it (see METHOD.md)."""
+"""Audio -> AST's Kaldi log-mel filterbank, exactly as AST computes it.
+
+AST's recipe: mono, resampled to 16 kHz, mean removed, then `torchaudio.compliance.kaldi.fbank`
+with AST's Kaldi settings (`FbankConfig`: 128 mel bins, 25 ms Hanning window, 10 ms hop, HTK
+compatible, no energy, no dither). Stored features are this output in float16.
+"""
 
 from __future__ import annotations
 

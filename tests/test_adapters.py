@@ -1,12 +1,13 @@
 """Each dataset adapter on small fixture datasets in the real formats, missing clips included."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from c2fdata.build import BuildConfig, build_store
-from c2fdata.datasets import prepare
+from c2fdata.datasets import NEEDS_ROOT, prepare
 from c2fdata.datasets.audioset import read_segments_csv
 from c2fdata.reader import StoreReader
 from c2fdata.vocab import Vocabulary
@@ -123,3 +124,10 @@ def test_no_metadata_is_a_clear_error(tmp_path):
         prepare("audioset", tmp_path)
     with pytest.raises(ValueError, match="vggsound.csv"):
         prepare("vggsound", tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_ROOT))
+def test_root_that_does_not_exist_is_named(name, tmp_path):
+    root = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match=re.escape(f"--root {root}: no such folder") + f".*{name}"):
+        prepare(name, root)

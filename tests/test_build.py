@@ -1,6 +1,8 @@
 """Store builds: resume after SIGKILL, sharded builds, bad input, verify, format checks."""
 
+import dataclasses
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import zarr
 
 from c2fdata import store as st
 from c2fdata.build import BuildConfig, StrictError, build_store
+from c2fdata.build_worker import ClipTask, compute_clip, init_worker
+from c2fdata.features import BadClip, FbankConfig
 from c2fdata.reader import StoreReader, StoreFormatError
 from c2fdata.shard_io import ShardedClipReader
 from c2fdata.verify import verify_store
@@ -214,3 +218,65 @@ def test_reader_pickles_and_serves(folder_big, tmp_path):
     np.testing.assert_array_equal(feats[1], x)
     with pytest.raises(IndexError):
         r2[len(r2)]
+
+
+# -- what a worker returns -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Raises:
+    """An audio source that fails the way a decoder does."""
+
+    error: Exception
+
+    def __call__(self):
+        raise self.error
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gives:
+    audio: np.ndarray
+
+    def __call__(self):
+        return self.audio, 16000
+
+
+@pytest.fixture
+def worker():
+    init_worker(FbankConfig(), target_frames=128, single_thread=False)
+
+
+def test_clip_result_round_trips_with_named_fields(worker):
+    ok = compute_clip(ClipTask("a/ok", _Gives(tone(1.0))))
+    assert ok.status == st.OK and not ok.failed and ok.reason == "" and ok.message == ""
+    assert ok.features.shape == (128, 128) and ok.features.dtype == np.float16 and ok.frames == 98
+    assert ok.sums[2] == 98 * 128  # values counted: the real frames only, not the padding
+    copy = pickle.loads(pickle.dumps(ok))  # what a pool worker sends back
+    assert (copy.status, copy.frames, copy.reason, copy.detail) == (ok.status, ok.frames, "", "")
+    np.testing.assert_array_equal(copy.features, ok.features)
+    np.testing.assert_array_equal(copy.sums, ok.sums)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ok.status = st.FAILED
+
+
+def test_clip_problems_keep_reason_and_detail_apart(worker):
+    # a detail with ": " inside stays whole (no "reason: detail" string is parsed back)
+    bad = compute_clip(ClipTask("a/bad", _Raises(BadClip("unreadable", "x.wav: header: truncated"))))
+    assert bad.failed and bad.features is None
+    assert (bad.reason, bad.detail) == ("unreadable", "x.wav: header: truncated")
+    assert bad.message == "unreadable: x.wav: header: truncated"  # as the store's error column keeps it
+    crash = compute_clip(ClipTask("a/crash", _Raises(KeyError("codec"))))
+    assert crash.failed and crash.reason == "error" and crash.detail == "a/crash: KeyError: 'codec'"
+    unknown = compute_clip(ClipTask("a/unknown", None))
+    assert unknown.failed and unknown.reason == "unknown-label" and unknown.detail.startswith("a/unknown: ")
+    silent = compute_clip(ClipTask("a/silent", _Gives(np.zeros(16000, np.float32))))
+    assert silent.status == st.OK and silent.reason == "silent" and silent.features is not None
+    short = compute_clip(ClipTask("a/short", _Gives(tone(0.3))))
+    assert short.status == st.OK and (short.reason, short.detail) == ("short", "a/short: 28 of 128 frames, zero-padded")
+
+
+def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):
+    res = build_store(cfg(bad_root, tmp_path / "s"))
+    short = next(p for p in res.problems if p["reason"] == "short")
+    assert short["detail"] == f"{short['id']}: 28 of 128 frames, zero-padded" and not short["fatal"]
+    g = zarr.open_group(str(tmp_path / "s"), mode="r")
+    row = list(g["train"]["ids"][:]).index(short["id"])
+    assert g["train"]["errors"][row] == f"short: {short['detail']}"

@@ -46,3 +46,19 @@ def test_clear_errors(tmp_path):
     assert r.exit_code == 2 and "K/N" in r.output
     r = CliRunner().invoke(main, ["info", str(tmp_path)])
     assert r.exit_code == 2 and "no store here" in r.output
+
+
+def test_root_that_does_not_exist_fails_before_any_work(tmp_path):
+    root, out = tmp_path / "no-such-esc50", tmp_path / "s"
+    r = CliRunner().invoke(main, ["build", "--dataset", "esc50", "--root", str(root), "--out", str(out)])
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert r.exit_code == 2, r.output
+    assert f"--root {root}: no such folder" in text and "esc50 metadata and audio" in text
+    assert "features" not in r.output and "0/?" not in r.output  # no (empty) progress bar
+    assert not out.exists()  # and no store started
+
+
+def test_progress_bar_only_once_work_starts(tmp_path):
+    r = CliRunner().invoke(main, ["build", "--dataset", "esc50", "--root", str(tmp_path), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "meta/esc50.csv" in " ".join(r.output.split())
+    assert "features" not in r.output

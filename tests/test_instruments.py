@@ -160,3 +160,36 @@ def test_bad_arguments_are_refused():
         prepare_instruments(clip_seconds=0.1)
     with pytest.raises(ValueError):
         SynthSource(0, (60, 62), (100,), (0.0,), (1.0,), clip_seconds=1.0, level_db=-20.0)
+
+
+# Phrases of seed 0 as the dataset has always drawn them (melodies and chords): a change to any
+# phrase constant or to the order of the draws changes every store built from `instruments`.
+KNOWN_PHRASES = {
+    "train/00000_p000": (0, (35, 37, 36, 35), (57, 46, 60, 53), (0.1592, 0.6743, 1.1161, 1.6402),
+                         (0.5075, 0.413, 0.604, 0.1792), 2.5, -27.2, 16000),
+    "train/00016_p002": (2, (66, 69, 66, 69), (99, 93, 95, 96), (0.0336, 0.035, 1.6573, 1.6606),
+                         (1.5064, 1.5064, 0.9468, 0.9468), 2.5, -16.79, 16000),
+    "eval/00000_p001": (1, (52, 55, 62, 64), (64, 68, 52, 61), (0.2224, 0.2297, 0.2348, 0.2226),
+                        (1.5242, 1.5242, 1.5242, 1.5242), 2.5, -26.97, 16000),
+    "eval_seen/00000_p000": (0, (71, 77, 72), (91, 87, 87), (0.0202, 0.2163, 0.4137),
+                             (0.1494, 0.1582, 0.2424), 2.5, -30.83, 16000),
+}
+
+
+def test_phrases_are_the_known_ones():
+    import dataclasses
+
+    spec = prepare_instruments(seed=0, n_train=17, n_eval=1, n_eval_seen=1)
+    by_id = {c.id: c.source for clips in spec.clips.values() for c in clips}
+    for clip_id, params in KNOWN_PHRASES.items():
+        assert dataclasses.astuple(by_id[clip_id]) == params, clip_id
+
+
+def test_adapter_registered_under_its_import_path():
+    from c2fdata.datasets import ADAPTERS, prepare
+    from c2fdata.datasets.instruments.synth import SynthSource as FromModule
+
+    assert ADAPTERS["instruments"][0] == "c2fdata.datasets.instruments"
+    assert FromModule is SynthSource
+    spec = prepare("instruments", None, n_train=16, n_eval=0, n_eval_seen=0)
+    assert [len(c) for c in spec.clips.values()] == [16]

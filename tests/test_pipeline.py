@@ -351,9 +351,7 @@ def test_augmentation_is_seeded_and_masks_scale_with_c(store, reader):
     crops = np.concatenate([source.read(0, k).params.crop_start for k in range(len(loader))])
     assert crops.max() == 0  # no clip is longer than the target (the store's length)
     short = source.read(0, 0)
-    cropped = loader.source()
-    cropped.cfg = cfg.replace(target_frames=30)
-    starts = cropped.read(0, 0).params.crop_start
+    starts = source.read(0, 0, cfg.replace(target_frames=30)).params.crop_start
     frames = reader.frames()[short.index]
     assert (starts <= np.maximum(frames - 30, 0)).all() and starts.max() > 0
 
@@ -375,6 +373,60 @@ def test_set_phase_and_epoch_reuse_the_store(store, reader, monkeypatch):
     assert_same_batches([first], collect(loader))
     assert opened == [] and loader.epoch == 1
     assert loader._dataloader() is dataloader  # (persistent) workers serve every phase
+
+
+def test_requests_of_two_phases_interleave(store, reader):
+    """Prefetched requests of two phases may reach one worker in any order: each is served at
+    its own phase, and serving it leaves the shared source as it was."""
+    from c2fdata.pipeline.torch_loader import _Batches
+
+    cfg = config(store, backend="torch", **TRAINING)
+    loader = make_loader(cfg, reader)
+    source = loader.source()
+    batches = _Batches(source, loader.mean, loader.std)
+    phases = [loader.cfg, loader.cfg.with_phase("pool-avg", 4), loader.cfg.with_phase("fshift", 3)]
+    served = {}
+    for k in range(2):
+        for phase in phases:  # a, b, c, a, b, c: every request after one of another phase
+            served[phase.method, phase.factor, k] = batches[(phase, 0, k)]
+            assert source.cfg is loader.cfg
+    for phase in phases:
+        alone = make_loader(cfg.with_phase(phase.method, phase.factor), reader)
+        expected = list(alone.epoch_batches(0))
+        for k in range(2):
+            got = served[phase.method, phase.factor, k]
+            assert got["features"].shape == (8, STORE_FRAMES // phase.factor, N_MELS)
+            assert_same_batches([[got]], [[expected[k]]])
+
+
+def test_batch_source_reads_any_phase_without_changing(store, reader):
+    loader = make_loader(config(store, backend="torch", **TRAINING), reader)
+    source = loader.source()
+    coarse = loader.cfg.with_phase("fshift", 4)
+    read = source.read(1, 0, coarse)
+    assert source.cfg is loader.cfg
+    own = type(source)(reader, loader.plan, coarse).read(1, 0)
+    for field in ("offset", "time_start", "time_width"):
+        np.testing.assert_array_equal(getattr(read.params, field), getattr(own.params, field))
+    assert read.params.offset.max() > 0  # the phase's own draws: Frame-Shift offsets in [0, 4)
+    assert source.read(1, 0).params.offset.max() == 0  # the source's phase: no offset at C = 1
+
+
+def test_backends_import_the_base_loader_not_the_package():
+    """pipeline/__init__ imports the backends; a backend importing the package back would be a
+    cycle. They share `Loader` through pipeline/loader.py."""
+    import ast
+    from pathlib import Path
+
+    import c2fdata.pipeline as package
+    from c2fdata.pipeline import loader as base
+
+    assert package.Loader is base.Loader
+    folder = Path(package.__file__).parent
+    for name in ("torch_loader.py", "dali.py", "loader.py", "sampling.py", "config.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "c2fdata.pipeline" not in imported, name
 
 
 @needs_dali

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from c2fdata.datasets.base import Clip, DatasetSpec, FileSource
 
@@ -24,6 +25,13 @@ def prepare(name: str, root=None, **options) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     if name in NEEDS_ROOT and root is None:
         raise ValueError(f"dataset {name!r} needs --root (the folder holding its metadata and audio)")
+    if name in NEEDS_ROOT and not Path(root).is_dir():
+        # checked here, once for every adapter, so that no adapter reports a file missing under
+        # a root that does not exist
+        raise ValueError(
+            f"--root {root}: no such folder; point --root at the folder holding the {name} "
+            "metadata and audio (the layout is in the README)"
+        )
     module, func = ADAPTERS[name]
     return getattr(importlib.import_module(module), func)(root, **options)
 

@@ -17,7 +17,7 @@ from nvidia.dali import backend as dali_backend
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from c2fdata.pipeline import OUTPUTS, Loader
+from c2fdata.pipeline.loader import OUTPUTS, Loader
 from c2fdata.pipeline.sampling import BatchSource
 
 __all__ = ["DaliLoader", "DaliSource", "c2f_pipeline", "crop", "compress", "normalize", "mask", "transform"]
@@ -132,8 +132,6 @@ class DaliSource(BatchSource):
             out["mask_anchor"] = np.stack([p.time_start, zeros, zeros, p.freq_start], 1).astype(np.float32)
             out["mask_shape"] = np.stack([p.time_width, bins, frames, p.freq_width], 1).astype(np.float32)
         return tuple(out[name] for name in self.outputs)
-
-
 
 
 @pipeline_def

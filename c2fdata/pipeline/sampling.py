@@ -183,7 +183,10 @@ class BatchSource:
     def __len__(self) -> int:
         return len(self.plan)
 
-    def read(self, epoch: int, iteration: int) -> Batch:
+    def read(self, epoch: int, iteration: int, cfg=None) -> Batch:
+        """Batch `iteration` of `epoch`; its random draws follow `cfg`'s phase (default: the
+        source's own cfg). Reads leave the source as it was, so one source serves any phase."""
+        cfg = self.cfg if cfg is None else cfg
         positions, clips = self.plan.batch(epoch, iteration)
         feats, labels, frames = [], [], []
         for clip in clips:
@@ -191,5 +194,5 @@ class BatchSource:
             feats.append(np.asarray(f))
             frames.append(n)
             labels.append(np.asarray(label))
-        params = draw_params(self.cfg, epoch, positions, np.asarray(frames, np.int64), self.n_mels)
+        params = draw_params(cfg, epoch, positions, np.asarray(frames, np.int64), self.n_mels)
         return Batch(feats, labels, clips.astype(np.int64), params)

@@ -2,8 +2,9 @@
 
 It is the reference the DALI graph is tested against and the loader on machines without DALI
 (macOS, Windows). Per sample: crop/pad to the target length -> compress by C -> normalise ->
-SpecAugment. Masks are applied after normalisation, as DESIGN.md orders it, so a masked value
-is 0, the dataset mean (AST masks before normalising, which leaves -mean / (2 std) there).
+SpecAugment. Masks are applied after normalisation, so that a masked value is 0, the dataset
+mean, whatever the store's statistics (AST masks before normalising, which leaves
+-mean / (2 std) there: a value that depends on the dataset).
 With device="gpu" this backend computes on the CPU and hands over CUDA tensors.
 """
 
@@ -16,10 +17,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from c2fdata.compress import compress
-from c2fdata.pipeline import Loader
+from c2fdata.pipeline.loader import Loader
 from c2fdata.pipeline.sampling import Batch, BatchSource
 
 __all__ = ["TorchLoader", "crop_or_pad", "normalize", "reciprocal", "mask", "transform"]
+
+PREFETCH_BATCHES = 2  # per worker: one being built while one waits keeps the consumer fed
 
 
 def crop_or_pad(x: torch.Tensor, start: int, frames: int) -> torch.Tensor:
@@ -87,7 +90,8 @@ class _Batches(Dataset):
     """Item (cfg, epoch, k) = batch k of that epoch at cfg's phase, built inside a worker.
 
     The phase and epoch travel with each request, so one set of persistent workers serves every
-    epoch and phase: no re-fork, no re-open of the store between them.
+    epoch and phase: no re-fork, no re-open of the store between them. The request's cfg is
+    handed to the read, never stored: prefetched requests of two phases may interleave.
     """
 
     def __init__(self, source: BatchSource, mean: float | None, std: float | None):
@@ -98,8 +102,7 @@ class _Batches(Dataset):
 
     def __getitem__(self, request) -> dict[str, torch.Tensor]:
         cfg, epoch, k = request
-        self.source.cfg = cfg
-        return transform(self.source.read(epoch, k), cfg, self.mean, self.std)
+        return transform(self.source.read(epoch, k, cfg), cfg, self.mean, self.std)
 
 
 class _Requests(Sampler):
@@ -107,6 +110,10 @@ class _Requests(Sampler):
 
     def __init__(self):
         self.cfg, self.epoch, self.start, self.batches = None, 0, 0, 0
+
+    def start_pass(self, cfg, epoch: int, start: int, batches: int) -> None:
+        """Requests for batches start..batches-1 of `epoch` at cfg's phase (main process only)."""
+        self.cfg, self.epoch, self.start, self.batches = cfg, epoch, start, batches
 
     def __iter__(self):
         return iter([(self.cfg, self.epoch, k) for k in range(self.start, self.batches)])
@@ -132,14 +139,13 @@ class TorchLoader(Loader):
                 sampler=self._requests,
                 num_workers=workers,
                 pin_memory=self.cfg.device == "gpu",
-                prefetch_factor=2 if workers else None,
+                prefetch_factor=PREFETCH_BATCHES if workers else None,
                 persistent_workers=workers > 0,
             )
         return self._loader
 
     def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
-        r = self._requests
-        r.cfg, r.epoch, r.start, r.batches = self.cfg, epoch, start, len(self.plan)
+        self._requests.start_pass(self.cfg, epoch, start, len(self.plan))
         gpu = self.cfg.device == "gpu"
         if start >= len(self.plan):
             return

@@ -1,0 +1,137 @@
+"""What a build worker does with one clip: decode -> fbank -> pad/crop -> float16, as a `ClipResult`.
+
+`compute_clip` runs in the builder's process (workers=1) or in a pool of worker processes; both
+return the same frozen `ClipResult`s, in task order (`clip_results`). A result carries the
+problem, if any, as a `reason` tag and a `detail` text, never parsed back from a string.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from c2fdata import store as st
+from c2fdata.datasets.base import AudioSource
+from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
+
+__all__ = ["SILENT_PEAK", "SHORT_FRACTION", "ClipTask", "ClipResult", "compute_clip", "clip_results"]
+
+SILENT_PEAK = 1e-6  # peak |sample| below this: the clip is flagged "silent" (kept, reported)
+SHORT_FRACTION = 0.5  # clips with fewer real frames than this share of the target are flagged
+POOL_CHUNK = 4  # clips per pool message: amortises pickling without starving workers near the end
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """One clip to compute. `source` is None for a clip whose single label is not in the
+    vocabulary: it is failed without being decoded (nothing could ever train on it)."""
+
+    clip_id: str
+    source: AudioSource | None
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What one clip became. `reason` is "" for a clean clip; otherwise a short tag ("silent",
+    "too-short", "unreadable", ...) with a human `detail`. A failed clip (status FAILED) has no
+    features; a kept clip with a reason is a warning (silent, short)."""
+
+    status: int  # st.OK or st.FAILED
+    features: np.ndarray | None = None  # (target_frames, n_mels) float16, zero-padded
+    frames: int = 0  # real (not padded) frames in `features`
+    sums: np.ndarray | None = None  # (sum, sum of squares, count) of the real values, float64
+    reason: str = ""
+    detail: str = ""
+
+    @classmethod
+    def failure(cls, reason: str, detail: str) -> "ClipResult":
+        return cls(status=st.FAILED, reason=reason, detail=detail)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == st.FAILED
+
+    @property
+    def message(self) -> str:
+        """"reason: detail", as the store's per-clip error column keeps it; "" when clean."""
+        return f"{self.reason}: {self.detail}" if self.reason else ""
+
+
+# Per-process settings, set once by `init_worker` (a pool ships them to each worker once, not
+# with every task).
+_SETTINGS: tuple[FbankConfig, int] | None = None
+
+
+def init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True) -> None:
+    global _SETTINGS
+    if single_thread:  # pool workers: parallelism comes from processes, threads would oversubscribe
+        import torch
+
+        torch.set_num_threads(1)
+    _SETTINGS = (cfg, target_frames)
+
+
+def compute_clip(task: ClipTask) -> ClipResult:
+    """Features of one clip (needs `init_worker` first). Never raises for a bad clip: a build
+    of millions must not stop at one, so every problem comes back as a result."""
+    if task.source is None:
+        return ClipResult.failure("unknown-label", f"{task.clip_id}: label not in the vocabulary")
+    cfg, target = _SETTINGS
+    try:
+        audio, sr = task.source()
+        feats = fbank(audio, sr, cfg, source=str(getattr(task.source, "path", task.clip_id)))
+    except BadClip as err:
+        return ClipResult.failure(err.reason, err.detail)
+    except Exception as err:  # a decoder bug must not kill a build of millions
+        return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}")
+    padded, frames = pad_or_crop(feats, target)
+    out = padded.numpy().astype(np.float16)
+    real = out[:frames].astype(np.float64)  # stats from the stored (float16) values, padding left out
+    sums = np.array([real.sum(), np.square(real).sum(), real.size], np.float64)
+    peak = float(np.max(np.abs(audio))) if np.size(audio) else 0.0
+    reason = detail = ""
+    if peak < SILENT_PEAK:
+        reason, detail = "silent", f"{task.clip_id}: peak amplitude {peak:.2g}"
+    elif frames < SHORT_FRACTION * target:
+        reason, detail = "short", f"{task.clip_id}: {frames} of {target} frames, zero-padded"
+    return ClipResult(status=st.OK, features=out, frames=frames, sums=sums, reason=reason, detail=detail)
+
+
+class PoolResults:
+    """Ordered results of a process pool; `close()` stops the pool (also mid-way)."""
+
+    def __init__(self, pool, results: Iterator[ClipResult]):
+        self._pool, self._results = pool, results
+
+    def __iter__(self) -> "PoolResults":
+        return self
+
+    def __next__(self) -> ClipResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, target_frames: int) -> Iterator[ClipResult]:
+    """`compute_clip` over tasks, in task order: in this process (workers=1) or in a pool.
+    Pass the result to `close_results` when done."""
+    if workers == 1:
+        init_worker(cfg, target_frames, single_thread=False)  # in-process: leave the caller's threads alone
+        return (compute_clip(t) for t in tasks)
+    # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
+    ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
+    pool = ctx.Pool(workers, initializer=init_worker, initargs=(cfg, target_frames))
+    return PoolResults(pool, pool.imap(compute_clip, tasks, chunksize=POOL_CHUNK))
+
+
+def close_results(results: Iterator[ClipResult]) -> None:
+    """Stop whatever computes `results` (a pool's workers; nothing for in-process results)."""
+    close = getattr(results, "close", None)
+    if close:
+        close()
