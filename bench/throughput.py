@@ -34,38 +34,24 @@ import torch
 
 from bench.machine import describe
 from bench.timing import Measurement, measure, sync
-from c2ftrain.flops import tokens, train_step_flops
+from c2fdata.pipeline import resolve_backend
 from c2ftrain.model import AST
+from c2ftrain.phases import Resolution, resolution
 from c2ftrain.recipe import Phase, Recipe
-from c2ftrain.trainer import PhaseTrainer, loss_fn, make_optimizer, phase_resolution
+from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
 
 FIGURES = ("loader", "model", "end_to_end")  # the three rates measured per phase
 
-__all__ = ["train_step", "endless", "bench_throughput", "ThroughputSettings", "TARGETS"]
+__all__ = ["endless", "bench_throughput", "ThroughputSettings", "TARGETS"]
 
 PRIME_STEPS = 2  # untimed train steps before timing after a loader opens or closes (see _Steps.prime)
 
-# The targets of issue 5 (AST tiny, demo store, this machine): see docs/BENCHMARKS.md.
+# The throughput targets for the demo recipe (AST tiny, demo store): see docs/BENCHMARKS.md.
 TARGETS = {
     "model_speedup_at_c4_min": 3.0,  # model-only step at C = 4 at least 3x the C = 1 step
     "end_to_end_vs_model_speedup_min": 0.85,  # end-to-end speed-up within 15% of model-only
     "data_loading_share_max": 0.10,  # in every phase
 }
-
-
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               multi_label: bool, clip_grad_norm: float | None = 1.0) -> torch.Tensor:
-    """One training step as PhaseTrainer takes it: forward (bf16 autocast on CUDA), loss in
-    float32, backward, gradient clipping, optimizer step. x: (B, T/C, F)."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        logits = model(x)  # (B, K)
-    loss = loss_fn(logits.float(), y, multi_label)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    opt.step()
-    return loss.detach()
 
 
 def endless(loader) -> Iterator[dict]:
@@ -97,7 +83,7 @@ class _Phase:
 
     number: int  # 1-based, as the recipe lists it
     phase: Phase
-    resolution: dict  # set_time_resolution arguments
+    resolution: Resolution
     batch_size: int
     model: AST
     opt: torch.optim.Optimizer
@@ -105,7 +91,7 @@ class _Phase:
 
     @property
     def frames(self) -> int:
-        return self.resolution["frames"]
+        return self.resolution.frames
 
 
 def _synthetic_batch(trainer: PhaseTrainer, p: _Phase) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +115,7 @@ class _Steps:
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        t = self.trainer
+        t = self.trainer  # the trainer's own step, so that the bench times what training runs
         train_step(self.p.model, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
 
     def model(self) -> int:
@@ -237,9 +223,9 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         phases = []
         for k in numbers:
             phase = recipe.phases[k - 1]
-            res = phase_resolution(trainer.cfg, phase)
+            res = resolution(trainer.cfg, phase)
             model = AST(trainer.cfg).to(trainer.device)
-            model.set_time_resolution(**res)
+            res.apply(model, recipe.model)
             lr = phase.lr if phase.lr is not None else recipe.optim.lr
             phases.append(_Phase(k, phase, res, phase.batch_size or recipe.data.batch_size, model,
                                  make_optimizer(recipe, model, lr)))
@@ -248,9 +234,9 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         steps = [_Steps(trainer, p, settings) for p in phases]
         for r in range(settings.warmup + settings.repeats):
             _round(steps, timed=r >= settings.warmup)
-        loader_backend = _backend_name(trainer)
+        loader_backend = resolve_backend(trainer.base)  # the backend that really served the batches
     ref = next(p for p in phases if p.number == ref_number)
-    ref_flops = train_step_flops(trainer.cfg, ref.frames, ref.resolution["time_patch"], ref.resolution["time_stride"])
+    ref_flops = ref.resolution.train_flops_per_sample(trainer.cfg)
     rows = [_row(trainer, p, ref, ref_flops) for p in phases]
     return {
         "machine": {**describe(), "torch_threads": torch.get_num_threads()},
@@ -265,20 +251,12 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
     }
 
 
-def _backend_name(trainer: PhaseTrainer) -> str:
-    from c2fdata.pipeline import dali_available
-
-    b = trainer.base.backend
-    return ("dali" if dali_available() else "torch") if b == "auto" else b
-
-
 def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
     m = {k: Measurement(v) for k, v in p.rates.items()}
-    res = p.resolution
-    flops = train_step_flops(trainer.cfg, p.frames, res["time_patch"], res["time_stride"])
+    flops = p.resolution.train_flops_per_sample(trainer.cfg)
     return {
         "phase": p.number, "method": p.phase.method, "factor": p.phase.factor, "label": p.phase.label,
-        "frames": p.frames, "tokens": tokens(trainer.cfg, p.frames, res["time_patch"], res["time_stride"]),
+        "frames": p.frames, "tokens": p.resolution.tokens,
         "batch_size": p.batch_size,
         "loader_samples_per_s": m["loader"].median,
         "model_samples_per_s": m["model"].median,
@@ -292,7 +270,7 @@ def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
 
 
 def _targets(rows: list[dict], ref_number: int) -> dict:
-    """Issue 5's targets, checked where they apply (None where they do not)."""
+    """The TARGETS, checked where they apply (None where they do not)."""
     t = TARGETS
     c4 = [r for r in rows if r["factor"] == 4]
     return {

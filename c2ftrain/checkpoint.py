@@ -24,10 +24,14 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint's payload, on the CPU by default (RNG states must stay CPU tensors)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a loadable c2f checkpoint ({type(err).__name__}: {err})") from None
+        # torch's unpickler errors ("Unsupported operand 110", "Please file an issue") say
+        # nothing to a user; its first line is kept for whoever debugs it.
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a c2f checkpoint (corrupt or truncated?): {first}") from None

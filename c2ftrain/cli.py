@@ -1,4 +1,6 @@
-"""c2ftrain command line: `run` (coarse-to-fine + baseline -> report) and `eval`."""
+"""c2ftrain command line: `run` (coarse-to-fine + baseline + control -> report), `sweep` and `eval`.
+
+Thin: parse -> recipe -> one library call -> rich output."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def main(verbose: bool) -> None:
 def _printer(state: dict):
     def on_event(e: dict) -> None:
         if e["event"] == "start":
-            console.rule(f"[bold]{e['run']}[/]: {' -> '.join(e['phases'])}")
+            console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
             m = ", ".join(f"{k} {v:.4f}" for k, v in e["metrics"].items() if "/" not in k)
             if "metrics_at_phase_resolution" in e:
@@ -41,64 +43,143 @@ def _printer(state: dict):
     return on_event
 
 
+def parse_overrides(overrides: tuple[str, ...]) -> dict:
+    """`--set KEY=VALUE` pairs; VALUE is read as TOML (numbers, booleans, quoted strings, lists)
+    and taken as a bare string when it is not TOML."""
+    import tomllib
+
+    parsed = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            fail(f"--set {o!r}: expected KEY=VALUE, e.g. --set optim.lr=5e-4 or --set phases.1.factor=2")
+        try:
+            parsed[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def print_outcome(report: dict) -> None:
+    """The closing lines of an experiment: the table, the claim in one sentence, the paired deltas."""
+    from c2ftrain.report import paired_lines, report_table
+
+    console.print(report_table(report))
+    if "savings" not in report:
+        return
+    s = report["savings"]
+    name = report["metric_name"]
+    scale, unit = (100, " points") if name == "accuracy" else (1, "")
+    many = len(report["seeds"]) > 1
+    value = "metric_mean" if many else "metric"
+    seeds = f" (mean of {len(report['seeds'])} seeds)" if many else ""
+    console.print(
+        f"coarse-to-fine: {name} {report['c2f'][value] * scale:.2f} vs baseline "
+        f"{report['baseline'][value] * scale:.2f} ({report['metric_delta'] * scale:+.2f}{unit}){seeds}, "
+        f"[bold]{_less(s['flops'], 'fewer', 'more')} training FLOPs, "
+        f"{_less(s['wall'], 'less', 'more')} training time[/]"
+    )
+    if "equal_flops" in report:
+        console.print(f"full resolution for the same FLOPs as coarse-to-fine: "
+                      f"{name} {report['equal_flops'][value] * scale:.2f}")
+    if many:
+        for line in paired_lines(report):
+            console.print(f"  {line}")
+
+
 @main.command()
 @click.argument("recipe", required=False, default="demo")
 @click.option("--out", "run_dir", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the run in this directory from its last checkpoint.")
 @click.option("--no-baseline", is_flag=True, help="Train coarse-to-fine only.")
-@click.option("--set", "overrides", multiple=True, help="Override a recipe key, e.g. --set optim.lr=5e-4 (TOML value).")
+@click.option("--seeds", "n_seeds", type=int, default=1, show_default=True,
+              help="Run everything for N seeds (the recipe's seed, +1, ...): means, spread, paired deltas.")
+@click.option("--set", "overrides", multiple=True,
+              help="Override a recipe key, e.g. --set optim.lr=5e-4 or --set phases.1.factor=2 (TOML value).")
 @click.option("--steps-log", is_flag=True, help="Print the loss every 20 steps.")
-def run(recipe, run_dir, resume_dir, no_baseline, overrides, steps_log):
+def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log):
     """Train RECIPE (a shipped name or a .toml path; default: demo) coarse-to-fine and its baseline."""
-    import tomllib
-
+    from c2fdata.store import StoreFormatError
+    from c2ftrain.experiment import default_run_dir, load_run_config, run_experiment, seed_list
     from c2ftrain.recipe import RecipeError, load_recipe
-    from c2ftrain.report import report_table
-    from c2ftrain.run import default_run_dir, load_run_recipe, run_recipe
 
     try:
         if resume_dir:
-            rec = load_run_recipe(resume_dir)
+            rec, seeds = load_run_config(resume_dir)
             run_dir = resume_dir
         else:
-            parsed = {}
-            for o in overrides:
-                key, _, value = o.partition("=")
-                try:
-                    parsed[key] = tomllib.loads(f"v = {value}")["v"]
-                except tomllib.TOMLDecodeError:
-                    parsed[key] = value
-            rec = load_recipe(recipe, parsed)
+            rec = load_recipe(recipe, parse_overrides(overrides))
+            seeds = seed_list(rec, n_seeds)
             run_dir = run_dir or default_run_dir(rec)
-    except (RecipeError, FileNotFoundError) as err:
+    except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    from c2fdata.store import StoreFormatError
-
     if not Path(rec.store).exists():
         fail(f"store {rec.store} not found; build it first, e.g. `c2fdata build --dataset instruments`")
     console.print(f"recipe [bold]{rec.name}[/]: {rec.description}")
-    console.print(f"run directory {run_dir}")
+    console.print(f"run directory {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
+    from c2ftrain.distributed import close_distributed
+
     try:
-        report = run_recipe(rec, run_dir, resume=bool(resume_dir), baseline=not no_baseline,
-                            on_event=_printer({"verbose": steps_log}))
+        report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
+                                on_event=_printer({"verbose": steps_log}))
     except (RecipeError, StoreFormatError, ValueError) as err:
         fail(str(err))
-    console.print(report_table(report))
-    if "savings" in report:
-        s = report["savings"]
-        name = report["metric_name"]
-        scale, unit = (100, " points") if name == "accuracy" else (1, "")
-        console.print(
-            f"coarse-to-fine: {name} {report['c2f']['metric'] * scale:.2f} vs baseline "
-            f"{report['baseline']['metric'] * scale:.2f} ({report['metric_delta'] * scale:+.2f}{unit}), "
-            f"[bold]{_less(s['flops'], 'fewer', 'more')} training FLOPs, "
-            f"{_less(s['wall'], 'less', 'more')} training time[/]"
-        )
-        if "equal_flops" in report:
-            console.print(f"full resolution for the same FLOPs as coarse-to-fine: "
-                          f"{name} {report['equal_flops']['metric'] * scale:.2f}")
+    finally:
+        close_distributed()
+    print_outcome(report)
     console.print(f"report: {Path(run_dir) / 'report.json'}, {Path(run_dir) / 'report.png'}")
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--grid", "grid_path", required=True, type=click.Path(path_type=Path),
+              help="TOML file: a [grid] of override values and/or [[cells]] (see c2ftrain/sweep.py).")
+@click.option("--seeds", "n_seeds", type=int, default=3, show_default=True, help="Seeds per cell.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Sweep directory (default runs/sweep-NAME-TIME).")
+@click.option("--set", "overrides", multiple=True, help="Override applied to every cell (as for `run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
+    """Run RECIPE for every cell of a grid of overrides and N seeds; resumable (run it again to
+    continue); prints mean ± std per run and paired deltas per cell."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from c2fdata.store import StoreFormatError
+    from c2ftrain.recipe import RecipeError
+    from c2ftrain.sweep import load_grid, run_sweep, summary_table
+
+    try:
+        cells = load_grid(grid_path)
+        if n_seeds < 1:
+            raise RecipeError(f"--seeds must be >= 1, got {n_seeds}")
+    except RecipeError as err:
+        fail(str(err))
+    out_dir = out_dir or Path("runs") / f"sweep-{Path(str(recipe)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=as_json)
+    with progress:
+        task = progress.add_task("cells", total=len(cells))
+
+        def on_cell(i, cell):
+            progress.update(task, completed=i, description=f"cell {cell.name}")
+
+        def on_event(e):
+            if e["event"] == "start":
+                progress.console.print(f"  [dim]{e['run']} seed {e['seed']}: {' -> '.join(e['phases'])}[/]")
+
+        try:
+            summary = run_sweep(recipe, cells, out_dir, n_seeds, base_overrides=parse_overrides(overrides),
+                                on_cell=on_cell, on_event=on_event)
+        except (RecipeError, StoreFormatError, ValueError, FileNotFoundError) as err:
+            fail(str(err))
+        progress.update(task, completed=len(cells), description="cells")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        console.print(summary_table(summary))
+        console.print(f"summary: {out_dir / 'summary.json'}")
 
 
 def _less(saving: float, less: str, more: str) -> str:

@@ -29,12 +29,21 @@ def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(local)
+            # device_id binds the group to this rank's GPU (eager NCCL init, no guessing of devices)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group("gloo")
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
+
+
+def close_distributed() -> None:
+    """Leave the process group (torchrun expects it to be destroyed before the process exits)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def gather_cat(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
@@ -44,16 +53,3 @@ def gather_cat(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
     parts = [None] * d.world_size
     dist.all_gather_object(parts, tensor.cpu())
     return torch.cat(parts)
-
-
-def broadcast_object(d: Dist, obj):
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()

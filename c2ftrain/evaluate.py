@@ -1,4 +1,4 @@
-"""Evaluate a saved checkpoint at full resolution on a store split."""
+"""Evaluation: a model's scores over every clip of a split -> metrics; a saved checkpoint likewise."""
 
 from __future__ import annotations
 
@@ -9,12 +9,36 @@ import torch
 from c2fdata.pipeline import PipelineConfig, make_loader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint
-from c2ftrain.distributed import Dist
+from c2ftrain.distributed import Dist, gather_cat
+from c2ftrain.metrics import compute_metrics
 from c2ftrain.model import AST, ASTConfig
-from c2ftrain.trainer import evaluate_model
+
+
+@torch.no_grad()
+def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist()) -> dict:
+    """Metrics of `model` over every clip the loader serves (all ranks together), at the
+    resolution the model and loader are set to."""
+    model.eval()
+    scores, targets, index = [], [], []
+    loader.set_epoch(0)
+    for batch in loader:
+        x = batch["features"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        # scores in float32: a sigmoid of bf16 logits keeps 8 mantissa bits and ties mAP/AUC ranks
+        logits = logits.float()
+        scores.append(torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1))
+        targets.append(batch["labels"])
+        index.append(batch["index"])
+    s, t = gather_cat(d, torch.cat(scores).cpu()), gather_cat(d, torch.cat(targets).cpu())
+    i = gather_cat(d, torch.cat(index).cpu())
+    order = torch.argsort(i)  # rank shards interleave; every clip once
+    return compute_metrics(s[order].numpy(), t[order].numpy(), multi_label)
 
 
 def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64) -> dict:
+    """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at the store's full
+    resolution on one split; a checkpoint saved on a GPU loads on a CPU-only machine."""
     state = load_checkpoint(path)
     if "model" not in state or "model_config" not in state:
         raise ValueError(f"{path}: not a c2f checkpoint (no model / model_config)")
@@ -31,6 +55,6 @@ def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size
     loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,
                                         device="gpu" if device.type == "cuda" else "cpu"), reader)
     try:
-        return evaluate_model(model.to(device), loader, reader.multi_label, device, Dist())
+        return evaluate_loader(model.to(device), loader, reader.multi_label, device)
     finally:
         loader.close()

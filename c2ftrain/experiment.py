@@ -1,8 +1,15 @@
-"""`c2ftrain run`: coarse-to-fine, its full-resolution baseline (and the equal-FLOPs control),
-one run directory, one report."""
+"""An experiment: coarse-to-fine, its full-resolution baseline and the equal-FLOPs control, for one
+or several seeds; one run directory, one report.
+
+Layout: one seed trains into RUN_DIR/{c2f,baseline,equal_flops}; several seeds into
+RUN_DIR/seed-S/{c2f,baseline,equal_flops}. Each training run writes outcome.json when it
+finishes, so a resumed experiment skips what is done and continues the run it was in.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -10,51 +17,103 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.distributed import Dist, init_distributed
-from c2ftrain.flops import train_step_flops
+from c2ftrain.phases import full_resolution
 from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
-from c2ftrain.trainer import PhaseTrainer, RunOutcome, model_config
+from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, model_config
+
+RUNS = ("c2f", "baseline", "equal_flops")
+
 
 def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def seed_list(recipe: Recipe, n_seeds: int) -> list[int]:
+    """`n_seeds` consecutive seeds from the recipe's own."""
+    if n_seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
+    return [recipe.seed + i for i in range(n_seeds)]
+
+
+def check_recipe_against_store(recipe: Recipe) -> None:
+    """RecipeError (or StoreFormatError) now, not after a run directory exists, when a phase's C
+    leaves less than one patch of the store's clips or a split is missing."""
+    from c2fdata.reader import StoreReader
+
+    cfg = model_config(recipe, StoreReader(recipe.store, recipe.data.eval_split))
+    recipe.check_against(cfg.target_frames, cfg.n_mels, cfg.patch_size)
 
 
 def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
     """Full resolution for as many samples as fit in the FLOPs coarse-to-fine spent."""
     from c2fdata.reader import StoreReader
 
-    reader = StoreReader(recipe.store, recipe.data.eval_split)
-    cfg = model_config(recipe, reader)
-    per_sample = train_step_flops(cfg, cfg.target_frames, batch=1)
-    samples = c2f.flops / per_sample
+    cfg = model_config(recipe, StoreReader(recipe.store, recipe.data.eval_split))
+    samples = c2f.flops / full_resolution(cfg).train_flops_per_sample(cfg)
     steps = max(1, round(samples / recipe.data.batch_size))
     return (Phase(method="none", factor=1, steps=steps),)
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, baseline: bool = True,
-               on_event: Callable[[dict], None] | None = None, device: str | None = None) -> dict:
-    """Train every run of the recipe into run_dir (skipping finished ones on resume) -> report."""
+def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = None, resume: bool = False,
+                   baseline: bool = True, on_event: Callable[[dict], None] | None = None,
+                   device: str | None = None, shared_runs: Path | None = None) -> dict:
+    """Train every run of the recipe for every seed into run_dir (skipping finished ones on
+    resume) -> the report (also written as report.json and report.png).
+
+    shared_runs: a folder where the baseline and equal-FLOPs runs live under a key of everything
+    that decides them (a sweep's cells that differ only in coarse-to-fine settings share them)."""
     import torch
 
+    check_recipe_against_store(recipe)  # before anything is written: no empty run directory on error
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     run_dir = Path(run_dir)
+    seeds = seeds or [recipe.seed]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.to_dict()}, indent=2))
-    outcomes: dict[str, RunOutcome] = {}
-    plan = [("c2f", recipe.phases)]
-    if baseline:
-        plan.append(("baseline", recipe.baseline_phases))
-    for label, phases in plan:
-        outcomes[label] = _one_run(recipe, phases, run_dir / label, label, d, dev, resume, on_event)
-    if baseline and recipe.baseline.equal_flops:
-        phases = equal_flops_phases(recipe, outcomes["c2f"])
-        outcomes["equal_flops"] = _one_run(recipe, phases, run_dir / "equal_flops", "equal_flops", d, dev, resume, on_event)
-    report = build_report(recipe, outcomes)
+        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.to_dict(), "seeds": seeds}, indent=2))
+    per_seed = []
+    for seed in seeds:
+        out = run_dir if len(seeds) == 1 else run_dir / f"seed-{seed}"
+        per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), out, baseline, d, dev, resume, on_event,
+                                  shared_runs))
+    report = build_report(recipe, per_seed, seeds)
     if d.is_main:
-        write_report(run_dir, report, outcomes)
+        write_report(run_dir, report, per_seed)
     return report
+
+
+def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, resume: bool,
+              on_event, shared_runs: Path | None) -> dict[str, RunOutcome]:
+    def where(label: str, phases) -> Path:
+        if shared_runs is None or label == "c2f":
+            return out / label
+        return Path(shared_runs) / f"{label}-seed{recipe.seed}-{run_key(recipe, phases)}"
+
+    outcomes = {"c2f": _one_run(recipe, recipe.phases, where("c2f", recipe.phases), "c2f", d, device, resume,
+                                on_event)}
+    if baseline:
+        outcomes["baseline"] = _one_run(recipe, recipe.baseline_phases, where("baseline", recipe.baseline_phases),
+                                        "baseline", d, device, resume or shared_runs is not None, on_event)
+        if recipe.baseline.equal_flops:
+            phases = equal_flops_phases(recipe, outcomes["c2f"])
+            outcomes["equal_flops"] = _one_run(recipe, phases, where("equal_flops", phases), "equal_flops", d,
+                                               device, resume or shared_runs is not None, on_event)
+    return outcomes
+
+
+def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
+    """A short hash of everything that decides a training run: the recipe without its name,
+    description and coarse-to-fine phases, the run's own phases and the seed. A one-phase run
+    has the same schedule in either learning-rate scope, so the scope is left out of its key."""
+    d = recipe.to_dict()
+    for key in ("name", "description", "phases", "baseline"):
+        d.pop(key)
+    if len(phases) == 1:
+        d["optim"].pop("lr_scope")
+    d["run_phases"] = [asdict(p) for p in phases]
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume: bool, on_event) -> RunOutcome:
@@ -63,7 +122,7 @@ def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume
         return outcome_from_json(json.loads(done.read_text()))
     trainer = PhaseTrainer(recipe, tuple(phases), out, label, dist=d, device=device, on_event=on_event)
     if on_event:
-        on_event({"event": "start", "run": label, "phases": [p.label for p in phases]})
+        on_event({"event": "start", "run": label, "seed": recipe.seed, "phases": [p.label for p in phases]})
     outcome = trainer.run(resume=resume)
     if d.is_main:
         done.write_text(json.dumps(outcome_to_json(outcome), indent=2))
@@ -76,15 +135,15 @@ def outcome_to_json(o: RunOutcome) -> dict:
 
 
 def outcome_from_json(d: dict) -> RunOutcome:
-    from c2ftrain.trainer import PhaseRecord
-
     return RunOutcome(d["label"], d["metric_name"], d["metric"], d["metrics"],
                       [PhaseRecord(**r) for r in d["records"]], d["history"])
 
 
-def load_run_recipe(run_dir: Path) -> Recipe:
+def load_run_config(run_dir: Path) -> tuple[Recipe, list[int]]:
+    """The recipe and seeds an experiment directory was started with (for --resume)."""
     cfg = Path(run_dir) / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: --resume needs a run directory made by `c2ftrain run`")
-    d = json.loads(cfg.read_text())["recipe"]
-    return recipe_from_dict(d)
+    d = json.loads(cfg.read_text())
+    recipe = recipe_from_dict(d["recipe"])
+    return recipe, d.get("seeds", [recipe.seed])

@@ -27,14 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from c2ftrain.model import NUM_PREFIX_TOKENS, ASTConfig
 
 
-def tokens(
-    cfg: ASTConfig, frames: int, time_patch: int | None = None, time_stride: int | None = None
-) -> int:
-    """Sequence length the transformer sees: 2 prefix tokens + Fg * Tg patches."""
-    fg, tg = cfg.grid(frames, time_patch, time_stride)
-    return NUM_PREFIX_TOKENS + fg * tg
-
-
 def forward_flops_by_part(
     cfg: ASTConfig,
     frames: int,

@@ -91,7 +91,7 @@ def _nanmean(values: np.ndarray) -> tuple[float, int]:
 
 
 def mean_average_precision(scores, targets) -> float:
-    """AudioSet mAP; classes without positives are skipped (`evaluate` reports how many)."""
+    """AudioSet mAP; classes without positives are skipped (`compute_metrics` reports how many)."""
     return _nanmean(average_precision(scores, targets))[0]
 
 
@@ -116,7 +116,7 @@ def accuracy(scores, targets) -> float:
     return float((scores.argmax(axis=1) == targets).mean())
 
 
-def evaluate(scores, targets, multi_label: bool) -> dict:
+def compute_metrics(scores, targets, multi_label: bool) -> dict:
     """Multi-label: {"mAP", "AUC", "d_prime", "classes_skipped"}; else {"accuracy"}.
     The headline key is `metric_name(multi_label)`."""
     if not multi_label:

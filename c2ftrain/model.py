@@ -16,8 +16,10 @@ patch kernel is PI-resized. Both become new `nn.Parameter`s; the method returns 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +102,14 @@ class ASTConfig:
             raise ValueError(f"time patch/stride must be positive, got {time_patch}, {time_stride}")
         patch, stride = (self.patch_size[0], time_patch), (self.patch_stride[0], time_stride)
         return patch_grid(self.n_mels, frames, patch, stride)
+
+    def num_tokens(
+        self, frames: int | None = None, time_patch: int | None = None,
+        time_stride: int | None = None,
+    ) -> int:  # fmt: skip
+        """Sequence length the transformer sees: the prefix tokens + Fg * Tg patches."""
+        fg, tg = self.grid(frames, time_patch, time_stride)
+        return NUM_PREFIX_TOKENS + fg * tg
 
     @property
     def mlp_hidden(self) -> int:
@@ -238,8 +248,7 @@ class AST(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        fg, tg = self.grid
-        return NUM_PREFIX_TOKENS + fg * tg
+        return self.cfg.num_tokens(self.frames, self.time_patch, self.time_stride)
 
     def resolution_state(self) -> dict:
         """What to pass to `set_time_resolution` before `load_state_dict` of a checkpoint saved
@@ -254,7 +263,7 @@ class AST(nn.Module):
         time_stride: int | None = None,
         interpolation: str = "bilinear",
         antialias: bool = True,
-    ) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    ) -> list[Replaced]:
         """Switch to inputs of `frames` frames, patchified with (time_patch, time_stride).
 
         The arguments describe the whole target state (None = the config's time patch/stride),
@@ -265,8 +274,9 @@ class AST(nn.Module):
           kernel is PI-resized and the pos-embed resampled; the loader keeps full resolution.
         Resampling starts from the current (trained) tables, not the initial ones.
 
-        Returns the (old, new) parameters it replaced: swap them into the optimizer (and drop or
-        resample their optimizer state), otherwise the new tensors silently stop training.
+        Returns what it replaced, as `Replaced(old, new, resample)`: swap `new` into the
+        optimizer where `old` was, otherwise the new tensor silently stops training; `resample`
+        maps any tensor shaped like `old` (its Adam moments) the way the parameter was mapped.
         """
         time_patch = self.cfg.patch_size[1] if time_patch is None else int(time_patch)
         time_stride = self.cfg.patch_stride[1] if time_stride is None else int(time_stride)
@@ -277,15 +287,21 @@ class AST(nn.Module):
         with torch.no_grad():
             if time_patch != self.time_patch:
                 kernel = (self.cfg.patch_size[0], time_patch)
-                weight = resize_patch_kernel(proj.weight, kernel, interpolation, antialias)
-                replaced.append(_replace_parameter(proj, "weight", weight))
+
+                def resize(t: torch.Tensor, kernel=kernel) -> torch.Tensor:
+                    return resize_patch_kernel(t, kernel, interpolation, antialias)
+
+                replaced.append(_replace_parameter(proj, "weight", resize))
                 proj.kernel_size = kernel
             proj.stride = (self.cfg.patch_stride[0], time_stride)
             if new_grid != old_grid:
-                pos = resample_pos_embed(
-                    self.pos_embed, new_grid, old_grid, NUM_PREFIX_TOKENS, interpolation, antialias
-                )
-                replaced.append(_replace_parameter(self, "pos_embed", pos))
+
+                def resample(t: torch.Tensor) -> torch.Tensor:
+                    return resample_pos_embed(
+                        t, new_grid, old_grid, NUM_PREFIX_TOKENS, interpolation, antialias
+                    )
+
+                replaced.append(_replace_parameter(self, "pos_embed", resample))
         self.frames, self.time_patch, self.time_stride = int(frames), time_patch, time_stride
         return replaced
 
@@ -303,17 +319,23 @@ class AST(nn.Module):
                 )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, any_length: bool = False) -> torch.Tensor:
         b, t, f = x.shape
+        pos = self.pos_embed
         if (t, f) != (self.frames, self.cfg.n_mels):
-            raise ValueError(
-                f"input (B, T, F) = {tuple(x.shape)}, but the model is set for T = {self.frames}, "
-                f"F = {self.cfg.n_mels}; call set_time_resolution for another T"
-            )
+            if not any_length or f != self.cfg.n_mels:
+                raise ValueError(
+                    f"input (B, T, F) = {tuple(x.shape)}, but the model is set for T = {self.frames}, "
+                    f"F = {self.cfg.n_mels}; call set_time_resolution for another T"
+                )
+            # FlexiViT-style: the table stays at the set resolution and is resampled, differentiably,
+            # to this input's grid, so that gradients of every length train one table.
+            new_grid = self.cfg.grid(t, self.time_patch, self.time_stride)
+            pos = resample_pos_embed(pos, new_grid, self.grid, NUM_PREFIX_TOKENS)
         x = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T), as AST
         x = self.patch_embed(x)  # (B, Fg*Tg, D)
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(b, -1, -1)  # (B, 2, D)
-        x = self.pos_drop(torch.cat([prefix, x], dim=1) + self.pos_embed)  # (B, 2 + Fg*Tg, D)
+        x = self.pos_drop(torch.cat([prefix, x], dim=1) + pos)  # (B, 2 + Fg*Tg, D)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -322,15 +344,25 @@ class AST(nn.Module):
         x = (x[:, 0] + x[:, 1]) / 2  # (B, D): AST averages the cls and distillation tokens
         return self.head(self.head_norm(x))  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, any_length: bool = False) -> torch.Tensor:
+        """x: (B, T, F) at the set resolution; with `any_length`, any T of at least one patch
+        (the positional table is resampled on the fly: mixed-resolution phases)."""
+        return self.forward_head(self.forward_features(x, any_length))
 
 
-def _replace_parameter(module: nn.Module, name: str, value: torch.Tensor):
+class Replaced(NamedTuple):
+    """A parameter that a resolution change replaced by a resampled one."""
+
+    old: nn.Parameter
+    new: nn.Parameter
+    resample: Callable[[torch.Tensor], torch.Tensor]  # old-shaped tensor -> new shape, same map
+
+
+def _replace_parameter(module: nn.Module, name: str, resample) -> Replaced:
     old = getattr(module, name)
-    new = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+    new = nn.Parameter(resample(old).detach().clone(), requires_grad=old.requires_grad)
     setattr(module, name, new)
-    return old, new
+    return Replaced(old, new, resample)
 
 
 def num_parameters(model: nn.Module) -> int:

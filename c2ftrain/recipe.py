@@ -15,8 +15,10 @@ from pathlib import Path
 
 from c2fdata.compress import METHODS as LOADER_METHODS
 
-METHODS = ("none", "fshift", "pool-avg", "pool-max", "patch")
+# The loader's compressions, plus the Patch method, which changes the model instead of the data.
+METHODS = LOADER_METHODS + ("patch",)
 SCHEDULES = ("cosine", "constant", "step")
+LR_SCOPES = ("phase", "run")
 
 
 class RecipeError(ValueError):
@@ -29,10 +31,15 @@ class Phase:
     factor: int = 1  # compression factor C along time (1 = full resolution)
     epochs: int | None = None  # length in epochs ...
     steps: int | None = None  # ... or in optimiser steps (exactly one of the two)
-    lr: float | None = None  # peak learning rate (default: optim.lr)
-    warmup_steps: int | None = None  # linear warm-up at the phase start (default: optim.warmup_steps)
+    lr: float | None = None  # peak learning rate (default: optim.lr); lr_scope "phase" only
+    warmup_steps: int | None = None  # warm-up at the phase start (default: optim.warmup_steps); "phase" only
     reset_optimizer: bool = True  # fresh Adam moments at the phase start (False: carry them over)
     batch_size: int | None = None  # default: data.batch_size
+    # Mixed resolution (FlexiViT-style): each batch draws its C from `factors` (weights:
+    # `factor_weights`, default equal), e.g. [4, 2, 1], so the model never forgets full
+    # resolution. `factor` must be the largest of them. Frame-Shift and Pooling only.
+    factors: tuple[int, ...] = ()
+    factor_weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -45,20 +52,35 @@ class Phase:
             raise RecipeError(f"a phase needs exactly one of epochs or steps, got epochs={self.epochs}, steps={self.steps}")
         if (self.epochs or self.steps or 0) < 1:
             raise RecipeError(f"phase length must be >= 1, got epochs={self.epochs}, steps={self.steps}")
+        if self.factors or self.factor_weights:
+            self._check_mixed()
+
+    def _check_mixed(self) -> None:
+        where = f"phase {self.method} C={self.factor}"
+        if self.method not in ("fshift", "pool-avg", "pool-max"):
+            raise RecipeError(f"{where}: factors (mixed resolution) need method fshift, pool-avg or pool-max")
+        if not self.factors or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.factors):
+            raise RecipeError(f"{where}: factors must be a list of integers >= 1, got {list(self.factors)}")
+        if self.factor != max(self.factors):
+            raise RecipeError(f"{where}: factor must be the largest of factors {list(self.factors)}")
+        if self.factor_weights and (len(self.factor_weights) != len(self.factors)
+                                    or any(not w > 0 for w in self.factor_weights)):
+            raise RecipeError(f"{where}: factor_weights must be {len(self.factors)} positive numbers, "
+                              f"got {list(self.factor_weights)}")
+
+    @property
+    def mixed(self) -> bool:
+        """Whether each batch draws its own C (the model then stays at full resolution)."""
+        return bool(self.factors)
 
     @property
     def full_resolution(self) -> bool:
         return self.factor == 1
 
     @property
-    def loader_method(self) -> tuple[str, int]:
-        """What the loader serves: the Patch method keeps full-resolution input."""
-        if self.method == "patch" or self.factor == 1:
-            return "none", 1
-        return self.method, self.factor
-
-    @property
     def label(self) -> str:
+        if self.mixed:
+            return f"{self.method} C~{{{','.join(map(str, self.factors))}}}"
         return "full" if self.full_resolution else f"{self.method} C={self.factor}"
 
 
@@ -91,7 +113,7 @@ class DataSpec:
     time_mask_frames: int = 0  # in 10 ms frames, scaled by 1/C (AST AudioSet: 192)
     mixup: float = 0.0  # probability of mixing a batch (AST AudioSet: 0.5)
     mixup_alpha: float = 10.0  # Beta(alpha, alpha) mixing weights, as AST
-    balanced: bool = False  # AudioSet balanced sampling (METHOD.md weights)
+    balanced: bool = False  # AudioSet balanced sampling: per label 1000 / (count + 0.01), as AST
     samples_per_epoch: int | None = None  # with balanced sampling
 
 
@@ -101,12 +123,33 @@ class OptimSpec:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.95, 0.999)  # AST's
     weight_decay: float = 5e-7  # AST's
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # per phase: cosine | constant | step
+    warmup_steps: int = 0  # linear warm-up over the first steps of the scope
+    schedule: str = "cosine"  # cosine | constant | step
+    # "phase": the schedule (warm-up included) restarts at every phase; "run": one schedule over
+    # all phases together, warm-up once, so coarse-to-fine and its baseline see the same learning
+    # rate at the same epoch when they train for as many epochs.
+    lr_scope: str = "phase"
     min_lr_ratio: float = 0.01  # cosine ends at lr * this
-    step_decay_from_epoch: int = 2  # step: halve from this epoch of the phase on (AST full AudioSet)
+    # step: AST's MultiStepLR(milestones=range(start, inf, every), gamma=step_decay), stepped after
+    # each epoch: lr * step_decay ** (milestones <= finished epochs of the scope). AST full
+    # AudioSet: 2 / 1 / 0.5; balanced AudioSet: 10 / 5 / 0.5; ESC-50: 5 / 1 / 0.85.
+    step_decay_start: int = 2
+    step_decay_every: int = 1
     step_decay: float = 0.5
     clip_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.lr_scope not in LR_SCOPES:
+            raise RecipeError(f"optim.lr_scope must be one of {LR_SCOPES}, got {self.lr_scope!r}")
+        if self.name not in ("adam", "adamw"):
+            raise RecipeError(f"optim.name must be adam or adamw, got {self.name!r}")
+        if self.step_decay_start < 1 or self.step_decay_every < 1:
+            raise RecipeError(f"optim.step_decay_start and step_decay_every must be >= 1 (epochs), got "
+                              f"{self.step_decay_start}, {self.step_decay_every}")
+        if not 0 < self.step_decay <= 1:
+            raise RecipeError(f"optim.step_decay must be in (0, 1], got {self.step_decay}")
 
 
 @dataclass(frozen=True)
@@ -143,17 +186,17 @@ class Recipe:
                 f"the last phase must run at full resolution (factor 1) so that the final model is an "
                 f"ordinary AST; it is {self.phases[-1].label}. Add a [[phases]] with method='none'."
             )
-        if self.optim.schedule not in SCHEDULES:
-            raise RecipeError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.schedule!r}")
-        if self.optim.name not in ("adam", "adamw"):
-            raise RecipeError(f"optim.name must be adam or adamw, got {self.optim.name!r}")
         if not 0.0 <= self.data.mixup <= 1.0:
             raise RecipeError(f"data.mixup is a probability, got {self.data.mixup}")
         if self.data.backend not in ("auto", "dali", "torch") or self.data.device not in ("auto", "cpu", "gpu"):
             raise RecipeError(f"data.backend/device invalid: {self.data.backend!r}, {self.data.device!r}")
-        for p in self.phases + self.baseline.phases:
-            if p.method != "patch" and p.method not in LOADER_METHODS:
-                raise RecipeError(f"unknown method {p.method!r}")
+        if self.optim.lr_scope == "run":
+            for i, p in enumerate(self.phases + self.baseline.phases):
+                if p.lr is not None or p.warmup_steps is not None:
+                    raise RecipeError(
+                        f"phase {i + 1} ({p.label}) sets lr/warmup_steps, but optim.lr_scope = \"run\" runs one "
+                        f"schedule over all phases (optim.lr, optim.warmup_steps); remove them or use lr_scope = \"phase\""
+                    )
         if self.baseline.phases and not self.baseline.phases[-1].full_resolution:
             raise RecipeError("the baseline's last phase must be full resolution")
 
@@ -248,9 +291,29 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Reci
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{name_or_path}: invalid TOML: {err}") from None
     for key, value in (overrides or {}).items():
-        section, _, leaf = key.rpartition(".")
-        target = d
-        for part in filter(None, section.split(".")):
-            target = target.setdefault(part, {})
-        target[leaf] = value
+        apply_override(d, key, value)
     return recipe_from_dict(d)
+
+
+def apply_override(d: dict, key: str, value) -> None:
+    """Set `key` ("optim.lr", "phases.1.factor": a 1-based index into a list of tables) in the
+    recipe dict `d`; RecipeError naming the key when it does not address anything."""
+    *path, leaf = key.split(".")
+    target = d
+    for part in path:
+        if isinstance(target, list):
+            target = target[_list_index(target, part, key)]
+        else:
+            target = target.setdefault(part, {})
+    if isinstance(target, list):
+        target[_list_index(target, leaf, key)] = value
+    elif isinstance(target, dict):
+        target[leaf] = value
+    else:
+        raise RecipeError(f"--set {key}: {'.'.join(path)} is a value, not a table")
+
+
+def _list_index(items: list, part: str, key: str) -> int:
+    if not part.isdigit() or not 1 <= int(part) <= len(items):
+        raise RecipeError(f"--set {key}: {part!r} is not an entry 1..{len(items)} of the list")
+    return int(part) - 1

@@ -1,5 +1,12 @@
 """report.json, the closing table and report.png: the metric against cumulative FLOPs and wall
-time, coarse-to-fine beside the baseline(s), phase boundaries marked."""
+time, coarse-to-fine beside the baseline(s), phase boundaries marked; over seeds, means with
+their spread and the paired differences that decide the claim.
+
+report.json keeps the first seed's view under the plain keys (`c2f.metric`, `savings`, ...) and
+adds, per run, `metric_per_seed`, `metric_mean`, `metric_std`, and at the top `seeds` and
+`paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
+difference and its 95% interval (Student's t over seeds). Savings are averaged over seeds.
+"""
 
 from __future__ import annotations
 
@@ -7,67 +14,101 @@ import json
 from pathlib import Path
 
 from c2ftrain.recipe import Recipe
+from c2ftrain.stats import ci95, mean, std
+
+PAIRS = (("c2f", "baseline"), ("c2f", "equal_flops"))
 
 
-def _run_summary(o) -> dict:
-    return {"metric": o.metric, "metrics": o.metrics, "flops": o.flops, "wall_s": o.wall_s}
+def _run_summary(runs: list) -> dict:
+    """The first seed's figures under the plain keys, then the spread over seeds."""
+    first = runs[0]
+    values = [o.metric for o in runs]
+    return {"metric": first.metric, "metrics": first.metrics, "flops": first.flops, "wall_s": first.wall_s,
+            "metric_per_seed": values, "metric_mean": mean(values), "metric_std": std(values),
+            "flops_mean": mean([o.flops for o in runs]), "wall_s_mean": mean([o.wall_s for o in runs])}
 
 
-def build_report(recipe: Recipe, outcomes: dict) -> dict:
-    c2f = outcomes["c2f"]
+def _saving(c2f, base, key: str) -> float:
+    b = getattr(base, key)
+    return 1 - getattr(c2f, key) / b if b else 0.0
+
+
+def build_report(recipe: Recipe, per_seed: list[dict], seeds: list[int]) -> dict:
+    """per_seed: for each seed, {"c2f": RunOutcome, "baseline": ..., "equal_flops": ...}."""
+    c2f = per_seed[0]["c2f"]
     report = {
         "recipe": recipe.name,
         "store": str(recipe.store),
         "metric_name": c2f.metric_name,
+        "seeds": list(seeds),
         "phases": [
             {"method": r.method, "factor": r.factor, "label": r.label, "frames": r.frames, "tokens": r.tokens,
              "epochs": r.epochs, "steps": r.steps, "flops": r.flops, "wall_s": r.wall_s,
              "data_loading_share": r.data_loading_share, "metric": r.metric}
             for r in c2f.records
         ],
-        "c2f": _run_summary(c2f),
     }
-    base = outcomes.get("baseline")
-    if base is not None:
-        report["baseline"] = _run_summary(base)
-        report["savings"] = {
-            "flops": 1 - c2f.flops / base.flops if base.flops else 0.0,
-            "wall": 1 - c2f.wall_s / base.wall_s if base.wall_s else 0.0,
-        }
-        report["metric_delta"] = c2f.metric - base.metric
-    if "equal_flops" in outcomes:
-        report["equal_flops"] = _run_summary(outcomes["equal_flops"])
+    for label in ("c2f", "baseline", "equal_flops"):
+        if label in per_seed[0]:
+            report[label] = _run_summary([s[label] for s in per_seed])
+    if "baseline" in report:
+        report["savings"] = {key: mean([_saving(s["c2f"], s["baseline"], attr) for s in per_seed])
+                             for key, attr in (("flops", "flops"), ("wall", "wall_s"))}
+        report["metric_delta"] = report["c2f"]["metric_mean"] - report["baseline"]["metric_mean"]
+        report["paired"] = {}
+        for a, b in PAIRS:
+            if b in report:
+                diffs = [s[a].metric - s[b].metric for s in per_seed]
+                report["paired"][f"{a}-{b}"] = {"mean": mean(diffs), "std": std(diffs), "ci95": ci95(diffs),
+                                                "per_seed": diffs}
     return report
 
 
-def write_report(run_dir: Path, report: dict, outcomes: dict) -> None:
+def write_report(run_dir: Path, report: dict, per_seed: list[dict]) -> None:
     run_dir = Path(run_dir)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    plot_report(run_dir / "report.png", report, outcomes)
+    plot_report(run_dir / "report.png", report, per_seed)
 
 
-def plot_report(path: Path, report: dict, outcomes: dict) -> None:
+STYLES = {"c2f": ("tab:blue", "coarse-to-fine"), "baseline": ("tab:gray", "baseline (full res.)"),
+          "equal_flops": ("tab:orange", "full res., c2f's FLOPs")}
+
+
+def _curves(runs: list, name: str, scale: float):
+    """Per evaluation: mean cumulative FLOPs and wall time, mean / min / max metric over seeds."""
+    n = min(len(o.history) for o in runs)
+    pick = lambda key, i: [o.history[i][key] for o in runs]  # noqa: E731
+    flops = [mean(pick("cum_flops", i)) / 1e12 for i in range(n)]
+    wall = [mean(pick("cum_wall_s", i)) / 60 for i in range(n)]
+    ys = [[o.history[i]["metrics"][name] * scale for o in runs] for i in range(n)]
+    return flops, wall, [mean(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys]
+
+
+def plot_report(path: Path, report: dict, per_seed: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     name = report["metric_name"]
+    scale = 100 if name == "accuracy" else 1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"c2f": ("tab:blue", "coarse-to-fine"), "baseline": ("tab:gray", "baseline (full res.)"),
-              "equal_flops": ("tab:orange", "full res., c2f's FLOPs")}
-    for label, o in outcomes.items():
-        color, text = styles.get(label, ("k", label))
-        xs_f = [h["cum_flops"] / 1e12 for h in o.history]
-        xs_t = [h["cum_wall_s"] / 60 for h in o.history]
-        ys = [h["metrics"][name] * (100 if name == "accuracy" else 1) for h in o.history]
-        axes[0].plot(xs_f, ys, "o-", color=color, label=text, ms=3)
-        axes[1].plot(xs_t, ys, "o-", color=color, label=text, ms=3)
+    for label in per_seed[0]:
+        color, text = STYLES.get(label, ("k", label))
+        runs = [s[label] for s in per_seed]
+        flops, wall, y, lo, hi = _curves(runs, name, scale)
+        if len(runs) > 1:
+            text += f" (mean of {len(runs)} seeds, band: min-max)"
+        for ax, xs in zip(axes, (flops, wall)):
+            ax.plot(xs, y, "o-", color=color, label=text, ms=3)
+            if len(runs) > 1:
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
         if label == "c2f":  # phase boundaries
-            for i, (h, nxt) in enumerate(zip(o.history, o.history[1:])):
-                if nxt["phase"] != h["phase"]:
-                    axes[0].axvline(h["cum_flops"] / 1e12, color=color, ls=":", lw=1)
-                    axes[1].axvline(h["cum_wall_s"] / 60, color=color, ls=":", lw=1)
+            hist = runs[0].history
+            for i, (h, nxt) in enumerate(zip(hist, hist[1:])):
+                if nxt["phase"] != h["phase"] and i < len(flops):
+                    axes[0].axvline(flops[i], color=color, ls=":", lw=1)
+                    axes[1].axvline(wall[i], color=color, ls=":", lw=1)
     unit = " (%)" if name == "accuracy" else ""
     axes[0].set(xlabel="training TFLOPs (cumulative)", ylabel=f"eval {name}{unit}", title="metric vs compute")
     axes[1].set(xlabel="training wall time (min)", ylabel=f"eval {name}{unit}", title="metric vs time")
@@ -86,7 +127,11 @@ def report_table(report: dict):
 
     name = report["metric_name"]
     fmt = (lambda v: f"{100 * v:.1f}%") if name == "accuracy" else (lambda v: f"{v:.4f}")
-    t = Table(title=f"{report['recipe']}: coarse-to-fine vs full resolution")
+    many = len(report.get("seeds", [])) > 1
+    title = f"{report['recipe']}: coarse-to-fine vs full resolution"
+    if many:
+        title += f" ({len(report['seeds'])} seeds: mean ± std; phase rows: seed {report['seeds'][0]})"
+    t = Table(title=title)
     for col in ("run", "phase", "tokens", "epochs", "TFLOPs", "wall s", "data share", name):
         t.add_column(col, justify="left" if col in ("run", "phase") else "right")
     for p in report["phases"]:
@@ -95,6 +140,19 @@ def report_table(report: dict):
     for label in ("c2f", "baseline", "equal_flops"):
         if label in report:
             r = report[label]
-            t.add_row(f"[bold]{label}[/]", "total", "", "", f"{r['flops'] / 1e12:.2f}", f"{r['wall_s']:.0f}", "",
-                      f"[bold]{fmt(r['metric'])}[/]")
+            value = f"{fmt(r['metric_mean'])} ± {fmt(r['metric_std'])}" if many else fmt(r["metric"])
+            t.add_row(f"[bold]{label}[/]", "total", "", "", f"{r['flops_mean'] / 1e12:.2f}",
+                      f"{r['wall_s_mean']:.0f}", "", f"[bold]{value}[/]")
     return t
+
+
+def paired_lines(report: dict) -> list[str]:
+    """One line per paired comparison: mean difference over seeds and its 95% interval."""
+    name = report["metric_name"]
+    scale, unit = (100, " points") if name == "accuracy" else (1, "")
+    out = []
+    for key, p in report.get("paired", {}).items():
+        lo, hi = p["ci95"]
+        out.append(f"{key}: {p['mean'] * scale:+.2f}{unit} (95% interval {lo * scale:+.2f} .. {hi * scale:+.2f}, "
+                   f"{len(p['per_seed'])} seeds)")
+    return out

@@ -1,26 +1,74 @@
-"""Learning rate within a phase: linear warm-up, then cosine / constant / step decay.
+"""The learning rate: linear warm-up, then cosine / constant / step decay, over a phase or the run.
 
-A pure function of the step, so a resumed run needs no scheduler state to continue exactly.
+A pure function of where the run is (global step, finished epochs), so a resumed run needs no
+scheduler state to continue exactly, and `c2ftrain plan` can list a run's rates without training.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from c2ftrain.recipe import OptimSpec
+from c2ftrain.recipe import OptimSpec, Phase
 
 
-def lr_at(step: int, total_steps: int, peak: float, warmup: int, optim: OptimSpec, steps_per_epoch: int) -> float:
-    """Learning rate for step `step` (0-based) of a phase of `total_steps` steps."""
+@dataclass(frozen=True)
+class Span:
+    """Where one phase sits in its run: its first step and epoch, and its length."""
+
+    phase: Phase
+    first_step: int  # global step at the phase start
+    first_epoch: int  # run epochs finished before it
+    steps: int  # optimiser steps in the phase
+    epochs: int  # epochs in the phase (the last one may be partial for a phase given in steps)
+    steps_per_epoch: int
+
+
+def spans(phases: tuple[Phase, ...], steps_per_epoch: list[int]) -> list[Span]:
+    """Each phase's place in the run, from its length and its loader's batches per epoch."""
+    out, step, epoch = [], 0, 0
+    for phase, per_epoch in zip(phases, steps_per_epoch):
+        if per_epoch < 1:
+            raise ValueError(f"phase {phase.label}: the train split has fewer clips than one batch")
+        steps = phase.steps if phase.steps is not None else phase.epochs * per_epoch
+        epochs = phase.epochs if phase.epochs is not None else math.ceil(phase.steps / per_epoch)
+        out.append(Span(phase, step, epoch, steps, epochs, per_epoch))
+        step, epoch = step + steps, epoch + epochs
+    return out
+
+
+def lr_at(optim: OptimSpec, run: list[Span], phase: int, global_step: int, finished_epochs: int) -> float:
+    """Learning rate of step `global_step` (0-based) in phase `phase`, `finished_epochs` epochs
+    of the run done. The scope (optim.lr_scope) decides what the schedule spans: one phase
+    (peak, warm-up and decay restart with it) or the whole run."""
+    if optim.lr_scope == "run":
+        peak, warmup = optim.lr, optim.warmup_steps
+        step, total, epochs_done = global_step, sum(s.steps for s in run), finished_epochs
+    else:
+        span = run[phase]
+        p = span.phase
+        peak = p.lr if p.lr is not None else optim.lr
+        warmup = p.warmup_steps if p.warmup_steps is not None else optim.warmup_steps
+        step, total, epochs_done = global_step - span.first_step, span.steps, finished_epochs - span.first_epoch
+    return schedule_lr(optim, peak, warmup, step, total, epochs_done)
+
+
+def schedule_lr(optim: OptimSpec, peak: float, warmup: int, step: int, total: int, epochs_done: int) -> float:
+    """The rate at step `step` of a schedule of `total` steps, `epochs_done` epochs into it."""
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
     if optim.schedule == "constant":
         return peak
     if optim.schedule == "step":
-        # AST: constant, then multiplied by step_decay each epoch from step_decay_from_epoch (1-based)
-        epoch = step // max(steps_per_epoch, 1) + 1
-        return peak * optim.step_decay ** max(0, epoch - optim.step_decay_from_epoch + 1)
-    span = max(total_steps - warmup, 1)
+        return peak * optim.step_decay ** milestones_passed(optim, epochs_done)
+    span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     floor = peak * optim.min_lr_ratio
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def milestones_passed(optim: OptimSpec, epochs_done: int) -> int:
+    """How many of AST's milestones range(start, inf, every) are <= the finished epochs."""
+    if epochs_done < optim.step_decay_start:
+        return 0
+    return (epochs_done - optim.step_decay_start) // optim.step_decay_every + 1

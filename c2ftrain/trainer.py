@@ -1,16 +1,16 @@
 """The phase-by-phase training loop: phases -> epochs -> steps.
 
-One `train_phases` call trains one model through a list of phases (coarse-to-fine, or the
-full-resolution baseline), evaluating at full resolution after every epoch, checkpointing
-atomically, and resuming exactly from its last checkpoint.
+`PhaseTrainer(recipe, phases, out_dir, label).run()` trains one model through a list of phases
+(coarse-to-fine, or the full-resolution baseline), evaluates at full resolution after every
+epoch, checkpoints atomically, and resumes exactly from its last checkpoint. How a phase starts
+(resolution, optimiser, loader) is in phases.py; the learning rate in schedule.py.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,14 +22,20 @@ import torch.nn.functional as F
 from c2fdata.pipeline import PipelineConfig, make_loader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
-from c2ftrain.distributed import Dist, gather_cat
-from c2ftrain.flops import tokens, train_step_flops
-from c2ftrain.metrics import evaluate, metric_name
+from c2ftrain.distributed import Dist
+from c2ftrain.evaluate import evaluate_loader
+from c2ftrain.metrics import metric_name
 from c2ftrain.model import AST, ASTConfig, ast_config, load_vit_checkpoint
+from c2ftrain.phases import (Resolution, batch_factor, compress_batch, full_resolution, loader_phase, resolution,
+                             start_phase)
 from c2ftrain.recipe import Phase, Recipe
-from c2ftrain.schedule import lr_at
+from c2ftrain.schedule import Span, lr_at, spans
 
-log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "c2f-checkpoint-1"
+LOG_EVERY_STEPS = 20  # a "step" event (loss, lr) for the console every so many steps
+# Mixup draws come from a generator seeded by (seed, step): seed * MIXUP_SEED_STRIDE + step, a
+# prime stride so that no two (seed, step) pairs of a realistic run share a generator.
+MIXUP_SEED_STRIDE = 1_000_003
 
 
 @dataclass
@@ -57,11 +63,41 @@ class PhaseRecord:
 
 @dataclass
 class Progress:
+    """Where the run is; with the records and history, all a checkpoint restores."""
+
     phase: int = 0
-    epoch: int = 0  # within the phase
+    epoch: int = 0  # finished epochs within the phase
     batch: int = 0  # next batch within the epoch
     phase_step: int = 0
     global_step: int = 0
+
+
+@dataclass
+class RunState:
+    progress: Progress = field(default_factory=Progress)
+    records: list[PhaseRecord] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+
+    @property
+    def record(self) -> PhaseRecord:
+        return self.records[-1]
+
+    @property
+    def finished_epochs(self) -> int:
+        return sum(r.epochs for r in self.records)
+
+    def begin_phase(self, index: int, phase: Phase, res: Resolution) -> None:
+        self.progress = Progress(phase=index, global_step=self.progress.global_step)
+        self.records.append(PhaseRecord(index=index, method=phase.method, factor=phase.factor, label=phase.label,
+                                        frames=res.frames, tokens=res.tokens))
+
+    def to_dict(self) -> dict:
+        return {"progress": asdict(self.progress), "records": [asdict(r) for r in self.records],
+                "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(Progress(**d["progress"]), [PhaseRecord(**r) for r in d["records"]], list(d["history"]))
 
 
 @dataclass
@@ -92,13 +128,16 @@ def model_config(recipe: Recipe, reader: StoreReader) -> ASTConfig:
     )
 
 
-def phase_resolution(cfg: ASTConfig, phase: Phase) -> dict:
-    """Arguments of set_time_resolution for a phase."""
-    if phase.method == "patch":
-        return dict(frames=cfg.target_frames, time_patch=cfg.patch_size[1] * phase.factor,
-                    time_stride=cfg.patch_stride[1] * phase.factor)
-    _, factor = phase.loader_method
-    return dict(frames=cfg.target_frames // factor, time_patch=None, time_stride=None)
+def pipeline_config(recipe: Recipe, split: str, dist: Dist, device: str) -> PipelineConfig:
+    """The training loader's config: the recipe's [data] settings that the pipeline shares by name,
+    plus the run's seed, rank and device."""
+    data = recipe.data
+    shared = {f.name for f in dataclasses.fields(PipelineConfig)} & {f.name for f in dataclasses.fields(data)}
+    return PipelineConfig(
+        store=recipe.store, split=split, shuffle=True, seed=recipe.seed, drop_last=dist.enabled,
+        num_samples=data.samples_per_epoch, rank=dist.rank, world_size=dist.world_size,
+        **{name: getattr(data, name) for name in shared if name != "device"}, device=device,
+    )
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -112,17 +151,6 @@ def make_optimizer(recipe: Recipe, model: torch.nn.Module, lr: float) -> torch.o
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, betas=tuple(o.betas))
-
-
-def swap_parameters(optimizer: torch.optim.Optimizer, replaced) -> None:
-    """Put new parameters (a resampled pos-embed, a resized patch kernel) where the old ones were
-    in the optimiser; their moments no longer fit the new shape, so they restart."""
-    for old, new in replaced:
-        for group in optimizer.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p is old:
-                    group["params"][i] = new
-        optimizer.state.pop(old, None)
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, alpha: float, n_classes: int, gen: torch.Generator):
@@ -150,23 +178,20 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> to
     return F.cross_entropy(logits, target)  # target: (B,) indices or (B, K) probabilities
 
 
-@torch.no_grad()
-def evaluate_model(model: AST, loader, multi_label: bool, device: torch.device, d: Dist) -> dict:
-    """Scores of every clip of the loader's split (all ranks) -> metrics dict."""
-    model.eval()
-    scores, targets, index = [], [], []
-    loader.set_epoch(0)
-    for batch in loader:
-        x = batch["features"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
-        scores.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits.float(), -1)).float().cpu())
-        targets.append(batch["labels"].cpu())
-        index.append(batch["index"].cpu())
-    s, t = gather_cat(d, torch.cat(scores)), gather_cat(d, torch.cat(targets))
-    i = gather_cat(d, torch.cat(index))
-    order = torch.argsort(i)  # rank shards interleave; every clip once
-    return evaluate(s[order].numpy(), t[order].numpy(), multi_label)
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               multi_label: bool, clip_grad_norm: float | None, any_length: bool = False) -> torch.Tensor:
+    """One optimiser step: forward (bf16 autocast on CUDA), loss in float32, backward, gradient
+    clipping, update. x: (B, T/C, F). The trainer and `bench throughput` both call this.
+    any_length: x may be shorter than the model's set resolution (a mixed-resolution batch)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = net(x, any_length=True) if any_length else net(x)  # (B, K)
+    loss = loss_fn(logits.float(), y, multi_label)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
+    optimizer.step()
+    return loss.detach()
 
 
 class PhaseTrainer:
@@ -188,23 +213,17 @@ class PhaseTrainer:
         self.cfg = model_config(recipe, self.reader)
         recipe.check_against(self.cfg.target_frames, self.cfg.n_mels, self.cfg.patch_size)
         loader_device = data.device if data.device != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
-        self.base = PipelineConfig(
-            store=recipe.store, split=self.reader.split, batch_size=data.batch_size, shuffle=True,
-            seed=recipe.seed, drop_last=dist.enabled, balanced=data.balanced, num_samples=data.samples_per_epoch,
-            random_crop=data.random_crop, random_offset=data.random_offset,
-            freq_mask_bins=data.freq_mask_bins, time_mask_frames=data.time_mask_frames,
-            rank=dist.rank, world_size=dist.world_size, device=loader_device, backend=data.backend,
-            num_workers=data.num_workers, num_threads=data.num_threads,
-        )
+        self.base = pipeline_config(recipe, self.reader.split, dist, loader_device)
         self._loaders: dict[int, object] = {}
 
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(self, phase: Phase):
+        """The training loader at `phase`: one per batch size, kept across phases."""
         bs = phase.batch_size or self.recipe.data.batch_size
         if bs not in self._loaders:
             self._loaders[bs] = make_loader(self.base.replace(batch_size=bs), self.reader)
         loader = self._loaders[bs]
-        loader.set_phase(*phase.loader_method)
+        loader.set_phase(*loader_phase(phase))
         return loader
 
     def eval_loader(self, split: str | None = None):
@@ -219,32 +238,63 @@ class PhaseTrainer:
             loader.close()
         self._loaders.clear()
 
-    # -- the model at full resolution, for evaluation ------------------------------------------
-    def full_resolution_copy(self, model: AST) -> AST:
-        m = copy.deepcopy(model)
-        m.set_time_resolution(self.cfg.target_frames, interpolation=self.recipe.model.interpolation,
-                              antialias=self.recipe.model.antialias)
-        return m
+    def spans(self) -> list[Span]:
+        """Every phase's first step and epoch and its length, from its loader's batches per epoch."""
+        return spans(self.phases, [len(self.train_loader(p)) for p in self.phases])
 
-    def evaluate(self, model: AST, loader) -> dict:
-        return evaluate_model(self.full_resolution_copy(model), loader, self.multi_label, self.device, self.dist)
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate_full_resolution(self, model: AST, loader) -> dict:
+        """Metrics of a full-resolution copy of `model` (the training model keeps its resolution)."""
+        full = copy.deepcopy(model)
+        full_resolution(self.cfg).apply(full, self.recipe.model)
+        return evaluate_loader(full, loader, self.multi_label, self.device, self.dist)
 
-    # -- checkpoints -------------------------------------------------------------------------
+    def _eval_entry(self, model: AST, eval_loader, phase: Phase, state: RunState) -> dict:
+        p = state.progress
+        metrics = self.evaluate_full_resolution(model, eval_loader)
+        state.record.metric = float(metrics[self.metric_name])
+        entry = {"event": "eval", "run": self.label, "phase": p.phase, "phase_label": phase.label,
+                 "epoch": p.epoch, "step": p.global_step, "metrics": metrics,
+                 "cum_flops": sum(r.flops for r in state.records), "cum_wall_s": sum(r.wall_s for r in state.records)}
+        if not phase.full_resolution and not phase.mixed:
+            # also as the coarse model sees the data: shows whether the coarse phase learns,
+            # apart from how well it transfers to full resolution
+            eval_loader.set_phase(*loader_phase(phase))
+            entry["metrics_at_phase_resolution"] = evaluate_loader(
+                model, eval_loader, self.multi_label, self.device, self.dist)
+            eval_loader.set_phase("none", 1)
+        return entry
+
+    # -- checkpoints and logs ----------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
         return self.out / "checkpoints" / "last.pt"
 
-    def save(self, model, optimizer, progress: Progress, records, history) -> None:
+    def save(self, model: AST, optimizer, state: RunState) -> None:
         if not self.dist.is_main:
             return
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.ckpt_path, {
-            "format": "c2f-checkpoint-1", "label": self.label,
+            "format": CHECKPOINT_FORMAT, "label": self.label,
             "model": model.state_dict(), "resolution": model.resolution_state(),
             "model_config": self.cfg.to_dict(), "optimizer": optimizer.state_dict(),
-            "progress": asdict(progress), "records": [asdict(r) for r in records], "history": history,
-            "rng": torch.get_rng_state(), "recipe": self.recipe.to_dict(),
+            **state.to_dict(), "rng": rng, "recipe": self.recipe.to_dict(),
             "phases": [asdict(p) for p in self.phases],
         })
+
+    def _restore(self, model: AST) -> tuple[RunState, dict]:
+        """Model weights, run state and RNG from the last checkpoint; the optimiser's state is
+        returned, to load once the phase's optimiser exists."""
+        ckpt = load_checkpoint(self.ckpt_path)  # on the CPU: RNG states must stay CPU tensors
+        model.set_time_resolution(**ckpt["resolution"])
+        model.load_state_dict(ckpt["model"])
+        rng = ckpt["rng"] if isinstance(ckpt["rng"], dict) else {"cpu": ckpt["rng"]}
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return RunState.from_dict(ckpt), ckpt["optimizer"]
 
     def _log(self, entry: dict) -> None:
         if self.dist.is_main:
@@ -259,140 +309,107 @@ class PhaseTrainer:
         model = AST(self.cfg)
         if self.recipe.model.init_checkpoint:
             load_vit_checkpoint(model, self.recipe.model.init_checkpoint)
-        model.to(self.device)
-        progress, records, history = Progress(), [], []
-        optimizer, state = None, None
+        state, opt_state = RunState(), None
         if resume and self.ckpt_path.is_file():
-            state = load_checkpoint(self.ckpt_path, map_location=self.device)
-            model.set_time_resolution(**state["resolution"])
-            model.load_state_dict(state["model"])
-            progress = Progress(**state["progress"])
-            records = [PhaseRecord(**r) for r in state["records"]]
-            history = list(state["history"])
-            torch.set_rng_state(state["rng"])
+            state, opt_state = self._restore(model)
         elif self.dist.is_main and (self.out / "metrics.jsonl").exists():
             (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
-        eval_loader = self.eval_loader()
-        epochs_before = [0]
-        for p in self.phases:  # loader epoch ids: distinct across phases, fixed for resumes
-            epochs_before.append(epochs_before[-1] + self._phase_epochs(p))
+        model.to(self.device)
+        run_spans = self.spans()
+        eval_loader, optimizer = self.eval_loader(), None
         try:
-            for pi in range(progress.phase, len(self.phases)):
+            for pi in range(state.progress.phase, len(self.phases)):
                 phase = self.phases[pi]
-                res = phase_resolution(self.cfg, phase)
-                fresh_phase = state is None or pi != progress.phase
-                replaced = model.set_time_resolution(**res, interpolation=self.recipe.model.interpolation,
-                                                     antialias=self.recipe.model.antialias)
-                peak = phase.lr if phase.lr is not None else self.recipe.optim.lr
-                if optimizer is None or phase.reset_optimizer:
-                    optimizer = make_optimizer(self.recipe, model, peak)
+                loader = self.train_loader(phase)
+                res, optimizer = start_phase(phase, model, optimizer, loader,
+                                             lambda: make_optimizer(self.recipe, model, self.recipe.optim.lr),
+                                             self.recipe.model)
+                if opt_state is not None:  # resumed inside this phase
+                    optimizer.load_state_dict(opt_state)
+                    opt_state = None
                 else:
-                    swap_parameters(optimizer, replaced)
-                if not fresh_phase:
-                    optimizer.load_state_dict(state["optimizer"])
-                if fresh_phase:
-                    progress = Progress(phase=pi, global_step=progress.global_step)
-                    records.append(PhaseRecord(
-                        index=pi, method=phase.method, factor=phase.factor, label=phase.label,
-                        frames=res["frames"], tokens=tokens(self.cfg, res["frames"], res["time_patch"], res["time_stride"]),
-                    ))
-                state = None
-                self._train_phase(model, optimizer, phase, progress, records, history, eval_loader,
-                                  epochs_before[pi], peak, res)
-            final = history[-1]["metrics"] if history else self.evaluate(model, eval_loader)
-            for split in self.recipe.data.extra_eval_splits:
-                extra = self.eval_loader(split)
-                final = {**final, **{f"{split}/{k}": v for k, v in self.evaluate(model, extra).items()}}
-                extra.close()
+                    state.begin_phase(pi, phase, res)
+                self._train_phase(model, optimizer, loader, eval_loader, run_spans, state, res)
+            final = state.history[-1]["metrics"] if state.history else self.evaluate_full_resolution(model, eval_loader)
+            final = {**final, **self._extra_eval_splits(model)}
         finally:
             eval_loader.close()
             self.close()
         if self.dist.is_main:
             save_checkpoint(self.out / "final.pt", {"model": model.state_dict(), "resolution": model.resolution_state(),
                                                      "model_config": self.cfg.to_dict(), "store": str(self.recipe.store)})
-        return RunOutcome(self.label, self.metric_name, float(final[self.metric_name]), final, records, history)
+        return RunOutcome(self.label, self.metric_name, float(final[self.metric_name]), final, state.records,
+                          state.history)
 
-    def _phase_epochs(self, phase: Phase) -> int:
-        if phase.epochs is not None:
-            return phase.epochs
-        return math.ceil(phase.steps / max(len(self.train_loader(phase)), 1))
+    def _extra_eval_splits(self, model: AST) -> dict:
+        out = {}
+        for split in self.recipe.data.extra_eval_splits:
+            loader = self.eval_loader(split)
+            try:
+                out.update({f"{split}/{k}": v for k, v in self.evaluate_full_resolution(model, loader).items()})
+            finally:
+                loader.close()
+        return out
 
-    def _train_phase(self, model, optimizer, phase, progress, records, history, eval_loader, epoch_base, peak, res):
-        loader = self.train_loader(phase)
-        record = records[-1]
-        steps_per_epoch = len(loader)
-        if steps_per_epoch == 0:
-            raise ValueError(f"phase {phase.label}: the train split has fewer clips than one batch")
-        total = phase.steps if phase.steps is not None else phase.epochs * steps_per_epoch
-        n_epochs = self._phase_epochs(phase)
-        warmup = phase.warmup_steps if phase.warmup_steps is not None else self.recipe.optim.warmup_steps
-        flops_per_sample = train_step_flops(self.cfg, res["frames"], res["time_patch"], res["time_stride"], batch=1)
+    def _train_phase(self, model: AST, optimizer, loader, eval_loader, run_spans: list[Span],
+                     state: RunState, res: Resolution) -> None:
+        """The phase's remaining epochs: train, then evaluate (every `eval.every_epochs` and at
+        the phase's end) and checkpoint."""
+        span, p = run_spans[state.progress.phase], state.progress
         net = model
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
-        ckpt_every = self.recipe.eval.checkpoint_every_steps
-        for epoch in range(progress.epoch, n_epochs):
-            model.train()
-            t_epoch = time.perf_counter()
-            t_wait = time.perf_counter()
-            data_s = 0.0
-            for batch in loader.epoch_batches(epoch_base + epoch, progress.batch):
-                if progress.phase_step >= total:
-                    break
-                x = batch["features"].to(self.device, non_blocking=True)  # (B, T/C, F)
-                y = batch["labels"].to(self.device, non_blocking=True)
-                data_s += time.perf_counter() - t_wait
-                lr = lr_at(progress.phase_step, total, peak, warmup, self.recipe.optim, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                gen = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + progress.global_step)
-                x, y_mix = mixup(x, y, self.recipe.data.mixup, self.recipe.data.mixup_alpha, self.cfg.num_classes, gen) \
-                    if self.recipe.data.mixup > 0 else (x, y)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    logits = net(x)
-                loss = loss_fn(logits.float(), y_mix, self.multi_label)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.recipe.optim.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.recipe.optim.clip_grad_norm)
-                optimizer.step()
-                progress.phase_step += 1
-                progress.global_step += 1
-                progress.batch += 1
-                n = x.shape[0] * self.dist.world_size
-                record.steps += 1
-                record.samples += n
-                record.flops += flops_per_sample * n
-                if progress.global_step % 20 == 0:
-                    self.on_event({"event": "step", "run": self.label, "phase": progress.phase,
-                                   "step": progress.global_step, "loss": float(loss.detach()), "lr": lr})
-                if ckpt_every and progress.global_step % ckpt_every == 0:
-                    record.wall_s += time.perf_counter() - t_epoch
-                    record.data_s += data_s
-                    self.save(model, optimizer, progress, records, history)
-                    t_epoch, data_s = time.perf_counter(), 0.0
-                t_wait = time.perf_counter()
-            record.wall_s += time.perf_counter() - t_epoch
-            record.data_s += data_s
-            record.epochs += 1
-            progress.epoch, progress.batch = epoch + 1, 0
-            last = epoch + 1 == n_epochs
-            if last or (epoch + 1) % self.recipe.eval.every_epochs == 0:
-                metrics = self.evaluate(model, eval_loader)
-                record.metric = float(metrics[self.metric_name])
-                entry = {"event": "eval", "run": self.label, "phase": progress.phase, "phase_label": phase.label,
-                         "epoch": epoch + 1, "step": progress.global_step, "metrics": metrics,
-                         "cum_flops": sum(r.flops for r in records), "cum_wall_s": sum(r.wall_s for r in records)}
-                if not phase.full_resolution:
-                    # also as the coarse model sees the data: shows whether the coarse phase learns,
-                    # apart from how well it transfers to full resolution
-                    eval_loader.set_phase(*phase.loader_method)
-                    entry["metrics_at_phase_resolution"] = evaluate_model(
-                        model, eval_loader, self.multi_label, self.device, self.dist)
-                    eval_loader.set_phase("none", 1)
-                history.append(entry)
+        while p.epoch < span.epochs and p.phase_step < span.steps:
+            self._train_epoch(net, model, optimizer, loader, run_spans, state, res)
+            state.record.epochs += 1
+            p.epoch, p.batch = p.epoch + 1, 0
+            last = p.epoch == span.epochs or p.phase_step >= span.steps
+            if last or p.epoch % self.recipe.eval.every_epochs == 0:
+                entry = self._eval_entry(model, eval_loader, span.phase, state)
+                state.history.append(entry)
                 self._log(entry)
-            self.save(model, optimizer, progress, records, history)
-            if progress.phase_step >= total:
+            self.save(model, optimizer, state)
+
+    def _train_epoch(self, net, model: AST, optimizer, loader, run_spans: list[Span], state: RunState,
+                     res: Resolution) -> None:
+        """Batches p.batch.. of the current epoch, or until the phase's last step."""
+        p, record, rc = state.progress, state.record, self.recipe
+        span = run_spans[p.phase]
+        ckpt_every = rc.eval.checkpoint_every_steps
+        t_start = t_wait = time.perf_counter()
+        data_s = 0.0
+        for batch in loader.epoch_batches(span.first_epoch + p.epoch, p.batch):
+            if p.phase_step >= span.steps:
                 break
+            x = batch["features"].to(self.device, non_blocking=True)  # (B, T/C, F)
+            y = batch["labels"].to(self.device, non_blocking=True)
+            data_s += time.perf_counter() - t_wait
+            lr = lr_at(rc.optim, run_spans, p.phase, p.global_step, span.first_epoch + p.epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            flops_per_sample = res.train_flops_per_sample(self.cfg)
+            if span.phase.mixed:  # this batch's own C; the model resamples its table to fit
+                c = batch_factor(span.phase, rc.seed, span.first_epoch + p.epoch, p.batch)
+                x = compress_batch(x, span.phase, c, rc.seed, span.first_epoch + p.epoch, p.batch,
+                                   rc.data.random_offset)  # (B, T/C, F)
+                flops_per_sample = resolution(self.cfg, span.phase, c).train_flops_per_sample(self.cfg)
+            if rc.data.mixup > 0:
+                gen = torch.Generator().manual_seed(rc.seed * MIXUP_SEED_STRIDE + p.global_step)
+                x, y = mixup(x, y, rc.data.mixup, rc.data.mixup_alpha, self.cfg.num_classes, gen)
+            loss = train_step(net, optimizer, x, y, self.multi_label, rc.optim.clip_grad_norm,
+                              any_length=span.phase.mixed)
+            p.phase_step, p.global_step, p.batch = p.phase_step + 1, p.global_step + 1, p.batch + 1
+            n = x.shape[0] * self.dist.world_size
+            record.steps, record.samples, record.flops = record.steps + 1, record.samples + n, record.flops + flops_per_sample * n
+            if p.global_step % LOG_EVERY_STEPS == 0:
+                self.on_event({"event": "step", "run": self.label, "phase": p.phase, "step": p.global_step,
+                               "loss": float(loss), "lr": lr})
+            if ckpt_every and p.global_step % ckpt_every == 0:
+                record.wall_s += time.perf_counter() - t_start  # checkpoint time is not training time
+                record.data_s += data_s
+                self.save(model, optimizer, state)
+                t_start, data_s = time.perf_counter(), 0.0
+            t_wait = time.perf_counter()
+        record.wall_s += time.perf_counter() - t_start
+        record.data_s += data_s

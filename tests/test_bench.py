@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.throughput import train_step
+from c2ftrain.trainer import train_step
 from c2fdata.pipeline import dali_available
 from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
@@ -75,7 +75,8 @@ def test_train_step_changes_the_weights():
     model = AST(ast_config("tiny", n_mels=128, target_frames=32, num_classes=3))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = model.head.weight.detach().clone()
-    loss = train_step(model, opt, torch.randn(2, 32, 128), torch.tensor([0, 2]), multi_label=False)
+    loss = train_step(model, opt, torch.randn(2, 32, 128), torch.tensor([0, 2]), multi_label=False,
+                      clip_grad_norm=1.0)
     assert torch.isfinite(loss) and not torch.equal(before, model.head.weight)
 
 
@@ -99,6 +100,24 @@ def test_throughput_writes_the_figures(tiny_recipe, tmp_path, loader):
     assert all(v == pytest.approx(1.0) for v in rows[2]["speedup"].values())  # C = 1 against itself
     assert rows[1]["speedup"]["flops"] > 1
     assert png.stat().st_size > 0
+
+
+def test_bench_times_the_trainers_own_step():
+    import bench.throughput
+    import c2ftrain.trainer
+
+    assert bench.throughput.train_step is c2ftrain.trainer.train_step
+
+
+def test_throughput_reports_the_backend_that_served_with_auto(tiny_recipe, tmp_path):
+    """backend = "auto" on a CPU-only run is served by torch (see resolve_backend), whatever
+    imports here: the JSON must say so."""
+    auto = tmp_path / "auto.toml"
+    auto.write_text(tiny_recipe.read_text().replace('backend = "torch"', 'backend = "auto"'))
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(auto), "--phase", "1", "--repeats", "1", "--warmup", "0",
+         "--batches", "1", "--loader-batches", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["loader"]["backend"] == "torch"
 
 
 def test_throughput_one_phase_adds_the_reference(tiny_recipe, tmp_path):

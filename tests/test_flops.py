@@ -7,7 +7,6 @@ from c2ftrain.flops import (
     forward_flops,
     forward_flops_by_part,
     measured_flops,
-    tokens,
     train_step_flops,
 )
 from c2ftrain.model import AST, ASTConfig, ast_config
@@ -50,7 +49,7 @@ def test_forward_equals_flop_counter(stride, frames, patch, stride_mult):
     cfg = small_cfg(stride)
     model, time_stride = at_resolution(cfg, frames, patch, stride_mult)
     x = torch.randn(3, frames, 128)
-    assert tokens(cfg, frames, patch, time_stride) == model.num_tokens
+    assert cfg.num_tokens(frames, patch, time_stride) == model.num_tokens
     analytic = forward_flops(cfg, frames, patch, time_stride, batch=3)
     assert counted(model.eval(), x) == analytic
     assert measured_flops(model, x) == analytic
@@ -86,12 +85,12 @@ def test_hand_computed_single_token_model():
 
 def test_ast_reference_token_counts_and_savings():
     cfg = ASTConfig()  # AST-base, AudioSet: 1024 frames, stride 10
-    assert tokens(cfg, 1024) == 2 + 12 * 101
-    assert tokens(ASTConfig(patch_stride=(16, 16)), 1024) == 2 + 8 * 64
+    assert cfg.num_tokens(1024) == 2 + 12 * 101
+    assert ASTConfig(patch_stride=(16, 16)).num_tokens(1024) == 2 + 8 * 64
     # Quartering the tokens saves more than three quarters of attention, less of the rest.
     full, coarse = forward_flops_by_part(cfg, 1024), forward_flops_by_part(cfg, 256)
     assert coarse["attention"] < full["attention"] / 4 * 1.01
     assert full["head"] == coarse["head"]
     # Linear layers scale with tokens, attention with their square: the ratio lies between.
-    token_ratio = tokens(cfg, 1024) / tokens(cfg, 256)
+    token_ratio = cfg.num_tokens(1024) / cfg.num_tokens(256)
     assert token_ratio < forward_flops(cfg, 1024) / forward_flops(cfg, 256) < token_ratio**2

@@ -7,7 +7,7 @@ from c2ftrain.metrics import (
     accuracy,
     average_precision,
     d_prime,
-    evaluate,
+    compute_metrics,
     mean_average_precision,
     metric_name,
     roc_auc,
@@ -80,7 +80,7 @@ def test_classes_without_positives_are_skipped_and_counted():
     ap, auc = average_precision(scores, targets), roc_auc(scores, targets)
     assert np.isnan(ap[2]) and not np.isnan(ap[4]) and ap[4] == 1.0
     assert np.isnan(auc[2]) and np.isnan(auc[4])
-    result = evaluate(scores, targets, multi_label=True)
+    result = compute_metrics(scores, targets, multi_label=True)
     assert result["classes_skipped"] == 1
     assert result["mAP"] == pytest.approx(np.mean(ap[[0, 1, 3, 4]]))
     assert result["AUC"] == pytest.approx(np.mean(auc[[0, 1, 3]]))
@@ -96,20 +96,20 @@ def test_d_prime_against_scipy():
     assert math.isnan(d_prime(math.nan))
 
 
-def test_accuracy_and_single_label_evaluate():
+def test_accuracy_and_single_label_metrics():
     scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     labels = np.array([1, 0, 0, 1])  # right, right, wrong, wrong
     assert accuracy(scores, labels) == 0.5
     assert accuracy(scores, np.eye(3)[labels]) == 0.5  # one-hot targets
-    assert evaluate(scores, labels, multi_label=False) == {"accuracy": 0.5}
+    assert compute_metrics(scores, labels, multi_label=False) == {"accuracy": 0.5}
     with pytest.raises(ValueError):
         accuracy(scores, labels[:3])
 
 
-def test_metric_names_and_evaluate_keys():
+def test_metric_names_and_metric_keys():
     assert metric_name(True) == "mAP" and metric_name(False) == "accuracy"
     scores, targets = random_case(4)
-    result = evaluate(scores, targets, multi_label=True)
+    result = compute_metrics(scores, targets, multi_label=True)
     assert {"mAP", "AUC", "d_prime"} <= set(result) and metric_name(True) in result
     with pytest.raises(ValueError):
         average_precision(scores, targets[:, :3])

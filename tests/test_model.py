@@ -246,11 +246,11 @@ def test_returned_pairs_and_optimizer_swap():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     old_pos, old_weight = model.pos_embed, model.patch_embed.proj.weight
     pairs = model.set_time_resolution(T, time_patch=32, time_stride=32)
-    assert {id(o) for o, _ in pairs} == {id(old_pos), id(old_weight)}
-    assert {id(n) for _, n in pairs} == {id(model.pos_embed), id(model.patch_embed.proj.weight)}
-    assert all(n.requires_grad and n.shape != o.shape for o, n in pairs)
+    assert {id(o) for o, _, _ in pairs} == {id(old_pos), id(old_weight)}
+    assert {id(n) for _, n, _ in pairs} == {id(model.pos_embed), id(model.patch_embed.proj.weight)}
+    assert all(n.requires_grad and n.shape != o.shape for o, n, _ in pairs)
     model_params = {id(p) for p in model.parameters()}
-    assert all(id(o) not in model_params and id(n) in model_params for o, n in pairs)
+    assert all(id(o) not in model_params and id(n) in model_params for o, n, _ in pairs)
 
     # Without the swap the new tensors get gradients but the optimizer never moves them.
     def step():
@@ -261,7 +261,7 @@ def test_returned_pairs_and_optimizer_swap():
         return (model.pos_embed - before).abs().max().item()
 
     assert step() == 0.0
-    swap = {id(o): n for o, n in pairs}
+    swap = {id(o): n for o, n, _ in pairs}
     for group in opt.param_groups:
         group["params"] = [swap.get(id(p), p) for p in group["params"]]
     assert step() > 0.0

@@ -51,9 +51,11 @@ def test_factor_that_leaves_no_patch():
         patch.check_against(256, 128)
 
 
-def test_phase_loader_method():
-    assert Phase(method="patch", factor=2, epochs=1).loader_method == ("none", 1)
-    assert Phase(method="fshift", factor=2, epochs=1).loader_method == ("fshift", 2)
+def test_phase_loader_phase():
+    from c2ftrain.phases import loader_phase
+
+    assert loader_phase(Phase(method="patch", factor=2, epochs=1)) == ("none", 1)
+    assert loader_phase(Phase(method="fshift", factor=2, epochs=1)) == ("fshift", 2)
 
 
 def test_missing_recipe_file(tmp_path):

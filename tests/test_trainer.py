@@ -15,8 +15,9 @@ from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
 from c2ftrain.checkpoint import load_checkpoint
 from c2ftrain.recipe import recipe_from_dict
-from c2ftrain.run import run_recipe
-from c2ftrain.trainer import PhaseTrainer, swap_parameters
+from c2ftrain.experiment import run_experiment
+from c2ftrain.phases import swap_into_optimizer
+from c2ftrain.trainer import PhaseTrainer
 
 N_CLASSES, T = 4, 64
 
@@ -58,8 +59,8 @@ def toy_recipe(store, **data):
     })
 
 
-def test_run_recipe_report(toy_store, tmp_path):
-    report = run_recipe(toy_recipe(toy_store), tmp_path / "run")
+def test_run_experiment_report(toy_store, tmp_path):
+    report = run_experiment(toy_recipe(toy_store), tmp_path / "run")
     assert report["metric_name"] == "accuracy"
     assert [p["method"] for p in report["phases"]] == ["pool-avg", "fshift", "none"]
     assert [p["tokens"] for p in report["phases"]] == [2 + 8 * 1, 2 + 8 * 2, 2 + 8 * 4]
@@ -92,7 +93,7 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["accuracy"] == outcome.metric
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
-    assert r.exit_code == 2 and "not a loadable c2f checkpoint" in r.output
+    assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output
 
 
 def test_cli_run_errors(tmp_path):
@@ -114,12 +115,12 @@ def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
     model = AST(ast_config("tiny", embed_dim=32, depth=1, num_heads=2, target_frames=T, patch_stride=(16, 16), num_classes=4))
     opt = make_optimizer(recipe, model, 1e-2)
     replaced = model.set_time_resolution(T // 4)
-    swap_parameters(opt, replaced)
+    swap_into_optimizer(opt, replaced)
     before = model.pos_embed.detach().clone()
     model(torch.randn(2, T // 4, 128)).sum().backward()
     opt.step()
     assert not torch.equal(before, model.pos_embed.detach())
-    assert all(p is not old for g in opt.param_groups for p in g["params"] for old, _ in replaced)
+    assert all(p is not old for g in opt.param_groups for p in g["params"] for old, _, _ in replaced)
 
 
 def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):

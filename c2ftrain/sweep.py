@@ -1,0 +1,137 @@
+"""`c2ftrain sweep`: one recipe, a grid of `--set` overrides, several seeds; one directory.
+
+A grid file (TOML) lists cells in either or both of two forms:
+
+    [grid]                                   # every combination of these values
+    "phases.1.method" = ["fshift", "pool-avg"]
+    "optim.lr_scope" = ["phase", "run"]
+
+    [[cells]]                                # cells spelled out one by one
+    name = "three-phase"                     # optional; default: the overrides themselves
+    set = { "phases.1.epochs" = 3 }
+
+Each cell is an experiment (coarse-to-fine, baseline, equal-FLOPs control, for every seed) in
+OUT/cells/NAME; baselines and controls that several cells share are trained once, in OUT/shared.
+Everything is resumable: re-running the same command after a kill continues where it stopped.
+OUT/summary.json and the table hold, per cell, mean and spread of each run and the paired deltas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from c2ftrain.recipe import RecipeError, load_recipe
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    overrides: dict = field(default_factory=dict)
+
+
+def cell_name(overrides: dict) -> str:
+    """A directory-safe name from the overrides: phases.1.method=fshift,optim.lr_scope=run."""
+    text = ",".join(f"{k}={v}" for k, v in overrides.items()) or "recipe"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+
+
+def load_grid(path: Path) -> list[Cell]:
+    """The cells of a grid file (see the module docstring); RecipeError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"grid file {path} not found")
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: invalid TOML: {err}") from None
+    unknown = set(d) - {"grid", "cells"}
+    if unknown:
+        raise RecipeError(f"{path}: unknown tables {sorted(unknown)}; a grid file has [grid] and/or [[cells]]")
+    cells = []
+    grid = d.get("grid", {})
+    if grid:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise RecipeError(f"{path}: [grid] {key} must be a non-empty list of values, got {values!r}")
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            overrides = dict(zip(keys, combo))
+            cells.append(Cell(cell_name(overrides), overrides))
+    for i, c in enumerate(d.get("cells", [])):
+        if not isinstance(c, dict) or set(c) - {"name", "set"}:
+            raise RecipeError(f"{path}: [[cells]] {i + 1} takes `name` and `set` only, got {c!r}")
+        overrides = dict(c.get("set", {}))
+        cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides))
+    if not cells:
+        raise RecipeError(f"{path}: no cells; give a [grid] table or [[cells]] entries")
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{path}: cell names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    return cells
+
+
+def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *, base_overrides: dict | None = None,
+              on_cell: Callable[[int, Cell], None] | None = None, on_event: Callable[[dict], None] | None = None,
+              device: str | None = None) -> dict:
+    """Every cell's experiment (resumable) -> the summary, also written to OUT/summary.json."""
+    from c2ftrain.experiment import run_experiment, seed_list
+
+    out = Path(out)
+    recipes = [load_recipe(recipe, {**(base_overrides or {}), **c.overrides}) for c in cells]  # all valid first
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(
+        {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
+         "cells": [{"name": c.name, "overrides": c.overrides} for c in cells]}, indent=2, default=str))
+    rows = []
+    for i, (cell, rec) in enumerate(zip(cells, recipes)):
+        if on_cell:
+            on_cell(i, cell)
+        report = run_experiment(rec, out / "cells" / cell.name, seeds=seed_list(rec, n_seeds), resume=True,
+                                on_event=on_event, device=device, shared_runs=out / "shared")
+        rows.append(summary_row(cell, report))
+    summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def summary_row(cell: Cell, report: dict) -> dict:
+    row = {"cell": cell.name, "overrides": cell.overrides, "metric_name": report["metric_name"],
+           "seeds": report["seeds"], "phases": [p["label"] for p in report["phases"]]}
+    for run in ("c2f", "baseline", "equal_flops"):
+        if run in report:
+            r = report[run]
+            row[run] = {"mean": r["metric_mean"], "std": r["metric_std"], "per_seed": r["metric_per_seed"]}
+    row["paired"] = report.get("paired", {})
+    row["savings"] = report.get("savings", {})
+    return row
+
+
+def summary_table(summary: dict):
+    from rich.table import Table
+
+    name = summary["metric_name"]
+    scale = 100 if name == "accuracy" else 1
+    fmt = (lambda m, s: f"{m * scale:.2f} ± {s * scale:.2f}")
+    t = Table(title=f"sweep of {summary['recipe']}: {name}, mean ± std over {summary['seeds']} seeds; "
+                    "paired deltas: mean [95% interval]")
+    for c in ("cell", "c2f", "baseline", "equal-FLOPs", "c2f - baseline", "c2f - equal-FLOPs", "FLOPs saved",
+              "wall saved"):
+        t.add_column(c, justify="left" if c == "cell" else "right")
+    for r in summary["cells"]:
+        def delta(key):
+            p = r["paired"].get(key)
+            if not p:
+                return ""
+            lo, hi = p["ci95"]
+            return f"{p['mean'] * scale:+.2f} [{lo * scale:+.2f}, {hi * scale:+.2f}]"
+
+        t.add_row(r["cell"], *(fmt(r[k]["mean"], r[k]["std"]) if k in r else "" for k in ("c2f", "baseline", "equal_flops")),
+                  delta("c2f-baseline"), delta("c2f-equal_flops"),
+                  f"{r['savings'].get('flops', 0):.0%}", f"{r['savings'].get('wall', 0):.0%}")
+    return t

@@ -1,0 +1,116 @@
+"""Experiments over seeds (report.json's spread and paired deltas) and sweeps (shared baselines,
+resumable), on the toy store of test_trainer."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from c2ftrain.cli import main
+from c2ftrain.experiment import run_experiment
+from c2ftrain.stats import ci95
+from c2ftrain.sweep import load_grid, run_sweep
+from test_trainer import toy_recipe, toy_store  # noqa: F401  (fixture)
+
+
+def test_seeds_report_spread_and_paired_deltas(toy_store, tmp_path):  # noqa: F811
+    recipe = toy_recipe(toy_store)
+    report = run_experiment(recipe, tmp_path / "run", seeds=[3, 4])
+    assert report["seeds"] == [3, 4]
+    assert (tmp_path / "run" / "seed-3" / "c2f" / "outcome.json").is_file()
+    assert (tmp_path / "run" / "seed-4" / "equal_flops" / "outcome.json").is_file()
+    per_seed = {}
+    for run in ("c2f", "baseline", "equal_flops"):
+        r = report[run]
+        per_seed[run] = [json.loads((tmp_path / "run" / f"seed-{s}" / run / "outcome.json").read_text())["metric"]
+                         for s in (3, 4)]
+        assert r["metric_per_seed"] == per_seed[run]
+        assert r["metric_mean"] == pytest.approx(sum(per_seed[run]) / 2)
+        assert r["metric"] == per_seed[run][0]  # the first seed's view under the plain keys
+    for a, b in (("c2f", "baseline"), ("c2f", "equal_flops")):
+        diffs = [x - y for x, y in zip(per_seed[a], per_seed[b])]
+        paired = report["paired"][f"{a}-{b}"]
+        assert paired["mean"] == pytest.approx(sum(diffs) / 2)
+        assert paired["ci95"] == pytest.approx(ci95(diffs))
+    assert 0 < report["savings"]["flops"] < 1
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["paired"] == report["paired"]
+    assert (tmp_path / "run" / "report.png").stat().st_size > 10_000
+
+
+def test_one_seed_keeps_the_flat_layout(toy_store, tmp_path):  # noqa: F811
+    report = run_experiment(toy_recipe(toy_store), tmp_path / "run", baseline=False)
+    assert report["seeds"] == [3] and (tmp_path / "run" / "c2f" / "outcome.json").is_file()
+    assert "paired" not in report
+
+
+def write_grid(path):
+    path.write_text('[grid]\n"optim.lr_scope" = ["phase", "run"]\n'
+                    '[[cells]]\nname = "kept-moments"\nset = { "phases.3.reset_optimizer" = false }\n')
+    return path
+
+
+def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
+    recipe_path = tmp_path / "toy.json"
+    cells = load_grid(write_grid(tmp_path / "grid.toml"))
+    assert [c.name for c in cells] == ["optim.lr_scope=phase", "optim.lr_scope=run", "kept-moments"]
+    # the sweep loads its recipe by name; here it gets the toy recipe with the cell's overrides
+    events = []
+    base = toy_recipe(toy_store).to_dict()
+    from c2ftrain import sweep as sweep_mod
+
+    def fake_load(_name, overrides):
+        from c2ftrain.recipe import apply_override, recipe_from_dict
+
+        d = json.loads(json.dumps(base))
+        for k, v in overrides.items():
+            apply_override(d, k, v)
+        return recipe_from_dict(d)
+
+    real = sweep_mod.load_recipe
+    sweep_mod.load_recipe = fake_load
+    try:
+        summary = run_sweep(recipe_path, cells, tmp_path / "sw", 2, on_event=events.append)
+        starts = [e for e in events if e["event"] == "start"]
+        shared = sorted(p.name.split("-")[0] for p in (tmp_path / "sw" / "shared").iterdir())
+        # baseline: one per seed for all cells; equal-FLOPs: the cells' c2f FLOPs are equal -> one per seed
+        assert shared == ["baseline", "baseline", "equal_flops", "equal_flops"]
+        assert sum(e["run"] == "c2f" for e in starts) == 3 * 2
+        assert sum(e["run"] == "baseline" for e in starts) == 2
+        again = []
+        run_sweep(recipe_path, cells, tmp_path / "sw", 2, on_event=again.append)
+        assert [e for e in again if e["event"] == "start"] == []  # all finished: nothing retrained
+    finally:
+        sweep_mod.load_recipe = real
+    rows = {r["cell"]: r for r in summary["cells"]}
+    assert set(rows) == {c.name for c in cells}
+    for r in rows.values():
+        assert len(r["c2f"]["per_seed"]) == 2 and {"c2f-baseline", "c2f-equal_flops"} <= set(r["paired"])
+    # the baseline is shared, so its figures are identical across cells
+    assert len({json.dumps(r["baseline"]) for r in rows.values()}) == 1
+    assert json.loads((tmp_path / "sw" / "summary.json").read_text())["cells"][0]["cell"] == cells[0].name
+
+
+def test_grid_file_errors(tmp_path):
+    from c2ftrain.recipe import RecipeError
+
+    bad = tmp_path / "g.toml"
+    bad.write_text('[grid]\n"optim.lr" = 3\n')
+    with pytest.raises(RecipeError, match="non-empty list"):
+        load_grid(bad)
+    bad.write_text('[[cells]]\nname = "a"\n[[cells]]\nname = "a"\n')
+    with pytest.raises(RecipeError, match="repeat"):
+        load_grid(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        load_grid(tmp_path / "none.toml")
+
+
+def test_cli_validation_error_leaves_no_run_directory(toy_store, tmp_path):  # noqa: F811
+    out = tmp_path / "never"
+    r = CliRunner().invoke(main, ["run", "demo", "--set", f'store="{toy_store}"', "--set", "phases.1.factor=8",
+                                  "--out", str(out)])
+    assert r.exit_code == 2 and "fewer than one 16-frame patch" in " ".join(r.output.split())
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["run", "demo", "--set", "phases.9.factor=2"])
+    assert r.exit_code == 2 and "not an entry 1..2" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["run", "demo", "--set", "nonsense"])
+    assert r.exit_code == 2 and "KEY=VALUE" in " ".join(r.output.split())
