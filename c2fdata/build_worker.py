@@ -123,11 +123,28 @@ def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, targ
     Pass the result to `close_results` when done."""
     if workers == 1:
         init_worker(cfg, target_frames, single_thread=False)  # in-process: leave the caller's threads alone
-        return (compute_clip(t) for t in tasks)
+        return _in_process(tasks)
     # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
     ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
     pool = ctx.Pool(workers, initializer=init_worker, initargs=(cfg, target_frames))
     return PoolResults(pool, pool.imap(compute_clip, tasks, chunksize=POOL_CHUNK))
+
+
+def _in_process(tasks: Iterable[ClipTask]) -> Iterator[ClipResult]:
+    """`compute_clip` in this process, one torch thread per clip as in a pool worker: fbank's
+    float sums depend on the thread count (a 1-thread and a 2-thread fbank differ by a float16
+    step in some values), and a store's bits must not depend on --workers. The caller's thread
+    count is restored between clips."""
+    import torch
+
+    for task in tasks:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            result = compute_clip(task)
+        finally:
+            torch.set_num_threads(threads)
+        yield result
 
 
 def close_results(results: Iterator[ClipResult]) -> None:

@@ -98,7 +98,9 @@ def print_outcome(report: dict) -> None:
 @click.option("--set", "overrides", multiple=True,
               help="Override a recipe key, e.g. --set optim.lr=5e-4 or --set phases.1.factor=2 (TOML value).")
 @click.option("--steps-log", is_flag=True, help="Print the loss every 20 steps.")
-def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log):
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train (auto: CUDA where it is available).")
+def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log, device):
     """Train RECIPE (a shipped name or a .toml path; default: demo) coarse-to-fine and its baseline."""
     from c2fdata.store import StoreFormatError
     from c2ftrain.experiment import default_run_dir, load_run_config, run_experiment, seed_list
@@ -122,13 +124,55 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log)
 
     try:
         report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
-                                on_event=_printer({"verbose": steps_log}))
+                                on_event=_printer({"verbose": steps_log}), device=_device(device))
     except (RecipeError, StoreFormatError, ValueError) as err:
         fail(str(err))
     finally:
         close_distributed()
     print_outcome(report)
     console.print(f"report: {Path(run_dir) / 'report.json'}, {Path(run_dir) / 'report.png'}")
+
+
+@main.command()
+@click.argument("recipe", required=False, default="demo")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe key (as for `run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--no-measure", is_flag=True, help="Skip the few timed train steps (no time estimate).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def plan(recipe, overrides, as_json, no_measure, device):
+    """Without training: every epoch's phase, resolution, learning rate and FLOPs for
+    coarse-to-fine, the baseline and the equal-FLOPs control, the saving, and an estimated
+    training time on this machine (from a few measured steps)."""
+    from rich.table import Table
+
+    from c2fdata.store import StoreFormatError
+    from c2ftrain.plan import plan_experiment
+    from c2ftrain.recipe import RecipeError, load_recipe
+
+    try:
+        rec = load_recipe(recipe, parse_overrides(overrides))
+        if not Path(rec.store).exists():
+            fail(f"store {rec.store} not found; build it first (the plan reads its clip counts)")
+        result = plan_experiment(rec, measure=not no_measure, device=_device(device))
+    except (RecipeError, StoreFormatError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for label, run in result["runs"].items():
+        t = Table(title=f"{label}: {run['steps']} steps, {run['flops'] / 1e12:.2f} TFLOPs"
+                        + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else ""))
+        for c in ("epoch", "phase", "frames", "tokens", "steps", "lr at start", "TFLOPs"):
+            t.add_column(c, justify="right")
+        for e in run["epochs"]:
+            t.add_row(str(e["epoch"]), e["label"], str(e["frames"]), str(e["tokens"]), str(e["steps"]),
+                      f"{e['lr']:.2e}", f"{e['flops'] / 1e12:.2f}")
+        console.print(t)
+    s = result["savings"]
+    line = f"coarse-to-fine saves {s['flops']:.0%} of the baseline's training FLOPs"
+    if "est_wall" in s:
+        line += f" and about {s['est_wall']:.0%} of its training time on {result['device']} (estimate)"
+    console.print(line)
 
 
 @main.command()
@@ -182,6 +226,17 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         console.print(f"summary: {out_dir / 'summary.json'}")
 
 
+def _device(choice: str) -> str | None:
+    """None lets the library pick (CUDA where available); asking for CUDA without it is an error."""
+    if choice == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda, but CUDA is not available here (torch "
+                 f"{torch.__version__}); use --device cpu or install a CUDA build of torch")
+    return None if choice == "auto" else choice
+
+
 def _less(saving: float, less: str, more: str) -> str:
     return f"{saving:.0%} {less}" if saving >= 0 else f"{-saving:.0%} {more}"
 
@@ -192,12 +247,13 @@ def _less(saving: float, less: str, more: str) -> str:
 @click.option("--split", default="eval", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(checkpoint, store, split, batch_size, as_json):
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     """Evaluate a checkpoint (final.pt or checkpoints/last.pt) at full resolution on a store split."""
     from c2ftrain.evaluate import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(checkpoint, store, split, batch_size)
+        metrics = evaluate_checkpoint(checkpoint, store, split, batch_size, device=_device(device))
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:

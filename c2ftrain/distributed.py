@@ -14,22 +14,28 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    grouped: bool = False  # a process group exists (torchrun), even with one process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether ranks exchange anything: DDP wrapping, equal batches per rank, gathers."""
+        return self.grouped
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def init_distributed(device: str) -> Dist:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group torchrun describes, else a single process. Under torchrun a group
+    is created even for one process, so that a one-GPU machine runs NCCL exactly as a node does."""
+    if not launched_by_torchrun():
         return Dist()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
         if device == "cuda":
             torch.cuda.set_device(local)
@@ -37,7 +43,7 @@ def init_distributed(device: str) -> Dist:
             dist.init_process_group("nccl", device_id=torch.device("cuda", local))
         else:
             dist.init_process_group("gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, grouped=True)
 
 
 def close_distributed() -> None:

@@ -36,7 +36,8 @@ def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device,
     return compute_metrics(s[order].numpy(), t[order].numpy(), multi_label)
 
 
-def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64) -> dict:
+def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64,
+                        device: str | None = None) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at the store's full
     resolution on one split; a checkpoint saved on a GPU loads on a CPU-only machine."""
     state = load_checkpoint(path)
@@ -51,7 +52,7 @@ def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size
     model.set_time_resolution(**state["resolution"])
     model.load_state_dict(state["model"])
     model.set_time_resolution(reader.target_frames)  # evaluate at the store's full resolution
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,
                                         device="gpu" if device.type == "cuda" else "cpu"), reader)
     try:

@@ -15,7 +15,6 @@ patch kernel is PI-resized. Both become new `nn.Parameter`s; the method returns 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -369,81 +368,14 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# --- starting from an ImageNet ViT/DeiT checkpoint -------------------------------------------
-
-# Classifier parts of an ImageNet model: never loaded (our head is new), only reported.
-_IGNORED_PREFIXES = ("head.", "head_dist.", "fc_norm.", "pre_logits.")
-# Ours that an ImageNet checkpoint does not have: they keep their fresh initialisation.
-_FRESH_PREFIXES = ("head.", "head_norm.")
+# --- starting weights: moved to c2ftrain/init_weights.py ----------------------------------------
 
 
 def load_vit_checkpoint(
     model: AST, path: str | Path, interpolation: str = "bilinear", antialias: bool = True
 ) -> dict[str, list[str]]:
-    """Initialise `model` from a DeiT/ViT state dict on disk (timm naming); never downloads.
+    """Deprecated: use `c2ftrain.init_weights.initialise(model, recipe.model)`. Kept only until
+    trainer.py stops importing it; loads a state_dict file with AST's rules (init_weights)."""
+    from c2ftrain.init_weights import load_checkpoint_file  # init_weights imports this module
 
-    The 3-channel patch kernel is summed over RGB into one channel and PI-resized if its size
-    differs; the square pos-embed grid is resampled to the model's current (Fg, Tg) grid; a
-    missing distillation token (plain ViT) is copied from the cls token, its position likewise.
-    Returns {"loaded", "fresh", "ignored"} key lists. Raises KeyError/ValueError naming every
-    missing, unexpected or mismatched key, before touching the model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file (nothing is ever downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):  # DeiT's releases hold {"model": state_dict}
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DDP
-
-    needed = ("patch_embed.proj.weight", "pos_embed", "cls_token")
-    missing = [k for k in needed if k not in state]
-    if missing:
-        raise KeyError(f"{path}: not a ViT/DeiT state dict, missing {missing}")
-    state = _vit_to_ast(state, model, interpolation, antialias)
-
-    ours = model.state_dict()
-    ignored = sorted(k for k in state if k.startswith(_IGNORED_PREFIXES))
-    theirs = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
-    fresh = sorted(k for k in ours if k.startswith(_FRESH_PREFIXES))
-    missing = sorted(k for k in ours if k not in theirs and k not in fresh)
-    unexpected = sorted(k for k in theirs if k not in ours)
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
-        for k, v in theirs.items()
-        if k in ours and v.shape != ours[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path} does not fit {model.cfg.embed_dim}-wide, {model.cfg.depth}-deep AST:"
-            f"\n  missing: {missing}\n  unexpected: {unexpected}\n  mismatched: {mismatched}"
-        )
-    model.load_state_dict({**ours, **theirs})
-    return dict(loaded=sorted(theirs), fresh=fresh, ignored=ignored)
-
-
-def _vit_to_ast(state: dict, model: AST, interpolation: str, antialias: bool) -> dict:
-    """Rename nothing (same timm names); reshape the three tensors that differ in form."""
-    state = dict(state)
-    weight = state["patch_embed.proj.weight"].float()  # (D, 3, ph, pw)
-    weight = weight.sum(dim=1, keepdim=True)  # (D, 1, ph, pw): grey input, as AST does
-    kernel = tuple(model.patch_embed.proj.weight.shape[2:])
-    state["patch_embed.proj.weight"] = resize_patch_kernel(weight, kernel, interpolation, antialias)
-
-    has_dist = "dist_token" in state
-    prefix = 2 if has_dist else 1
-    pos = state["pos_embed"].float()  # (1, prefix + G*G, D)
-    side = math.isqrt(pos.shape[1] - prefix)
-    if side * side != pos.shape[1] - prefix:
-        raise ValueError(
-            f"pos_embed: {pos.shape[1]} tokens minus {prefix} prefix is not a square grid"
-        )
-    pos = resample_pos_embed(pos, model.grid, (side, side), prefix, interpolation, antialias)
-    if not has_dist:  # plain ViT: the distillation token starts as a copy of cls, as its position
-        state["dist_token"] = state["cls_token"].clone()
-        pos = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
-    state["pos_embed"] = pos  # (1, 2 + Fg*Tg, D)
-    return state
+    return load_checkpoint_file(model, path, interpolation, antialias)

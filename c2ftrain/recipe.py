@@ -92,9 +92,43 @@ class ModelSpec:
     num_heads: int | None = None
     patch_stride: tuple[int, int] = (16, 16)
     drop_path_rate: float = 0.0
-    init_checkpoint: str | None = None  # a DeiT/ViT state_dict on disk (never a download)
+    # Starting weights (c2ftrain/init_weights.py, docs/RECIPES.md): "none" (from scratch),
+    # "timm:<model name>" (ImageNet through timm: pip install c2f[timm]), or the path of a
+    # state_dict file (timm-named ViT/DeiT, AST AudioSet checkpoint). Files and timm are looked
+    # for when training starts, not here: every recipe loads without the weights.
+    init: str = "none"
+    # Deprecated alias of `init`, read so that run directories made before `init` existed
+    # (config.json keeps the recipe) still resume: "" means "none". Moved into `init` on load.
+    init_checkpoint: str | None = None
     interpolation: str = "bilinear"  # pos-embed resampling between phases: bilinear | bicubic
     antialias: bool = True
+
+    def __post_init__(self):
+        init = self._init_from_alias() if self.init_checkpoint is not None else self.init
+        if not isinstance(init, str) or not init.strip() or init != init.strip():
+            raise RecipeError(
+                f"model.init must be \"none\" (from scratch), \"timm:<model name>\" or the path of a "
+                f"state_dict file; got {init!r}"
+            )
+        if init.startswith("timm:") and not init[len("timm:"):].strip():
+            raise RecipeError("model.init = \"timm:\" names no model, e.g. \"timm:deit_base_distilled_patch16_384\"")
+        object.__setattr__(self, "init", init)  # frozen: the alias is folded in once, here
+        object.__setattr__(self, "init_checkpoint", None)
+
+    def _init_from_alias(self) -> str:
+        """`init` from the deprecated `init_checkpoint` ("" meant: no checkpoint), with a warning."""
+        import warnings
+
+        if not isinstance(self.init_checkpoint, str):
+            raise RecipeError(f"model.init_checkpoint must be a string, got {self.init_checkpoint!r}")
+        legacy = self.init_checkpoint.strip() or "none"
+        if self.init != "none" and legacy not in ("none", self.init):
+            raise RecipeError(f"model.init = {self.init!r} and the deprecated model.init_checkpoint = "
+                              f"{self.init_checkpoint!r} disagree; keep only init")
+        init = self.init if self.init != "none" else legacy
+        warnings.warn(f"model.init_checkpoint is deprecated: write init = {init!r} in [model] instead "
+                      f"(\"none\" = from scratch)", FutureWarning, stacklevel=2)
+        return init
 
 
 @dataclass(frozen=True)

@@ -280,3 +280,28 @@ def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):
     g = zarr.open_group(str(tmp_path / "s"), mode="r")
     row = list(g["train"]["ids"][:]).index(short["id"])
     assert g["train"]["errors"][row] == f"short: {short['detail']}"
+
+
+def test_in_process_build_computes_with_one_thread_like_a_pool_worker(folder_big, tmp_path, monkeypatch):
+    """fbank's float sums depend on torch's thread count: --workers 1 must compute as a pool
+    worker does (one thread), so that a store's bits do not depend on --workers; the caller's
+    thread count comes back afterwards."""
+    import torch
+
+    import c2fdata.build_worker as bw
+
+    seen, real = [], bw.fbank
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bw, "fbank", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        build_store(cfg(folder_big, tmp_path / "s", workers=1))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from test_trainer import toy_recipe, toy_store  # noqa: F401  (fixture)
 
 def test_seeds_report_spread_and_paired_deltas(toy_store, tmp_path):  # noqa: F811
     recipe = toy_recipe(toy_store)
-    report = run_experiment(recipe, tmp_path / "run", seeds=[3, 4])
+    report = run_experiment(recipe, tmp_path / "run", seeds=[3, 4], device="cpu")
     assert report["seeds"] == [3, 4]
     assert (tmp_path / "run" / "seed-3" / "c2f" / "outcome.json").is_file()
     assert (tmp_path / "run" / "seed-4" / "equal_flops" / "outcome.json").is_file()
@@ -38,7 +38,7 @@ def test_seeds_report_spread_and_paired_deltas(toy_store, tmp_path):  # noqa: F8
 
 
 def test_one_seed_keeps_the_flat_layout(toy_store, tmp_path):  # noqa: F811
-    report = run_experiment(toy_recipe(toy_store), tmp_path / "run", baseline=False)
+    report = run_experiment(toy_recipe(toy_store), tmp_path / "run", baseline=False, device="cpu")
     assert report["seeds"] == [3] and (tmp_path / "run" / "c2f" / "outcome.json").is_file()
     assert "paired" not in report
 
@@ -69,7 +69,7 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
     real = sweep_mod.load_recipe
     sweep_mod.load_recipe = fake_load
     try:
-        summary = run_sweep(recipe_path, cells, tmp_path / "sw", 2, on_event=events.append)
+        summary = run_sweep(recipe_path, cells, tmp_path / "sw", 2, device="cpu", on_event=events.append)
         starts = [e for e in events if e["event"] == "start"]
         shared = sorted(p.name.split("-")[0] for p in (tmp_path / "sw" / "shared").iterdir())
         # baseline: one per seed for all cells; equal-FLOPs: the cells' c2f FLOPs are equal -> one per seed
@@ -77,7 +77,7 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
         assert sum(e["run"] == "c2f" for e in starts) == 3 * 2
         assert sum(e["run"] == "baseline" for e in starts) == 2
         again = []
-        run_sweep(recipe_path, cells, tmp_path / "sw", 2, on_event=again.append)
+        run_sweep(recipe_path, cells, tmp_path / "sw", 2, device="cpu", on_event=again.append)
         assert [e for e in again if e["event"] == "start"] == []  # all finished: nothing retrained
     finally:
         sweep_mod.load_recipe = real
@@ -114,3 +114,33 @@ def test_cli_validation_error_leaves_no_run_directory(toy_store, tmp_path):  # n
     assert r.exit_code == 2 and "not an entry 1..2" in " ".join(r.output.split())
     r = CliRunner().invoke(main, ["run", "demo", "--set", "nonsense"])
     assert r.exit_code == 2 and "KEY=VALUE" in " ".join(r.output.split())
+
+
+def test_plan_matches_what_the_trainer_does(toy_store, tmp_path, monkeypatch):  # noqa: F811
+    """The plan's FLOPs, steps and learning rate at each epoch's first step, against a real run
+    (the rate the optimiser really had, recorded inside train_step)."""
+    import c2ftrain.trainer as tr
+    from c2ftrain.plan import plan_experiment
+
+    recipe = toy_recipe(toy_store)
+    plan = plan_experiment(recipe, measure=True, device="cpu")
+    seen, real_step = [], tr.train_step
+
+    def recording_step(net, optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real_step(net, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "train_step", recording_step)
+    report = run_experiment(recipe, tmp_path / "run", device="cpu")
+    for label in ("c2f", "baseline", "equal_flops"):
+        planned = plan["runs"][label]
+        assert planned["flops"] == report[label]["flops"], label
+        assert planned["est_s"] > 0
+    c2f = plan["runs"]["c2f"]
+    assert len(seen) == sum(plan["runs"][k]["steps"] for k in ("c2f", "baseline", "equal_flops"))
+    starts = [0]
+    for e in c2f["epochs"][:-1]:
+        starts.append(starts[-1] + e["steps"])
+    assert [e["lr"] for e in c2f["epochs"]] == pytest.approx([seen[s] for s in starts], rel=1e-12)
+    assert [e["label"] for e in c2f["epochs"]] == [r["label"] for r in report["phases"] for _ in range(r["epochs"])]
+    assert plan["savings"]["flops"] == pytest.approx(report["savings"]["flops"])

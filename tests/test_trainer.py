@@ -60,7 +60,7 @@ def toy_recipe(store, **data):
 
 
 def test_run_experiment_report(toy_store, tmp_path):
-    report = run_experiment(toy_recipe(toy_store), tmp_path / "run")
+    report = run_experiment(toy_recipe(toy_store), tmp_path / "run", device="cpu")
     assert report["metric_name"] == "accuracy"
     assert [p["method"] for p in report["phases"]] == ["pool-avg", "fshift", "none"]
     assert [p["tokens"] for p in report["phases"]] == [2 + 8 * 1, 2 + 8 * 2, 2 + 8 * 4]
@@ -84,12 +84,14 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
 
     from c2ftrain.cli import main
 
-    outcome = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "c2f", "c2f").run()
+    outcome = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "c2f", "c2f",
+                           device="cpu").run()
     state = torch.load(tmp_path / "c2f" / "checkpoints" / "last.pt", weights_only=True)
     assert state["progress"]["global_step"] == 12 and state["resolution"]["frames"] == T
     final = load_checkpoint(tmp_path / "c2f" / "final.pt")
     assert final["model"]["pos_embed"].shape == (1, 2 + 8 * 4, 32)
-    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(toy_store), "--json"])
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(toy_store), "--json",
+                                  "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["accuracy"] == outcome.metric
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
@@ -126,7 +128,8 @@ def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
 def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
     """Kill the run (SIGKILL) right after the checkpoint at step 6, mid-phase 2 and mid-epoch;
     `--resume` ends with exactly the metrics of an uninterrupted run."""
-    ref = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "ref", "c2f").run()
+    ref = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "ref", "c2f",
+                       device="cpu").run()
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, sys
@@ -142,13 +145,14 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
         tr.save_checkpoint = save_then_die
         r = toy_recipe({str(toy_store)!r})
-        tr.PhaseTrainer(r, r.phases, {str(out)!r}, "c2f").run()
+        tr.PhaseTrainer(r, r.phases, {str(out)!r}, "c2f", device="cpu").run()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["progress"] == {"phase": 1, "epoch": 0, "batch": 2, "phase_step": 2, "global_step": 6}
-    resumed = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, out, "c2f").run(resume=True)
+    resumed = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, out, "c2f",
+                           device="cpu").run(resume=True)
     assert [h["metrics"] for h in resumed.history] == [h["metrics"] for h in ref.history]
     a = load_checkpoint(out / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "ref" / "final.pt")["model"]
@@ -191,7 +195,7 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         "-m", "c2ftrain", "run", str(recipe_toml), "--no-baseline", "--out", str(tmp_path / "ddp")],
+         "-m", "c2ftrain", "run", str(recipe_toml), "--no-baseline", "--device", "cpu", "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -199,7 +203,7 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
                                       "phases": [{"method": "pool-avg", "factor": 4, "steps": 4},
                                                  {"method": "none", "factor": 1, "steps": 4}],
                                       "baseline": {}, "eval": {}})
-    single = PhaseTrainer(single_recipe, single_recipe.phases, tmp_path / "one", "c2f").run()
+    single = PhaseTrainer(single_recipe, single_recipe.phases, tmp_path / "one", "c2f", device="cpu").run()
     ddp = json.loads((tmp_path / "ddp" / "c2f" / "outcome.json").read_text())
     assert ddp["records"][0]["samples"] == single.records[0].samples == 64
     a = load_checkpoint(tmp_path / "ddp" / "c2f" / "final.pt")["model"]
@@ -210,3 +214,27 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-4)
     assert abs(ddp["metric"] - single.metric) <= 1 / 32 + 1e-9  # at most one eval clip apart
+
+
+def test_resume_from_a_checkpoint_of_the_earlier_format(toy_store, tmp_path):
+    """Checkpoints written before the RNG states became a dict ({"cpu", "cuda"}) held the CPU
+    state as a bare tensor; they still resume, and to the same result."""
+    from c2ftrain.checkpoint import save_checkpoint
+
+    r = toy_recipe(toy_store)
+    ref = PhaseTrainer(r, r.phases, tmp_path / "ref", "c2f", device="cpu").run()
+    out = tmp_path / "old"
+    PhaseTrainer(r, r.phases, out, "c2f", device="cpu").run()
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert set(state["rng"]) == {"cpu"}
+    state["rng"] = state["rng"]["cpu"]
+    save_checkpoint(out / "checkpoints" / "last.pt", state)
+    resumed = PhaseTrainer(r, r.phases, out, "c2f", device="cpu").run(resume=True)
+    assert resumed.metric == ref.metric
+
+
+def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"last.pt is not a c2f checkpoint \(corrupt or truncated"):
+        load_checkpoint(bad)

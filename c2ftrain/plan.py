@@ -1,0 +1,126 @@
+"""`c2ftrain plan`: what an experiment will cost, without training it.
+
+For coarse-to-fine, the baseline and the equal-FLOPs control: every epoch's phase, resolution,
+tokens, learning rate at the epoch's first step and training FLOPs, the totals, the saving, and
+(unless told not to) an estimated training time on this machine from a few measured train steps
+per resolution. The numbers come from the trainer's own pieces (phases.resolution,
+schedule.spans / lr_at, the loader's batches per epoch), so the plan is what `run` will do.
+A mixed-resolution phase is planned at its expected FLOPs (weights over its factors).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from c2ftrain.model import AST
+from c2ftrain.phases import Resolution, full_resolution, resolution
+from c2ftrain.recipe import Phase, Recipe
+from c2ftrain.schedule import Span, lr_at, spans
+from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
+
+MEASURE_STEPS = 3  # timed train steps per resolution (after one untimed warm-up step)
+
+
+def phase_flops_per_sample(cfg, phase: Phase) -> float:
+    """Training FLOPs of one sample in `phase`; the expectation over factors for a mixed phase."""
+    if not phase.mixed:
+        return resolution(cfg, phase).train_flops_per_sample(cfg)
+    weights = phase.factor_weights or (1.0,) * len(phase.factors)
+    total = sum(weights)
+    return sum(w / total * resolution(cfg, phase, c).train_flops_per_sample(cfg)
+               for c, w in zip(phase.factors, weights))
+
+
+def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> list[dict]:
+    cfg, rows = trainer.cfg, []
+    for i, span in enumerate(run_spans):
+        phase, res = span.phase, resolution(cfg, span.phase)
+        batch = phase.batch_size or recipe.data.batch_size
+        per_sample = phase_flops_per_sample(cfg, phase)
+        for e in range(span.epochs):
+            first = span.first_step + e * span.steps_per_epoch
+            steps = min(span.steps_per_epoch, span.steps - e * span.steps_per_epoch)
+            rows.append({
+                "epoch": span.first_epoch + e + 1, "phase": i, "method": phase.method, "factor": phase.factor,
+                "label": phase.label, "frames": res.frames, "tokens": res.tokens, "steps": steps,
+                "lr": lr_at(recipe.optim, run_spans, i, first, span.first_epoch + e),
+                "flops": round(per_sample * steps * batch),
+            })
+    return rows
+
+
+def seconds_per_step(trainer: PhaseTrainer, res: Resolution, batch: int) -> float:
+    """Median wall time of a real train step at `res` on synthetic input, on the trainer's device."""
+    model = AST(trainer.cfg).to(trainer.device)
+    res.apply(model, trainer.recipe.model)
+    opt = make_optimizer(trainer.recipe, model, trainer.recipe.optim.lr)
+    x = torch.randn(batch, res.frames, trainer.cfg.n_mels, device=trainer.device)
+    k = trainer.cfg.num_classes
+    y = (torch.rand(batch, k, device=trainer.device) < 0.05).float() if trainer.multi_label else \
+        torch.randint(0, k, (batch,), device=trainer.device)
+    times = []
+    for i in range(MEASURE_STEPS + 1):
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        train_step(model, opt, x, y, trainer.multi_label, trainer.recipe.optim.clip_grad_norm)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step pays allocation and first-touch costs
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None = None) -> dict:
+    """The plan of `c2ftrain run RECIPE` (see the module docstring) as a JSON-ready dict."""
+    from c2ftrain.experiment import check_recipe_against_store
+
+    check_recipe_against_store(recipe)
+    out: dict = {"recipe": recipe.name, "runs": {}}
+    step_cost: dict[tuple, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [("c2f", recipe.phases), ("baseline", recipe.baseline_phases)]
+        for label, phases in runs:
+            out["runs"][label] = _plan_run(recipe, phases, Path(tmp), label, measure, device, step_cost)
+        if recipe.baseline.equal_flops:
+            trainer = PhaseTrainer(recipe, recipe.baseline_phases, Path(tmp), "plan", device=device)
+            full = full_resolution(trainer.cfg)
+            steps = max(1, round(out["runs"]["c2f"]["flops"] / full.train_flops_per_sample(trainer.cfg)
+                                 / recipe.data.batch_size))
+            out["runs"]["equal_flops"] = _plan_run(recipe, (Phase(steps=steps),), Path(tmp), "equal_flops", measure,
+                                                   device, step_cost)
+    c2f, base = out["runs"]["c2f"], out["runs"]["baseline"]
+    out["savings"] = {"flops": 1 - c2f["flops"] / base["flops"]}
+    if measure:
+        out["savings"]["est_wall"] = 1 - c2f["est_s"] / base["est_s"]
+        out["device"] = str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    return out
+
+
+def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step_cost: dict) -> dict:
+    trainer = PhaseTrainer(recipe, tuple(phases), tmp / label, label, device=device)
+    try:
+        run_spans = trainer.spans()
+        rows = epoch_rows(recipe, trainer, run_spans)
+        run = {"epochs": rows, "steps": sum(s.steps for s in run_spans), "flops": sum(r["flops"] for r in rows)}
+        if measure:
+            est = 0.0
+            for span in run_spans:
+                batch = span.phase.batch_size or recipe.data.batch_size
+                factors = span.phase.factors if span.phase.mixed else (None,)
+                for c in factors:  # a mixed phase: the mean over its factors, weighted
+                    res = resolution(trainer.cfg, span.phase, c)
+                    key = (res, batch)
+                    if key not in step_cost:
+                        step_cost[key] = seconds_per_step(trainer, res, batch)
+                    weights = span.phase.factor_weights or (1.0,) * len(factors)
+                    share = weights[factors.index(c)] / sum(weights) if span.phase.mixed else 1.0
+                    est += span.steps * share * step_cost[key]
+            run["est_s"] = est
+        return run
+    finally:
+        trainer.close()
