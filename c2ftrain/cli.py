@@ -38,6 +38,9 @@ def _printer(state: dict):
                     f"{k} {v:.4f}" for k, v in e["metrics_at_phase_resolution"].items()) + ")[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
+        elif e["event"] == "init" and e["format"] != "scratch":
+            console.print(f"  {e['run']}: starting weights {e['init']} ({e['format']}): "
+                          f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
         elif e["event"] == "step" and state.get("verbose"):
             console.print(f"    step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e}", style="dim")
     return on_event
@@ -103,6 +106,7 @@ def print_outcome(report: dict) -> None:
 def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log, device):
     """Train RECIPE (a shipped name or a .toml path; default: demo) coarse-to-fine and its baseline."""
     from c2fdata.store import StoreFormatError
+    from c2ftrain.init_weights import InitError
     from c2ftrain.experiment import default_run_dir, load_run_config, run_experiment, seed_list
     from c2ftrain.recipe import RecipeError, load_recipe
 
@@ -125,7 +129,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
     try:
         report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
                                 on_event=_printer({"verbose": steps_log}), device=_device(device))
-    except (RecipeError, StoreFormatError, ValueError) as err:
+    except (RecipeError, StoreFormatError, InitError, ValueError) as err:
         fail(str(err))
     finally:
         close_distributed()
@@ -146,6 +150,7 @@ def plan(recipe, overrides, as_json, no_measure, device):
     from rich.table import Table
 
     from c2fdata.store import StoreFormatError
+    from c2ftrain.init_weights import InitError
     from c2ftrain.plan import plan_experiment
     from c2ftrain.recipe import RecipeError, load_recipe
 
@@ -154,7 +159,7 @@ def plan(recipe, overrides, as_json, no_measure, device):
         if not Path(rec.store).exists():
             fail(f"store {rec.store} not found; build it first (the plan reads its clip counts)")
         result = plan_experiment(rec, measure=not no_measure, device=_device(device))
-    except (RecipeError, StoreFormatError, ValueError, FileNotFoundError) as err:
+    except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -191,6 +196,7 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c2fdata.store import StoreFormatError
+    from c2ftrain.init_weights import InitError
     from c2ftrain.recipe import RecipeError
     from c2ftrain.sweep import load_grid, run_sweep, summary_table
 
@@ -216,7 +222,7 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         try:
             summary = run_sweep(recipe, cells, out_dir, n_seeds, base_overrides=parse_overrides(overrides),
                                 on_cell=on_cell, on_event=on_event)
-        except (RecipeError, StoreFormatError, ValueError, FileNotFoundError) as err:
+        except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
             fail(str(err))
         progress.update(task, completed=len(cells), description="cells")
     if as_json:

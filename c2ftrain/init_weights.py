@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from c2ftrain.model import AST, NUM_PREFIX_TOKENS, patch_grid
+from c2ftrain.model import AST, patch_grid
 from c2ftrain.patch_embed import resize_patch_kernel
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ patchifies. Tokens are flattened **freq-major** (token `f * Tg + t`), after two 
 (cls, distillation); the output is the mean of the two prefix tokens, as in AST.
 
 Module names follow timm's ViT (`patch_embed.proj`, `blocks.i.attn.qkv`, `norm`, ...) so that a
-DeiT/ViT checkpoint maps onto it key by key (`load_vit_checkpoint`).
+DeiT/ViT checkpoint maps onto it key by key (`c2ftrain.init_weights`).
 
 A coarse-to-fine run changes the time resolution between phases with `set_time_resolution`:
 the positional embedding is resampled to the new token grid and, for the Patch method, the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -366,16 +365,3 @@ def _replace_parameter(module: nn.Module, name: str, resample) -> Replaced:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-# --- starting weights: moved to c2ftrain/init_weights.py ----------------------------------------
-
-
-def load_vit_checkpoint(
-    model: AST, path: str | Path, interpolation: str = "bilinear", antialias: bool = True
-) -> dict[str, list[str]]:
-    """Deprecated: use `c2ftrain.init_weights.initialise(model, recipe.model)`. Kept only until
-    trainer.py stops importing it; loads a state_dict file with AST's rules (init_weights)."""
-    from c2ftrain.init_weights import load_checkpoint_file  # init_weights imports this module
-
-    return load_checkpoint_file(model, path, interpolation, antialias)

@@ -25,7 +25,8 @@ from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.distributed import Dist
 from c2ftrain.evaluate import evaluate_loader
 from c2ftrain.metrics import metric_name
-from c2ftrain.model import AST, ASTConfig, ast_config, load_vit_checkpoint
+from c2ftrain.init_weights import initialise
+from c2ftrain.model import AST, ASTConfig, ast_config
 from c2ftrain.phases import (Resolution, batch_factor, compress_batch, full_resolution, loader_phase, resolution,
                              start_phase)
 from c2ftrain.recipe import Phase, Recipe
@@ -307,13 +308,15 @@ class PhaseTrainer:
     def run(self, resume: bool = False) -> RunOutcome:
         torch.manual_seed(self.recipe.seed)
         model = AST(self.cfg)
-        if self.recipe.model.init_checkpoint:
-            load_vit_checkpoint(model, self.recipe.model.init_checkpoint)
         state, opt_state = RunState(), None
-        if resume and self.ckpt_path.is_file():
+        if resume and self.ckpt_path.is_file():  # the checkpoint holds every weight: no init needed
             state, opt_state = self._restore(model)
-        elif self.dist.is_main and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
+        else:
+            init = initialise(model, self.recipe.model)
+            self.on_event({"event": "init", "run": self.label, "init": init["init"], "format": init["format"],
+                           "loaded": len(init["loaded"]), "fresh": len(init["fresh"])})
+            if self.dist.is_main and (self.out / "metrics.jsonl").exists():
+                (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
         model.to(self.device)
         run_spans = self.spans()
         eval_loader, optimizer = self.eval_loader(), None

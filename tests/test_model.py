@@ -10,7 +10,6 @@ from c2ftrain.model import (
     ASTConfig,
     Attention,
     ast_config,
-    load_vit_checkpoint,
     num_parameters,
     patch_grid,
 )
@@ -307,87 +306,4 @@ def test_new_parameters_receive_gradients():
     assert model.pos_embed.grad is not None and model.patch_embed.proj.weight.grad is not None
 
 
-# --- ImageNet checkpoint ---------------------------------------------------------------------
-
-
-def fake_deit(cfg, distilled=True, side=14, seed=0):
-    """A timm-named DeiT/ViT state dict for cfg's width and depth, with random values."""
-    g = torch.Generator().manual_seed(seed)
-    d = cfg.embed_dim
-    donor = AST(cfg).state_dict()
-    backbone = (k for k in donor if k.startswith(("blocks.", "norm.")))
-    state = {k: torch.randn(donor[k].shape, generator=g) for k in backbone}
-    state["patch_embed.proj.weight"] = torch.randn(d, 3, 16, 16, generator=g)
-    state["patch_embed.proj.bias"] = torch.randn(d, generator=g)
-    state["cls_token"] = torch.randn(1, 1, d, generator=g)
-    state["pos_embed"] = torch.randn(1, (2 if distilled else 1) + side * side, d, generator=g)
-    state["head.weight"] = torch.randn(1000, d, generator=g)
-    state["head.bias"] = torch.randn(1000, generator=g)
-    if distilled:
-        state["dist_token"] = torch.randn(1, 1, d, generator=g)
-        state["head_dist.weight"] = torch.randn(1000, d, generator=g)
-    return state
-
-
-@pytest.mark.parametrize("distilled", [True, False])
-def test_load_vit_checkpoint(tmp_path, distilled):
-    model = small_model(10)
-    state = fake_deit(model.cfg, distilled)
-    path = tmp_path / "deit.pth"
-    torch.save({"model": state}, path)  # as DeiT's releases wrap it
-    head_before = model.head.weight.detach().clone()
-    report = load_vit_checkpoint(model, path)
-
-    grey = state["patch_embed.proj.weight"].sum(1, keepdim=True)  # RGB summed, as AST does
-    torch.testing.assert_close(model.patch_embed.proj.weight, grey)
-    torch.testing.assert_close(model.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
-    torch.testing.assert_close(model.cls_token, state["cls_token"])
-    dist = state["dist_token"] if distilled else state["cls_token"]
-    torch.testing.assert_close(model.dist_token, dist)
-    # Position table: prefixes kept, the 14x14 image grid interpolated to our 12x25 audio grid.
-    n_prefix = 2 if distilled else 1
-    img = state["pos_embed"][0, n_prefix:].reshape(14, 14, -1).permute(2, 0, 1)[None]
-    grid = F.interpolate(img, size=model.grid, mode="bilinear", align_corners=False, antialias=True)
-    torch.testing.assert_close(model.pos_embed[0, 2:], grid[0].permute(1, 2, 0).reshape(-1, 32))
-    torch.testing.assert_close(model.pos_embed[0, 0], state["pos_embed"][0, 0])
-    torch.testing.assert_close(model.pos_embed[0, 1], state["pos_embed"][0, n_prefix - 1])
-    torch.testing.assert_close(model.head.weight, head_before)  # our head stays fresh
-    assert "head.weight" in report["ignored"] and "head.weight" in report["fresh"]
-    assert "blocks.0.attn.qkv.weight" in report["loaded"]
-    assert model(torch.randn(1, T, 128)).shape == (1, 5)
-
-
-def test_load_vit_checkpoint_errors_name_the_keys(tmp_path):
-    model = small_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = fake_deit(model.cfg)
-    del state["blocks.0.attn.qkv.weight"]
-    state["blocks.0.ls1.gamma"] = torch.ones(32)  # something we would silently drop otherwise
-    torch.save(state, tmp_path / "a.pth")
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight") as err:
-        load_vit_checkpoint(model, tmp_path / "a.pth")
-    assert "blocks.0.ls1.gamma" in str(err.value)
-
-    wide = fake_deit(small_cfg(embed_dim=64))
-    torch.save(wide, tmp_path / "b.pth")
-    with pytest.raises(ValueError, match=r"cls_token: checkpoint \(1, 1, 64\) vs model \(1, 1, 32"):
-        load_vit_checkpoint(model, tmp_path / "b.pth")
-
-    torch.save({"weight": torch.zeros(3)}, tmp_path / "c.pth")
-    with pytest.raises(KeyError, match="patch_embed.proj.weight"):
-        load_vit_checkpoint(model, tmp_path / "c.pth")
-    with pytest.raises(FileNotFoundError):
-        load_vit_checkpoint(model, tmp_path / "missing.pth")
-    for k, v in model.state_dict().items():  # nothing was half-loaded
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-
-
-def test_load_vit_checkpoint_into_patch_method_model(tmp_path):
-    model = small_model(16)
-    model.set_time_resolution(T, time_patch=32, time_stride=32)
-    state = fake_deit(model.cfg)
-    torch.save(state, tmp_path / "deit.pth")
-    load_vit_checkpoint(model, tmp_path / "deit.pth")
-    assert model.patch_embed.proj.weight.shape == (32, 1, 16, 32)
-    assert model.pos_embed.shape == (1, 2 + 8 * 8, 32)
-    assert isinstance(model.pos_embed, nn.Parameter)
+# Starting weights (ImageNet DeiT, AST AudioSet checkpoints): tests/test_init_weights.py

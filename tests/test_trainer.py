@@ -238,3 +238,23 @@ def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path):
     bad.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
     with pytest.raises(ValueError, match=r"last.pt is not a c2f checkpoint \(corrupt or truncated"):
         load_checkpoint(bad)
+
+
+def test_trainer_starts_from_the_recipes_init(toy_store, tmp_path):
+    """model.init names a checkpoint: the trainer loads it before the first step (reported in an
+    "init" event); a missing file stops the run before training, naming the file."""
+    from c2ftrain.init_weights import InitError
+
+    r = toy_recipe(toy_store)
+    PhaseTrainer(r, r.phases, tmp_path / "first", "c2f", device="cpu").run()
+    d = r.to_dict()
+    d["model"]["init"] = str(tmp_path / "first" / "final.pt")
+    warm = recipe_from_dict(d)
+    events = []
+    PhaseTrainer(warm, warm.phases, tmp_path / "warm", "c2f", device="cpu", on_event=events.append).run()
+    init = next(e for e in events if e["event"] == "init")
+    assert init["format"] == "c2f" and init["loaded"] > 0 and init["fresh"] == 0
+    d["model"]["init"] = str(tmp_path / "missing.pt")
+    missing = recipe_from_dict(d)
+    with pytest.raises(InitError, match="missing.pt"):
+        PhaseTrainer(missing, missing.phases, tmp_path / "m", "c2f", device="cpu").run()
