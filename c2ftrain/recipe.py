@@ -133,7 +133,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    batch_size: int = 64
+    batch_size: int = 64  # global: under DDP each of W ranks takes batch_size / W (AST's 12 is global)
     eval_split: str = "eval"
     train_split: str | None = None  # default: the store's train split
     extra_eval_splits: tuple[str, ...] = ()  # also evaluated at the end of each run
@@ -149,6 +149,23 @@ class DataSpec:
     mixup_alpha: float = 10.0  # Beta(alpha, alpha) mixing weights, as AST
     balanced: bool = False  # AudioSet balanced sampling: per label 1000 / (count + 0.01), as AST
     samples_per_epoch: int | None = None  # with balanced sampling
+    # AST's normalisation (x - mean) / (2 std) with fixed constants (AudioSet -4.2677393 /
+    # 4.5689974, ESC-50 -6.6268077 / 5.358466); unset: the store's own train-split statistics
+    norm_mean: float | None = None
+    norm_std: float | None = None
+    # frames per training/eval clip at full resolution; unset: the store's length. Shorter than the
+    # store: a random crop while training (random_crop), the first frames at evaluation
+    target_frames: int | None = None
+
+    def __post_init__(self):
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise RecipeError("data.norm_mean and data.norm_std go together (or neither: the store's statistics)")
+        if self.norm_std is not None and not self.norm_std > 0:
+            raise RecipeError(f"data.norm_std must be > 0, got {self.norm_std}")
+        if self.target_frames is not None and self.target_frames < 1:
+            raise RecipeError(f"data.target_frames must be >= 1, got {self.target_frames}")
+        if self.batch_size < 1:
+            raise RecipeError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,9 @@ class OptimSpec:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.95, 0.999)  # AST's
     weight_decay: float = 5e-7  # AST's
+    # which parameters decay: "matrices" (not biases, norms, tokens, the positional table: the
+    # usual ViT practice) or "all" (AST's Adam: weight decay on every parameter)
+    decay: str = "matrices"
     warmup_steps: int = 0  # linear warm-up over the first steps of the scope
     schedule: str = "cosine"  # cosine | constant | step
     # "phase": the schedule (warm-up included) restarts at every phase; "run": one schedule over
@@ -170,9 +190,11 @@ class OptimSpec:
     step_decay_start: int = 2
     step_decay_every: int = 1
     step_decay: float = 0.5
-    clip_grad_norm: float | None = 1.0
+    clip_grad_norm: float | None = 1.0  # 0: no clipping (AST clips nothing)
 
     def __post_init__(self):
+        if self.decay not in ("matrices", "all"):
+            raise RecipeError(f"optim.decay must be \"matrices\" or \"all\", got {self.decay!r}")
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.lr_scope not in LR_SCOPES:

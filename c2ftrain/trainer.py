@@ -123,31 +123,42 @@ def model_config(recipe: Recipe, reader: StoreReader) -> ASTConfig:
     m = recipe.model
     sizes = {k: getattr(m, k) for k in ("embed_dim", "depth", "num_heads") if getattr(m, k) is not None}
     return ast_config(
-        m.preset, n_mels=reader.n_mels, target_frames=reader.target_frames,
+        m.preset, n_mels=reader.n_mels, target_frames=recipe.data.target_frames or reader.target_frames,
         patch_stride=tuple(m.patch_stride), drop_path_rate=m.drop_path_rate,
         num_classes=reader.n_classes, **sizes,
     )
 
 
+def rank_batch(batch_size: int, dist: Dist) -> int:
+    """Each rank's share of a global batch; an error when the ranks cannot share it evenly."""
+    if batch_size % dist.world_size:
+        raise ValueError(f"data.batch_size {batch_size} is the global batch and must divide among "
+                         f"{dist.world_size} ranks; use a multiple of {dist.world_size}")
+    return batch_size // dist.world_size
+
+
 def pipeline_config(recipe: Recipe, split: str, dist: Dist, device: str) -> PipelineConfig:
     """The training loader's config: the recipe's [data] settings that the pipeline shares by name,
-    plus the run's seed, rank and device."""
+    plus the run's seed, rank, device, and this rank's share of the global batch."""
     data = recipe.data
     shared = {f.name for f in dataclasses.fields(PipelineConfig)} & {f.name for f in dataclasses.fields(data)}
+    settings = {name: getattr(data, name) for name in shared - {"device", "batch_size"}}
     return PipelineConfig(
         store=recipe.store, split=split, shuffle=True, seed=recipe.seed, drop_last=dist.enabled,
         num_samples=data.samples_per_epoch, rank=dist.rank, world_size=dist.world_size,
-        **{name: getattr(data, name) for name in shared if name != "device"}, device=device,
+        batch_size=rank_batch(data.batch_size, dist), device=device, **settings,
     )
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam(W) with AST's betas; no weight decay on biases, norms, tokens and the pos-embed."""
+    """Adam(W) with AST's betas; weight decay on every parameter (optim.decay = "all", AST) or not
+    on biases, norms, tokens and the positional table ("matrices")."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name in ("pos_embed", "cls_token", "dist_token") else decay).append(p)
+        exempt = p.ndim < 2 or name in ("pos_embed", "cls_token", "dist_token")
+        (no_decay if exempt and recipe.optim.decay == "matrices" else decay).append(p)
     o = recipe.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -220,7 +231,7 @@ class PhaseTrainer:
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(self, phase: Phase):
         """The training loader at `phase`: one per batch size, kept across phases."""
-        bs = phase.batch_size or self.recipe.data.batch_size
+        bs = rank_batch(phase.batch_size or self.recipe.data.batch_size, self.dist)
         if bs not in self._loaders:
             self._loaders[bs] = make_loader(self.base.replace(batch_size=bs), self.reader)
         loader = self._loaders[bs]
@@ -230,7 +241,7 @@ class PhaseTrainer:
     def eval_loader(self, split: str | None = None):
         reader = self.eval_reader if split in (None, self.eval_reader.split) else StoreReader(self.recipe.store, split)
         cfg = self.base.for_evaluation().replace(
-            split=reader.split, batch_size=self.recipe.eval.batch_size or 2 * self.recipe.data.batch_size,
+            split=reader.split, batch_size=self.recipe.eval.batch_size or 2 * self.base.batch_size,
         )
         return make_loader(cfg, reader)
 

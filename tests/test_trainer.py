@@ -161,7 +161,7 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
 
 
 def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
-    """torchrun, 2 ranks x batch 8 (gloo) == 1 process x batch 16: same samples per step."""
+    """torchrun, 2 ranks sharing a global batch of 16 (gloo) == 1 process x batch 16."""
     rec = toy_recipe(toy_store)
     recipe_toml = tmp_path / "toy.toml"
     recipe_toml.write_text(textwrap.dedent(f"""
@@ -175,7 +175,7 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
         num_heads = 2
         patch_stride = [16, 16]
         [data]
-        batch_size = 8
+        batch_size = 16  # global: 8 per rank
         backend = "torch"
         num_workers = 0
         [optim]
@@ -258,3 +258,26 @@ def test_trainer_starts_from_the_recipes_init(toy_store, tmp_path):
     missing = recipe_from_dict(d)
     with pytest.raises(InitError, match="missing.pt"):
         PhaseTrainer(missing, missing.phases, tmp_path / "m", "c2f", device="cpu").run()
+
+
+def test_global_batch_is_shared_by_ranks_and_decay_scope():
+    from c2ftrain.distributed import Dist
+    from c2ftrain.model import AST, ast_config
+    from c2ftrain.trainer import make_optimizer, pipeline_config, rank_batch
+
+    assert rank_batch(12, Dist(world_size=4, grouped=True)) == 3
+    with pytest.raises(ValueError, match="global batch and must divide among 8 ranks"):
+        rank_batch(12, Dist(world_size=8, grouped=True))
+    recipe = recipe_from_dict({"name": "t", "store": "s", "phases": [{"epochs": 1}],
+                               "data": {"batch_size": 12, "norm_mean": -4.2677393, "norm_std": 4.5689974,
+                                        "target_frames": 512}})
+    cfg = pipeline_config(recipe, "train", Dist(rank=1, world_size=2, grouped=True), "cpu")
+    assert (cfg.batch_size, cfg.rank, cfg.world_size, cfg.drop_last) == (6, 1, 2, True)
+    assert (cfg.norm_mean, cfg.norm_std, cfg.target_frames) == (-4.2677393, 4.5689974, 512)
+    model = AST(ast_config("tiny", embed_dim=32, depth=1, num_heads=2, target_frames=64, num_classes=3))
+    for decay, exempt in (("matrices", 0.0), ("all", 0.01)):
+        r = recipe_from_dict({"name": "t", "store": "s", "phases": [{"epochs": 1}],
+                              "optim": {"weight_decay": 0.01, "decay": decay}})
+        groups = make_optimizer(r, model, 1e-3).param_groups
+        pos = next(g for g in groups if any(p is model.pos_embed for p in g["params"]))
+        assert pos["weight_decay"] == exempt
