@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+
+from c2fdata.compress import METHODS
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -227,7 +229,7 @@ def verify(store):
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", required=True, help="Split to read.")
 @click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
-@click.option("--method", type=click.Choice(["none", "fshift", "pool-avg", "pool-max"]), help="Only this method (default: all).")
+@click.option("--method", type=click.Choice(list(METHODS)), help="Only this method (default: all).")
 @click.option("--factor", type=int, help="Only this compression factor (default: 1, 2, 4).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".png: a picture; .npy: the served array.")
 def show(store, split, index, method, factor, out):

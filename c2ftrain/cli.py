@@ -112,7 +112,8 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
 
     try:
         if resume_dir:
-            rec, seeds = load_run_config(resume_dir)
+            rec, seeds, with_baseline = load_run_config(resume_dir)
+            no_baseline = not with_baseline  # as the run was started
             run_dir = resume_dir
         else:
             rec = load_recipe(recipe, parse_overrides(overrides))

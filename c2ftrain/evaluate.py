@@ -23,6 +23,8 @@ def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device,
     loader.set_epoch(0)
     for batch in loader:
         x = batch["features"].to(device, non_blocking=True)
+        if device.type != "cuda":
+            x = x.float()  # a float16/bfloat16 hand-over meets float32 weights (no autocast on CPU)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
         # scores in float32: a sigmoid of bf16 logits keeps 8 mantissa bits and ties mAP/AUC ranks

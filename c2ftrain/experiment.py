@@ -72,7 +72,8 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     seeds = seeds or [recipe.seed]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.to_dict(), "seeds": seeds}, indent=2))
+        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.to_dict(), "seeds": seeds,
+                                                         "baseline": baseline}, indent=2))
     per_seed = []
     for seed in seeds:
         out = run_dir if len(seeds) == 1 else run_dir / f"seed-{seed}"
@@ -139,11 +140,12 @@ def outcome_from_json(d: dict) -> RunOutcome:
                       [PhaseRecord(**r) for r in d["records"]], d["history"])
 
 
-def load_run_config(run_dir: Path) -> tuple[Recipe, list[int]]:
-    """The recipe and seeds an experiment directory was started with (for --resume)."""
+def load_run_config(run_dir: Path) -> tuple[Recipe, list[int], bool]:
+    """The recipe, seeds and whether baselines were asked for, as an experiment directory was
+    started (for --resume)."""
     cfg = Path(run_dir) / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: --resume needs a run directory made by `c2ftrain run`")
     d = json.loads(cfg.read_text())
     recipe = recipe_from_dict(d["recipe"])
-    return recipe, d.get("seeds", [recipe.seed])
+    return recipe, d.get("seeds", [recipe.seed]), d.get("baseline", True)

@@ -108,7 +108,10 @@ def compress_batch(x: torch.Tensor, phase: Phase, factor: int, seed: int, epoch:
     offset = 0
     if random_offset and phase.method == "fshift" and factor > 1:
         offset = int(np.random.default_rng([seed, MIXED_OFFSET_STREAM, epoch, batch]).integers(factor))
-    return compress(x, phase.method if factor > 1 else "none", factor, offset)
+    if factor == 1:
+        return x
+    # pooling sums in float32 (a float16/bfloat16 hand-over would lose bits), then casts back
+    return compress(x.float(), phase.method, factor, offset).to(x.dtype)
 
 
 def swap_into_optimizer(optimizer: torch.optim.Optimizer, replaced: list[Replaced]) -> None:

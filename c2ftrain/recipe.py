@@ -156,8 +156,13 @@ class DataSpec:
     # frames per training/eval clip at full resolution; unset: the store's length. Shorter than the
     # store: a random crop while training (random_crop), the first frames at evaluation
     target_frames: int | None = None
+    # dtype of the features the loader hands over: float32, or float16 / bfloat16 (half the bytes
+    # to copy; a bf16-autocast model on the GPU casts float32 input anyway)
+    output_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.output_dtype not in ("float32", "float16", "bfloat16"):
+            raise RecipeError(f"data.output_dtype must be float32, float16 or bfloat16, got {self.output_dtype!r}")
         if (self.norm_mean is None) != (self.norm_std is None):
             raise RecipeError("data.norm_mean and data.norm_std go together (or neither: the store's statistics)")
         if self.norm_std is not None and not self.norm_std > 0:
@@ -213,6 +218,16 @@ class EvalSpec:
     every_epochs: int = 1
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
     batch_size: int | None = None
+    # Weight averaging as AST reports it: the mean of the (full-resolution) weights at the end of
+    # run epochs first..last, 1-based and inclusive (AST: balanced AudioSet [6, 25], full [1, 5]),
+    # evaluated beside the final model ("averaged/..." metrics, final_averaged.pt). [] = off.
+    average_epochs: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.average_epochs and (len(self.average_epochs) != 2 or not 1 <= self.average_epochs[0]
+                                    <= self.average_epochs[1]):
+            raise RecipeError(f"eval.average_epochs must be [first, last] with 1 <= first <= last, "
+                              f"got {list(self.average_epochs)}")
 
 
 @dataclass(frozen=True)

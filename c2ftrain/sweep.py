@@ -36,9 +36,13 @@ class Cell:
 
 
 def cell_name(overrides: dict) -> str:
-    """A directory-safe name from the overrides: phases.1.method=fshift,optim.lr_scope=run."""
-    text = ",".join(f"{k}={v}" for k, v in overrides.items()) or "recipe"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+    """A name from the overrides: phases.1.method=fshift,optim.lr_scope=run."""
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "recipe"
+
+
+def cell_dir(name: str) -> str:
+    """A directory name for a cell: its name with anything unusual in a path replaced."""
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
 
 
 def load_grid(path: Path) -> list[Cell]:
@@ -70,7 +74,7 @@ def load_grid(path: Path) -> list[Cell]:
         cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides))
     if not cells:
         raise RecipeError(f"{path}: no cells; give a [grid] table or [[cells]] entries")
-    names = [c.name for c in cells]
+    names = [cell_dir(c.name) for c in cells]
     if len(set(names)) != len(names):
         raise RecipeError(f"{path}: cell names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
     return cells
@@ -92,7 +96,7 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
     for i, (cell, rec) in enumerate(zip(cells, recipes)):
         if on_cell:
             on_cell(i, cell)
-        report = run_experiment(rec, out / "cells" / cell.name, seeds=seed_list(rec, n_seeds), resume=True,
+        report = run_experiment(rec, out / "cells" / cell_dir(cell.name), seeds=seed_list(rec, n_seeds), resume=True,
                                 on_event=on_event, device=device, shared_runs=out / "shared")
         rows.append(summary_row(cell, report))
     summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}

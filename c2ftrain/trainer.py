@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +79,8 @@ class RunState:
     progress: Progress = field(default_factory=Progress)
     records: list[PhaseRecord] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    average: dict | None = None  # running mean of full-resolution weights (eval.average_epochs)
+    averaged: int = 0  # epochs in it
 
     @property
     def record(self) -> PhaseRecord:
@@ -94,11 +97,12 @@ class RunState:
 
     def to_dict(self) -> dict:
         return {"progress": asdict(self.progress), "records": [asdict(r) for r in self.records],
-                "history": self.history}
+                "history": self.history, "average": self.average, "averaged": self.averaged}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
-        return cls(Progress(**d["progress"]), [PhaseRecord(**r) for r in d["records"]], list(d["history"]))
+        return cls(Progress(**d["progress"]), [PhaseRecord(**r) for r in d["records"]], list(d["history"]),
+                   d.get("average"), d.get("averaged", 0))
 
 
 @dataclass
@@ -176,10 +180,16 @@ def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, alpha: float, n_classes
         return x, y
     b = x.shape[0]
     partner = torch.randperm(b, generator=gen)
-    lam = torch.distributions.Beta(alpha, alpha).sample((b,)) if alpha > 0 else torch.ones(b)
+    if alpha > 0:  # Beta from numpy seeded by `gen`: torch's Beta draws from the global RNG, which
+        # DataLoader iterators also draw from, so a resumed run would mix differently
+        draws = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen))).beta(alpha, alpha, b)
+        lam = torch.from_numpy(draws.astype(np.float32))
+    else:
+        lam = torch.ones(b)
     use = torch.rand(b, generator=gen) < prob
     lam = torch.where(use, lam, torch.ones(b)).to(x.device)
-    x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[partner.to(x.device)]
+    xl = lam.to(x.dtype)[:, None, None]
+    x = xl * x + (1 - xl) * x[partner.to(x.device)]
     y = lam[:, None] * y + (1 - lam[:, None]) * y[partner.to(y.device)]
     return x, y
 
@@ -195,7 +205,10 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     """One optimiser step: forward (bf16 autocast on CUDA), loss in float32, backward, gradient
     clipping, update. x: (B, T/C, F). The trainer and `bench throughput` both call this.
     any_length: x may be shorter than the model's set resolution (a mixed-resolution batch)."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+    autocast = x.device.type == "cuda"
+    if not autocast:
+        x = x.float()  # a float16/bfloat16 hand-over (data.output_dtype) meets float32 weights
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = net(x, any_length=True) if any_length else net(x)  # (B, K)
     loss = loss_fn(logits.float(), y, multi_label)
     optimizer.zero_grad(set_to_none=True)
@@ -345,7 +358,7 @@ class PhaseTrainer:
                     state.begin_phase(pi, phase, res)
                 self._train_phase(model, optimizer, loader, eval_loader, run_spans, state, res)
             final = state.history[-1]["metrics"] if state.history else self.evaluate_full_resolution(model, eval_loader)
-            final = {**final, **self._extra_eval_splits(model)}
+            final = {**final, **self._extra_eval_splits(model), **self._averaged_metrics(model, eval_loader, state)}
         finally:
             eval_loader.close()
             self.close()
@@ -354,6 +367,20 @@ class PhaseTrainer:
                                                      "model_config": self.cfg.to_dict(), "store": str(self.recipe.store)})
         return RunOutcome(self.label, self.metric_name, float(final[self.metric_name]), final, state.records,
                           state.history)
+
+    def _averaged_metrics(self, model: AST, eval_loader, state: RunState) -> dict:
+        """Metrics of the weight average (and final_averaged.pt), when one was kept."""
+        if not state.averaged:
+            return {}
+        averaged = copy.deepcopy(model)
+        full_resolution(self.cfg).apply(averaged, self.recipe.model)
+        averaged.load_state_dict({k: v.to(self.device) for k, v in state.average.items()})
+        if self.dist.is_main:
+            save_checkpoint(self.out / "final_averaged.pt", {
+                "model": averaged.state_dict(), "resolution": averaged.resolution_state(),
+                "model_config": self.cfg.to_dict(), "store": str(self.recipe.store), "epochs": state.averaged})
+        metrics = evaluate_loader(averaged, eval_loader, self.multi_label, self.device, self.dist)
+        return {f"averaged/{k}": v for k, v in metrics.items()} | {"averaged/epochs": state.averaged}
 
     def _extra_eval_splits(self, model: AST) -> dict:
         out = {}
@@ -383,7 +410,25 @@ class PhaseTrainer:
                 entry = self._eval_entry(model, eval_loader, span.phase, state)
                 state.history.append(entry)
                 self._log(entry)
+            self._accumulate_average(model, state)
             self.save(model, optimizer, state)
+
+    def _accumulate_average(self, model: AST, state: RunState) -> None:
+        """Add this epoch's full-resolution weights to the running mean when the run epoch is in
+        eval.average_epochs (a coarse epoch contributes its full-resolution copy)."""
+        span = self.recipe.eval.average_epochs
+        if not span or not span[0] <= state.finished_epochs <= span[1]:
+            return
+        full = copy.deepcopy(model)
+        full_resolution(self.cfg).apply(full, self.recipe.model)
+        weights = {k: v.detach().float().cpu() for k, v in full.state_dict().items()}
+        n = state.averaged + 1
+        if state.average is None:
+            state.average = weights
+        else:  # running mean: avg += (w - avg) / n
+            for k, v in weights.items():
+                state.average[k] += (v - state.average[k]) / n
+        state.averaged = n
 
     def _train_epoch(self, net, model: AST, optimizer, loader, run_spans: list[Span], state: RunState,
                      res: Resolution) -> None:

@@ -15,7 +15,12 @@ from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def needs_cuda(test):
+    """A GPU test: selected by `pytest -m gpu` (scripts/gpu-check.sh), skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
+
 
 N_CLIPS, STORE_FRAMES, N_MELS = 37, 50, 16
 MEAN, STD = -4.2677393, 4.5689974
@@ -213,6 +218,39 @@ def test_dali_transform_on_gpu_equals_reference(method, factor):
     params = SampleParams(np.full(len(x), 2), zeros, zeros, zeros, zeros, zeros)
     ref = transform(Batch(x, [np.int64(0)] * len(x), np.arange(len(x)), params), cfg, MEAN, STD)["features"]
     torch.testing.assert_close(torch.from_numpy(np.stack(out)), ref, rtol=1e-6, atol=1e-6)
+
+
+def graph_ops(node) -> list:
+    """Every DALI operator instance `node` depends on (inputs and argument inputs)."""
+    seen, todo = {}, [node]
+    while todo:
+        op = todo.pop().source
+        if id(op) not in seen:
+            seen[id(op)] = op
+            todo.extend(op.inputs)
+    return list(seen.values())
+
+
+@needs_dali
+@pytest.mark.parametrize("method, factor", PHASES)
+def test_gpu_graph_takes_every_slice_argument_from_the_host(method, factor):
+    """A constant positional input of a GPU op (fn.slice's shape, say) becomes a GPU constant,
+    which DALI copies back to the host every batch: a sync per batch. In the GPU graph the only
+    GPU data is what descends from the stored features' `.gpu()`; no GPU node without inputs.
+    Traced, not built: runs without a GPU."""
+    from nvidia.dali import fn
+    from nvidia.dali.pipeline import Pipeline
+
+    from c2fdata.pipeline import dali
+
+    cfg = PipelineConfig("unused", method=method, factor=factor, target_frames=11, random_offset=True,
+                         time_mask_frames=4, freq_mask_bins=3)
+    with Pipeline(batch_size=2, num_threads=1, device_id=None):
+        stored, start, offset, anchor, shape = fn.external_source(source=lambda: None, num_outputs=5, batch=True)
+        x = dali.transform(stored.gpu(), cfg, MEAN, STD, start, offset if method == "fshift" else None)
+        ops = graph_ops(dali.mask(x, anchor, shape))
+    assert x.device == "gpu"
+    assert [op.name for op in ops if not op.inputs and any(o.device == "gpu" for o in op.outputs)] == []
 
 
 # -- the loaders ----------------------------------------------------------------------------------
@@ -449,16 +487,91 @@ def test_dali_phase_and_epoch_changes(store, reader):
 
 
 @needs_dali
+def test_dali_builds_each_phase_once_and_serves_any_epoch(store, reader):
+    """What training with evaluations asks of a loader: epochs 0, 1, 0 again, from a later batch,
+    and two phases alternating. Each phase's pipeline is built once (a new pass resets its
+    iterator) and serves exactly the torch backend's batches; a third phase closes the least
+    recently used pipeline; an interrupted pass is not continued."""
+    from c2fdata.pipeline.dali import MAX_LIVE_PIPELINES
+
+    cfg = config(store, backend="dali", num_workers=2, **TRAINING)
+    schedule = [("none", 1, 0, 0), ("none", 1, 1, 0), ("fshift", 3, 0, 0), ("none", 1, 0, 0), ("fshift", 3, 2, 0),
+                ("fshift", 3, 0, 3), ("none", 1, 1, 1), ("fshift", 3, 0, 0)]
+    with make_loader(cfg, reader) as loader, make_loader(cfg.replace(backend="torch"), reader) as ref:
+
+        def serve(method, factor, epoch, start=0):
+            for each in (loader, ref):
+                each.set_phase(method, factor)
+            assert_same_batches([list(loader.epoch_batches(epoch, start))], [list(ref.epoch_batches(epoch, start))])
+
+        for step in schedule:
+            serve(*step)
+        assert loader.builds == 2
+        serve("pool-max", 2, 1)  # a third phase: closes the least recently used, none C=1
+        serve("fshift", 3, 1)
+        assert loader.builds == 3 and len(loader._live) == MAX_LIVE_PIPELINES
+        serve("none", 1, 0)
+        assert loader.builds == 4
+        interrupted = loader.epoch_batches(2)
+        next(interrupted)
+        interrupted.close()
+        serve("none", 1, 2)  # rebuilt: nothing prefetched for the abandoned pass is served
+        assert loader.builds == 5
+        segments = [live.passes._shm.name for live in loader._live.values()]
+    from pathlib import Path
+
+    assert segments and not any(Path("/dev/shm", name).exists() for name in segments)  # closed and removed
+
+
+@needs_dali
+def test_spawned_dali_workers_serve_any_epoch_without_a_rebuild(store, reader, monkeypatch):
+    # GPU pipelines spawn their readers: they attach to the loader's pass state by name.
+    from c2fdata.pipeline import dali
+
+    monkeypatch.setattr(dali, "_start_method", lambda gpu: "spawn")
+    cfg = config(store, method="fshift", factor=2, num_workers=1, **TRAINING)
+    with make_loader(cfg.replace(backend="dali"), reader) as spawned:
+        ref = make_loader(cfg.replace(backend="torch"), reader)
+        for epoch in (0, 1, 0):
+            assert_same_batches([list(spawned.epoch_batches(epoch))], [list(ref.epoch_batches(epoch))])
+        assert spawned.builds == 1
+
+
+@pytest.mark.parametrize("backend", [pytest.param("dali", marks=needs_dali), "torch"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("method, factor", [("fshift", 3), ("pool-avg", 2)])
+def test_output_dtype_is_the_float32_batch_cast_once(store, reader, backend, dtype, method, factor):
+    cfg = config(store, backend=backend, method=method, factor=factor, **TRAINING)
+    with make_loader(cfg, reader) as full, make_loader(cfg.replace(output_dtype=dtype), reader) as cast:
+        expected = [[{**b, "features": b["features"].to(getattr(torch, dtype))} for b in full]]
+        served = collect(cast)
+    assert served[0][0]["features"].dtype == getattr(torch, dtype)
+    assert_same_batches(expected, served)
+
+
+@needs_dali
 @needs_cuda
 def test_gpu_loader_equals_cpu_loader(store, reader):
     cfg = config(store, method="pool-avg", factor=2, shuffle=True, **TRAINING)
+    cpu = make_loader(cfg.replace(backend="torch"), reader)
     with make_loader(cfg.replace(backend="dali", device="gpu"), reader) as gpu:
-        gpu_batches = collect(gpu)
-    assert all(b["features"].shape[0] for b in gpu_batches[0])
-    cpu_batches = collect(make_loader(cfg.replace(backend="torch"), reader))
-    for g, c in zip(gpu_batches[0], cpu_batches[0]):
-        torch.testing.assert_close(g["features"], c["features"], rtol=1e-6, atol=1e-6)
-        assert torch.equal(g["index"], c["index"])
+        for epoch in (0, 1, 0):  # one pipeline serves every epoch, on the GPU too
+            served = list(gpu.epoch_batches(epoch))
+            assert all(v.is_cuda for b in served for v in b.values())  # labels and index too
+            for g, c in zip(served, cpu.epoch_batches(epoch), strict=True):
+                torch.testing.assert_close(g["features"].cpu(), c["features"], rtol=1e-6, atol=1e-6)
+                assert torch.equal(g["index"].cpu(), c["index"]) and torch.equal(g["labels"].cpu(), c["labels"])
+        assert gpu.builds == 1
+
+
+@needs_cuda
+def test_torch_backend_hands_over_from_pinned_memory(store, reader):
+    with make_loader(config(store, backend="torch", device="gpu", num_workers=1), reader) as loader:
+        loader._requests.start_pass(loader.cfg, 0, 0, len(loader))
+        host = next(iter(loader._dataloader()))  # what the DataLoader hands over, before the copy
+        assert {k: v.is_pinned() for k, v in host.items()} == {"features": True, "labels": True, "index": True}
+        served = next(iter(loader))
+        assert all(v.is_cuda for v in served.values())
 
 
 # -- bad settings ---------------------------------------------------------------------------------
@@ -474,6 +587,7 @@ def test_gpu_loader_equals_cpu_loader(store, reader):
         (dict(num_samples=10), "balanced=True"),
         (dict(norm_mean=0.0), "both norm_mean and norm_std"),
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(output_dtype="int8"), "output_dtype must be one of"),
     ],
 )
 def test_bad_settings_fail_clearly(store, changes, message):

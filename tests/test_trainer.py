@@ -14,7 +14,7 @@ import torch
 from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
 from c2ftrain.checkpoint import load_checkpoint
-from c2ftrain.recipe import recipe_from_dict
+from c2ftrain.recipe import RecipeError, recipe_from_dict
 from c2ftrain.experiment import run_experiment
 from c2ftrain.phases import swap_into_optimizer
 from c2ftrain.trainer import PhaseTrainer
@@ -127,9 +127,10 @@ def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
 
 def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
     """Kill the run (SIGKILL) right after the checkpoint at step 6, mid-phase 2 and mid-epoch;
-    `--resume` ends with exactly the metrics of an uninterrupted run."""
-    ref = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, tmp_path / "ref", "c2f",
-                       device="cpu").run()
+    `--resume` ends with exactly the metrics of an uninterrupted run (mixup on: its draws must
+    not depend on what else drew from torch's global generator)."""
+    ref = PhaseTrainer(toy_recipe(toy_store, mixup=0.5), toy_recipe(toy_store, mixup=0.5).phases, tmp_path / "ref",
+                       "c2f", device="cpu").run()
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, sys
@@ -144,14 +145,14 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
             if payload["progress"]["global_step"] == 6:
                 os.kill(os.getpid(), signal.SIGKILL)
         tr.save_checkpoint = save_then_die
-        r = toy_recipe({str(toy_store)!r})
+        r = toy_recipe({str(toy_store)!r}, mixup=0.5)
         tr.PhaseTrainer(r, r.phases, {str(out)!r}, "c2f", device="cpu").run()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["progress"] == {"phase": 1, "epoch": 0, "batch": 2, "phase_step": 2, "global_step": 6}
-    resumed = PhaseTrainer(toy_recipe(toy_store), toy_recipe(toy_store).phases, out, "c2f",
+    resumed = PhaseTrainer(toy_recipe(toy_store, mixup=0.5), toy_recipe(toy_store, mixup=0.5).phases, out, "c2f",
                            device="cpu").run(resume=True)
     assert [h["metrics"] for h in resumed.history] == [h["metrics"] for h in ref.history]
     a = load_checkpoint(out / "final.pt")["model"]
@@ -281,3 +282,27 @@ def test_global_batch_is_shared_by_ranks_and_decay_scope():
         groups = make_optimizer(r, model, 1e-3).param_groups
         pos = next(g for g in groups if any(p is model.pos_embed for p in g["params"]))
         assert pos["weight_decay"] == exempt
+
+
+def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
+    """eval.average_epochs = [first, last]: the mean of the full-resolution weights at the end of
+    those run epochs, evaluated beside the final model and saved as final_averaged.pt."""
+    d = toy_recipe(toy_store).to_dict()  # 3 phases of 4 steps = 3 epochs of 4 batches
+    d["eval"]["average_epochs"] = [3, 3]
+    one = recipe_from_dict(d)
+    out = PhaseTrainer(one, one.phases, tmp_path / "one", "c2f", device="cpu").run()
+    final = load_checkpoint(tmp_path / "one" / "final.pt")["model"]
+    averaged = load_checkpoint(tmp_path / "one" / "final_averaged.pt")
+    assert averaged["epochs"] == 1 and out.metrics["averaged/epochs"] == 1
+    for k in final:  # the mean of one epoch is that epoch's weights
+        torch.testing.assert_close(averaged["model"][k], final[k], rtol=0, atol=0)
+    assert out.metrics["averaged/accuracy"] == out.metric
+    d["eval"]["average_epochs"] = [1, 3]
+    three = recipe_from_dict(d)
+    out = PhaseTrainer(three, three.phases, tmp_path / "three", "c2f", device="cpu").run()
+    avg = load_checkpoint(tmp_path / "three" / "final_averaged.pt")["model"]
+    assert out.metrics["averaged/epochs"] == 3
+    assert avg["pos_embed"].shape == final["pos_embed"].shape  # coarse epochs enter at full resolution
+    assert not torch.equal(avg["head.weight"], final["head.weight"])
+    with pytest.raises(RecipeError, match="average_epochs"):
+        recipe_from_dict({**d, "eval": {"average_epochs": [3, 1]}})

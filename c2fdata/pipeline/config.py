@@ -10,11 +10,12 @@ from c2fdata.compress import METHODS, check_phase, compressed_frames
 
 DEVICES = ("cpu", "gpu")
 BACKENDS = ("dali", "torch", "auto")
+OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Store split -> batches of `features (B, target_frames // factor, n_mels)` float32.
+    """Store split -> batches of `features (B, target_frames // factor, n_mels)` in output_dtype.
 
     Augmentation (random crop, random Frame-Shift offset, SpecAugment) is off by default, which
     is what evaluation wants; a training config turns it on. Every random choice is a function of
@@ -51,6 +52,9 @@ class PipelineConfig:
     backend: str = "auto"  # dali | torch | auto (DALI on the GPU, torch on the CPU: resolve_backend)
     num_workers: int = 2  # reader processes (DALI parallel source / DataLoader workers)
     num_threads: int = 2  # DALI operator threads (torch backend: unused)
+    # features as handed over: computed in float32, cast once at the end (a bf16 model then gets
+    # bf16 and moves half the bytes); labels and index keep their own types
+    output_dtype: str = "float32"  # float32 | float16 | bfloat16
 
     def __post_init__(self):
         check_phase(self.method, self.factor)
@@ -71,6 +75,8 @@ class PipelineConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}")
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("give both norm_mean and norm_std, or neither (the store's stats)")
         if self.norm_std is not None and not self.norm_std > 0:
@@ -124,4 +130,4 @@ def _non_negative(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
-__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS"]
+__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS", "OUTPUT_DTYPES"]

@@ -3,16 +3,24 @@
 Reader processes (`num_workers`) run `DaliSource`, which reads whole batches from the store and
 draws their random parameters (sampling.py). The graph crops/pads, compresses, normalises and
 masks, on the GPU with device="gpu" (only reading stays on the CPU), else on `num_threads` CPU
-threads with `device_id=None`. The graph bakes in the phase (shapes depend on C), so a phase
-change rebuilds the pipeline - milliseconds with forked workers - never the reader's scan.
+threads with `device_id=None`. The graph bakes in the phase (shapes depend on C), so each phase
+has its own pipeline; the loader keeps the last `MAX_LIVE_PIPELINES` of them built, and a new
+epoch (or a restart from any batch) on a built one only resets its iterator: building costs
+seconds on a GPU, where reader processes are spawned, and an evaluation switches phases twice.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import struct
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import shared_memory
 
 import numpy as np
+import torch
 from nvidia.dali import backend as dali_backend
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -20,13 +28,26 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from c2fdata.pipeline.loader import OUTPUTS, Loader
 from c2fdata.pipeline.sampling import BatchSource
 
-__all__ = ["DaliLoader", "DaliSource", "c2f_pipeline", "crop", "compress", "normalize", "mask", "transform"]
+__all__ = ["DaliLoader", "DaliSource", "PassState", "c2f_pipeline", "crop", "compress", "normalize", "mask",
+           "transform", "MAX_LIVE_PIPELINES"]
+
+# Built pipelines a loader keeps (least recently used one closed first): full resolution and the
+# current coarse phase, all an evaluation loader alternates between; a training loader never goes
+# back to an earlier phase. Each one holds its own reader processes and prefetch buffers.
+MAX_LIVE_PIPELINES = 2
+# DALI has no bfloat16: the graph ends in float32 and the cast to bfloat16 is torch's (on the
+# GPU when the batch is there), the same rounding as the torch backend's.
+DALI_OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}
 
 
 # -- graph pieces, one per reference op (tests hold each equal to its torch twin) ------------------
 def crop(x, start, frames: int):
-    """(T, F) -> (frames, F): frames [start, start + frames), zeros past the end. start: (1,) int32."""
-    return fn.slice(x, start, np.array([frames], np.int32), axes=[0], out_of_bounds_policy="pad", fill_values=0)
+    """(T, F) -> (frames, F): frames [start, start + frames), zeros past the end. start: (1,) int32.
+
+    start and shape are named arguments, not positional inputs: arguments always live on the
+    host, whereas a constant positional input of a GPU slice becomes a GPU constant that DALI
+    copies back to the host every batch (a device-to-host sync; see fn.slice's docs)."""
+    return fn.slice(x, start=start, shape=[frames], axes=[0], out_of_bounds_policy="pad", fill_values=0)
 
 
 def compress(x, method: str, factor: int, frames: int, offset=None):
@@ -39,7 +60,7 @@ def compress(x, method: str, factor: int, frames: int, offset=None):
         span = (out - 1) * factor + 1  # frames offset + k*C for k < out: never past the end of x
         if offset is None:
             return x[:span:factor]
-        return fn.slice(x, offset, np.array([span], np.int32), axes=[0])[::factor]
+        return fn.slice(x, start=offset, shape=[span], axes=[0])[::factor]  # host-side arguments, as crop
     if frames % factor:
         x = x[: out * factor]  # drop the tail that does not fill a group
     grouped = fn.reshape(x, shape=[out, factor, -1])  # (T/C, C, F)
@@ -85,19 +106,56 @@ def transform(x, cfg, mean, std, crop_start=None, offset=None):
 
 
 # -- source and pipeline ---------------------------------------------------------------------------
+class PassState:
+    """The pass a pipeline serves, (epoch, first batch), in 16 bytes of shared memory.
+
+    The loader writes it in the main process before a pass starts; the source reads it at every
+    call, in whichever process runs it: forked reader processes inherit the mapping, spawned ones
+    attach to it by name when the source is unpickled (a multiprocessing.Value would not pickle
+    there: DALI pickles its sources before starting the processes). DALI's own epoch counter only
+    counts up, so it cannot say that an evaluation wants epoch 0 again.
+    """
+
+    _FORMAT = "qq"  # epoch, start: int64 each
+
+    def __init__(self, name: str | None = None):
+        size = struct.calcsize(self._FORMAT)
+        self._shm = shared_memory.SharedMemory(name=name, create=name is None, size=size)
+        # on close() or garbage collection: unmap; the creating process also removes the segment
+        # (readers only ever map it; a forked reader inherits this finaliser but not the pid)
+        self._release = weakref.finalize(self, _release, self._shm, os.getpid() if name is None else None)
+
+    def __reduce__(self):
+        return PassState, (self._shm.name,)  # attach, never create, in the unpickling process
+
+    def set(self, epoch: int, start: int) -> None:
+        struct.pack_into(self._FORMAT, self._shm.buf, 0, int(epoch), int(start))
+
+    def get(self) -> tuple[int, int]:
+        return struct.unpack_from(self._FORMAT, self._shm.buf, 0)
+
+    def close(self) -> None:
+        self._release()
+
+
+def _release(shm: shared_memory.SharedMemory, owner_pid: int | None) -> None:
+    shm.close()
+    if owner_pid == os.getpid():
+        shm.unlink()
+
+
 class DaliSource(BatchSource):
     """Batch-mode callable for `fn.external_source(parallel=True, batch=True, batch_info=True)`.
 
     Batch mode (not sample mode) because DALI drops a partial last batch in sample mode; here
-    the last batch of an epoch is simply shorter. DALI's epoch counter restarts at 0 with each
-    pipeline, so the loader's epoch is `base_epoch + epoch_idx`. The first epoch may start at
-    batch `start` (a resumed run); the following ones start at 0.
+    the last batch of an epoch is simply shorter. Which epoch, and from which batch, is read
+    from `passes` at every call (DALI's `info.iteration` counts from 0 in every pass): batches
+    DALI requests for a pass start only once the loader has set it (see DaliLoader._pipeline).
     """
 
-    def __init__(self, reader, plan, cfg, base_epoch: int = 0, start: int = 0):
+    def __init__(self, reader, plan, cfg, passes: PassState):
         super().__init__(reader, plan, cfg)
-        self.base_epoch = base_epoch
-        self.start = start
+        self.passes = passes
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -106,17 +164,18 @@ class DaliSource(BatchSource):
         names = ("stored", "labels", "index")
         if cfg.random_crop or self.reader.target_frames != cfg.target_frames:
             names += ("crop_start",)
-        if cfg.random_offset and cfg.method == "fshift":
+        if cfg.random_offset and cfg.method == "fshift" and cfg.factor > 1:  # at C = 1 the offset is 0
             names += ("offset",)
         if cfg.time_mask_frames or cfg.freq_mask_bins:
             names += ("mask_anchor", "mask_shape")
         return names
 
     def __call__(self, info):
-        iteration = info.iteration + (self.start if info.epoch_idx == 0 else 0)
+        epoch, start = self.passes.get()
+        iteration = info.iteration + start
         if iteration >= len(self.plan):
             raise StopIteration
-        batch = self.read(self.base_epoch + info.epoch_idx, iteration)
+        batch = self.read(epoch, iteration)
         p = batch.params
         n = len(batch.index)
         out = {  # per output, a list of samples or one array whose first axis is the batch
@@ -145,7 +204,12 @@ def c2f_pipeline(source: DaliSource, mean: float | None, std: float | None, gpu:
     x = transform(x, cfg, mean, std, inputs.get("crop_start"), inputs.get("offset"))  # (T/C, F) float32
     if "mask_anchor" in inputs:
         x = mask(x, inputs["mask_anchor"], inputs["mask_shape"])
-    return x, inputs["labels"], inputs["index"]
+    if DALI_OUTPUT_TYPES[cfg.output_dtype] != types.FLOAT:
+        x = fn.cast(x, dtype=DALI_OUTPUT_TYPES[cfg.output_dtype])  # what the model eats, not float32
+    labels, index = inputs["labels"], inputs["index"]
+    if gpu:  # every output on the GPU, as the torch backend hands them over: no pageable copies later
+        labels, index = labels.gpu(), index.gpu()
+    return x, labels, index
 
 
 def _start_method(gpu: bool) -> str:
@@ -153,49 +217,93 @@ def _start_method(gpu: bool) -> str:
     return "spawn" if gpu or dali_backend.IsDriverInitialized() else "fork"
 
 
+@dataclass
+class _Live:
+    """A built pipeline of one phase. complete: its last pass ran to the end, so resetting its
+    iterator starts the next pass cleanly (DALI discards what it prefetched past the end)."""
+
+    pipe: object
+    iterator: DALIGenericIterator | None  # made on the first pass (building it prefetches)
+    passes: PassState
+    complete: bool = False
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.iterator = self.pipe = None
+            gc.collect()  # the pipeline's finaliser stops its reader processes
+            self.passes.close()
+
+
 class DaliLoader(Loader):
     backend = "dali"
 
     def __init__(self, cfg, reader=None):
         super().__init__(cfg, reader)
-        self._pipe = self._iterator = None
-        self._built_for = None  # (phase config, next epoch, its first batch) the live pipeline serves
+        self._live: dict = {}  # phase config -> _Live, least recently used first
+        self.builds = 0  # pipelines built so far (each spawns or forks its reader processes)
 
-    def _build(self, epoch: int, start: int = 0) -> None:
-        self.close()
+    def _build(self) -> _Live:
         gpu = self.cfg.device == "gpu"
-        device_id = None
-        if gpu:
-            import torch
-
-            device_id = torch.cuda.current_device()
         workers = self.cfg.num_workers
-        self._pipe = c2f_pipeline(
-            source=DaliSource(self.reader, self.plan, self.cfg, base_epoch=epoch, start=start),
-            mean=self.mean, std=self.std, gpu=gpu, parallel=workers > 0,
-            batch_size=self.cfg.batch_size, num_threads=self.cfg.num_threads, device_id=device_id,
-            py_num_workers=workers, py_start_method=_start_method(gpu), seed=self.cfg.seed,
-        )
-        self._pipe.build()
-        self._iterator = DALIGenericIterator([self._pipe], list(OUTPUTS), auto_reset=True)
-        self._built_for = (self.cfg, epoch, start)
+        passes = PassState()
+        try:
+            pipe = c2f_pipeline(
+                source=DaliSource(self.reader, self.plan, self.cfg, passes),
+                mean=self.mean, std=self.std, gpu=gpu, parallel=workers > 0,
+                batch_size=self.cfg.batch_size, num_threads=self.cfg.num_threads,
+                device_id=torch.cuda.current_device() if gpu else None,
+                py_num_workers=workers, py_start_method=_start_method(gpu), seed=self.cfg.seed,
+            )
+        except BaseException:
+            passes.close()
+            raise
+        self.builds += 1
+        return _Live(pipe, None, passes)
+
+    def _pipeline(self, epoch: int, start: int) -> _Live:
+        """The current phase's pipeline, about to serve batches start.. of epoch."""
+        live = self._live.pop(self.cfg, None)
+        if live is not None and not live.complete:
+            live.close()  # an interrupted pass left prefetched batches behind: start afresh
+            live = None
+        if live is None:
+            while len(self._live) >= MAX_LIVE_PIPELINES:
+                self._live.pop(next(iter(self._live))).close()
+            live = self._build()
+        try:
+            # The pass is set before DALI asks for any of its batches: building the iterator,
+            # or resetting it, is what makes DALI request (prefetch) the first ones.
+            live.passes.set(epoch, start)
+            if live.iterator is None:
+                live.pipe.build()
+                live.iterator = DALIGenericIterator([live.pipe], list(OUTPUTS), auto_reset=False)
+            else:
+                live.iterator.reset()
+        except BaseException:
+            live.close()
+            raise
+        live.complete = False
+        self._live[self.cfg] = live  # most recently used last
+        return live
 
     def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         if len(self.plan) - start <= 0:
             return
-        if self._built_for != (self.cfg, epoch, start):
-            self._build(epoch, start)
-        done = False
+        key, live = self.cfg, self._pipeline(epoch, start)
+        bf16 = self.cfg.output_dtype == "bfloat16"
         try:
-            for out in self._iterator:
-                yield out[0]
-            done = True
-            self._built_for = (self.cfg, epoch + 1, 0)  # auto_reset: DALI moves on to the next epoch
+            for out in live.iterator:
+                batch = out[0]
+                if bf16:
+                    batch["features"] = batch["features"].to(torch.bfloat16)
+                yield batch
+            live.complete = True
         finally:
-            if not done:
-                self.close()  # an interrupted pass leaves prefetched batches behind: start afresh
+            if not live.complete:  # interrupted: release its reader processes now, not at next use
+                if self._live.get(key) is live:
+                    del self._live[key]
+                live.close()
 
     def close(self) -> None:
-        if self._pipe is not None:
-            self._iterator = self._pipe = self._built_for = None
-            gc.collect()  # the pipeline's finaliser stops its reader processes
+        while self._live:
+            self._live.popitem()[1].close()

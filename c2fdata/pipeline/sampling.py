@@ -135,6 +135,7 @@ def draw_params(cfg, epoch: int, positions: np.ndarray, frames: np.ndarray, n_me
     switching one augmentation never changes another's draws.
     """
     if cfg.augments:
+        # One generator per sample costs ~0.95 ms per batch of 64 (timeit, 2 busy CPU cores): kept, bit-exact.
         u = [np.random.default_rng([cfg.seed, _PARAMS, int(epoch), int(p)]).random(6) for p in positions]
         u = np.asarray(u, np.float64).reshape(len(positions), 6)
     else:

@@ -5,7 +5,8 @@ It is the reference the DALI graph is tested against and the loader on machines 
 SpecAugment. Masks are applied after normalisation, so that a masked value is 0, the dataset
 mean, whatever the store's statistics (AST masks before normalising, which leaves
 -mean / (2 std) there: a value that depends on the dataset).
-With device="gpu" this backend computes on the CPU and hands over CUDA tensors.
+With device="gpu" this backend computes on the CPU and hands over CUDA tensors, copied from
+pinned memory.
 """
 
 from __future__ import annotations
@@ -60,15 +61,24 @@ def mask_(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, fr
     return x
 
 
+OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch, in shared memory inside a DataLoader worker (handing it over copies nothing)."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if get_worker_info() is not None else out
+
+
 def transform(batch: Batch, cfg, mean: float | None, std: float | None) -> dict[str, torch.Tensor]:
-    """A read batch -> dict(features (B, T/C, F) float32, labels, index): the reference semantics,
-    crop/pad -> compress -> normalise -> mask, per sample. Written into one preallocated batch
-    (in shared memory inside a DataLoader worker, so that handing it over copies nothing)."""
+    """A read batch -> dict(features (B, T/C, F) cfg.output_dtype, labels, index): the reference
+    semantics, crop/pad -> compress -> normalise -> mask, per sample, in float32, written into
+    one preallocated batch; then one cast to the output dtype (as the DALI graph ends)."""
     p = batch.params
     n_mels = batch.features[0].shape[1] if batch.features else 0
-    out = torch.empty((len(batch.features), cfg.out_frames, n_mels))  # (B, T/C, F)
-    if get_worker_info() is not None:
-        out.share_memory_()
+    shape = (len(batch.features), cfg.out_frames, n_mels)  # (B, T/C, F)
+    dtype = OUTPUT_DTYPES[cfg.output_dtype]
+    out = _batch_buffer(shape, torch.float32) if dtype == torch.float32 else torch.empty(shape)
     for b, stored in enumerate(batch.features):
         x = crop_or_pad(torch.from_numpy(stored), int(p.crop_start[b]), cfg.target_frames)  # (T, F) f16
         if cfg.method == "pool-avg":
@@ -79,6 +89,8 @@ def transform(batch: Batch, cfg, mean: float | None, std: float | None) -> dict[
     if cfg.time_mask_frames or cfg.freq_mask_bins:
         for b in range(len(out)):
             mask_(out[b], int(p.time_start[b]), int(p.time_width[b]), int(p.freq_start[b]), int(p.freq_width[b]))
+    if dtype != torch.float32:
+        out = _batch_buffer(shape, dtype).copy_(out)  # round to nearest even, as DALI's cast
     return {
         "features": out,
         "labels": torch.from_numpy(np.stack(batch.labels)),  # (B, K) float32 or (B,) int64
@@ -138,6 +150,8 @@ class TorchLoader(Loader):
                 batch_size=None,  # items are whole batches already
                 sampler=self._requests,
                 num_workers=workers,
+                # every tensor of the batch dict (features, labels, index) is pinned, so the
+                # non_blocking copies below are real asynchronous copies
                 pin_memory=self.cfg.device == "gpu",
                 prefetch_factor=PREFETCH_BATCHES if workers else None,
                 persistent_workers=workers > 0,

@@ -1,0 +1,237 @@
+"""scripts/gpu-check.sh and install.sh's GPU check, without a GPU: the no-CUDA answer, every step's
+commands, the step runner (timeouts, kills, dependencies) and the checks of each step's outputs."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import gpu_check as gc
+from c2fdata.pipeline import dali_available
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = {"a": "cuda-tests", "b": "loaders", "c": "throughput", "d": "train", "e": "eval", "f": "torchrun", "g": "resume"}
+
+
+def gpu_check(*args, timeout=120):
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer given without CUDA")
+def test_without_cuda_it_says_so_in_one_line_and_runs_nothing(tmp_path):
+    proc = gpu_check("--json", tmp_path / "r.json", "--workdir", tmp_path / "work")
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "CUDA is not available here" in lines[0], lines
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "work").exists()
+
+
+def test_dry_run_prints_every_steps_commands_and_writes_nothing(tmp_path):
+    proc = gpu_check("--dry-run", "--workdir", tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for key, name in STEPS.items():
+        assert f"# {key} {name} (timeout " in out
+    for fragment in ("-m pytest -q -m gpu", "compare-loaders", "throughput --phase 1 --device cuda --recipe demo --repeats 2",
+                     "-m c2ftrain run", "--no-baseline", "-m c2ftrain eval", "d-run/c2f/final.pt",
+                     "NCCL_DEBUG=INFO", "torch.distributed.run --standalone --nproc_per_node=1",
+                     "SIGKILL once", "g-resume/c2f/checkpoints/last.pt", "run --resume"):
+        assert fragment in out, fragment
+    assert not (tmp_path / "work").exists()
+
+
+def test_only_and_timeout_scale(tmp_path):
+    proc = gpu_check("--dry-run", "--only", "b,e", "--timeout-scale", "2", "--workdir", tmp_path)
+    headers = [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("# ")]
+    assert headers == [f"# b loaders (timeout {2 * gc.TIMEOUTS_S['b']} s)", f"# e eval (timeout {2 * gc.TIMEOUTS_S['e']} s)"]
+    proc = gpu_check("--dry-run", "--only", "z")
+    assert proc.returncode == 2 and "no step z" in proc.stderr
+
+
+def test_the_demo_store_is_built_only_where_it_is_missing(tmp_path):
+    def throughput_step():
+        return next(s for s in gc.plan(tmp_path / "work", root=tmp_path) if s.key == "c")
+
+    assert [str(c).split(" -m ")[1].split()[0] for c in throughput_step().commands] == ["c2fdata.cli", "bench.cli"]
+    assert "build --dataset instruments --workers 2" in str(throughput_step().commands[0])
+    (tmp_path / "stores" / "instruments").mkdir(parents=True)
+    assert [str(c).split(" -m ")[1].split()[0] for c in throughput_step().commands] == ["bench.cli"]
+
+
+# -- the runner -----------------------------------------------------------------------------------
+def python_step(key, *scripts, timeout=30, check=None, needs=()):
+    commands = tuple(gc.Command((sys.executable, "-c", s)) for s in scripts)
+    return gc.Step(key, f"step-{key}", "what it proves", commands, timeout, check=check, needs=needs)
+
+
+def test_steps_pass_fail_time_out_and_skip_what_needs_a_failed_step(tmp_path):
+    steps = [
+        python_step("a", "print('one')", "print('two')"),
+        python_step("b", "import sys; sys.exit(3)", "print('never run')"),
+        python_step("c", "import time; time.sleep(60)", timeout=1),
+        python_step("d", "print('x')", needs=("b",)),
+        python_step("e", "print('x')", check=lambda: (False, "its output is wrong")),
+        python_step("f", "print('x')", check=lambda: json.loads("{"), needs=("a",)),
+    ]
+    results = {r["key"]: r for r in gc.run_all(steps, tmp_path)}
+    assert results["a"]["passed"] and (tmp_path / "a-step-a.log").read_text().count("$ ") == 2
+    assert not results["b"]["passed"] and results["b"]["detail"] == "exit code 3"
+    assert "never run" not in (tmp_path / "b-step-b.log").read_text()
+    assert not results["c"]["passed"] and results["c"]["detail"] == "timed out after 1 s" and results["c"]["seconds"] < 10
+    assert results["d"]["skipped"] and results["d"]["detail"] == "not run: needs step b"
+    assert not results["e"]["passed"] and results["e"]["detail"] == "its output is wrong"
+    assert not results["f"]["passed"] and results["f"]["detail"].startswith("JSONDecodeError")
+
+
+def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
+    child_pid = tmp_path / "child.pid"
+    script = (f"import subprocess, sys, time, pathlib; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(60)']); pathlib.Path({str(child_pid)!r}).write_text(str(p.pid)); time.sleep(60)")
+    [result] = gc.run_all([python_step("a", script, timeout=3)], tmp_path)
+    assert result["detail"] == "timed out after 3 s"
+    pid = int(child_pid.read_text())
+    for _ in range(50):  # killed with its group; reaped by init
+        if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's child process {pid} outlived it")
+
+
+def test_a_run_is_killed_once_its_checkpoint_appears(tmp_path):
+    checkpoint = tmp_path / "last.pt"
+    env = dict(os.environ)
+    writes_then_trains_on = f"import pathlib, time; pathlib.Path({str(checkpoint)!r}).write_text('x'); time.sleep(60)"
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        assert gc.run_command(gc.Command((sys.executable, "-c", writes_then_trains_on), kill_when=checkpoint),
+                              log, 30, env) == ""
+        assert time.monotonic() - start < 20
+        # a run that ends before its first checkpoint was never interrupted: that proves nothing
+        ends = gc.Command((sys.executable, "-c", "pass"), kill_when=tmp_path / "never.pt")
+        assert gc.run_command(ends, log, 30, env) == "ended (exit code 0) before never.pt appeared: nothing to kill"
+
+
+# -- the checks of each step's outputs ------------------------------------------------------------
+def test_pytest_outcome_counts_skipped_cuda_tests_as_failures(tmp_path):
+    (tmp_path / "test_x.py").write_text("import pytest\n\ndef test_ok():\n    pass\n\n"
+                                        "@pytest.mark.skip(reason='needs CUDA')\ndef test_cuda():\n    pass\n")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml",
+                    str(tmp_path / "r.xml"), str(tmp_path / "test_x.py")], capture_output=True, timeout=120)
+    passed, detail = gc.pytest_outcome(tmp_path / "r.xml")
+    assert not passed and "1 skipped" in detail and "test_cuda" in detail
+    (tmp_path / "test_x.py").write_text("def test_ok():\n    pass\n")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml",
+                    str(tmp_path / "r.xml"), str(tmp_path / "test_x.py")], capture_output=True, timeout=120)
+    assert gc.pytest_outcome(tmp_path / "r.xml") == (True, "1 CUDA tests passed")
+
+
+def outcome(path: Path, accuracies, final=None, methods=gc.RUN_METHODS):
+    """A run directory with an outcome.json: one evaluation per accuracy."""
+    history = [{"phase_label": f"phase {i}", "metrics": {"accuracy": a}, "metrics_at_phase_resolution": {"accuracy": a}}
+               for i, a in enumerate(accuracies)]
+    final = final if final is not None else accuracies[-1]
+    (path / "c2f").mkdir(parents=True)
+    (path / "c2f" / "outcome.json").write_text(json.dumps({
+        "metric_name": "accuracy", "metric": final, "metrics": {"accuracy": final, "eval_extra/accuracy": final},
+        "history": history, "records": [{"method": m} for m in methods]}))
+    (path / "c2f" / "final.pt").write_bytes(b"")
+    return path
+
+
+def test_runs_agree_within_the_tolerance_at_every_evaluation(tmp_path):
+    ref = outcome(tmp_path / "ref", [0.5, 0.75, 0.875])
+    close = outcome(tmp_path / "close", [0.5 + 1 / 64, 0.75, 0.875 - 2 / 64])
+    far = outcome(tmp_path / "far", [0.5, 0.75 - 4 / 64, 0.875])  # only an evaluation along the way differs
+    assert gc.same_metrics(close, ref)[0]
+    passed, detail = gc.same_metrics(far, ref)
+    assert not passed and "eval 2 (phase 1) accuracy 0.0625 (over" in detail
+    with pytest.raises(ValueError, match="2 evaluations against 3"):
+        gc.history_gaps(json.loads((outcome(tmp_path / "short", [0.5, 0.75]) / "c2f" / "outcome.json").read_text()),
+                        gc.outcome_of(ref))
+    assert gc.train_outcome(ref) == (True, "accuracy 0.875 after 3 evaluations")
+    assert not gc.train_outcome(outcome(tmp_path / "two", [0.5], methods=("pool-avg", "none")))[0]
+
+
+def test_eval_and_torchrun_checks(tmp_path):
+    run = outcome(tmp_path / "run", [0.5, 0.75])
+    (tmp_path / "eval.json").write_text('DALI says hello\n{"accuracy": 0.75}\n')
+    assert gc.eval_outcome(tmp_path / "eval.json", run)[0]
+    (tmp_path / "eval.json").write_text('{"accuracy": 0.5}')
+    assert not gc.eval_outcome(tmp_path / "eval.json", run)[0]
+    ddp = outcome(tmp_path / "ddp", [0.5, 0.75])
+    (tmp_path / "f.log").write_text("NCCL INFO Init COMPLETE\n")
+    assert gc.torchrun_outcome(ddp, run, tmp_path / "f.log")[0]
+    (tmp_path / "f.log").write_text("gloo\n")
+    assert gc.torchrun_outcome(ddp, run, tmp_path / "f.log") == (
+        False, "no NCCL communicator was created (no 'NCCL INFO' line): the run was not in a group")
+
+
+def test_throughput_check_wants_the_loader_on_the_gpu(tmp_path):
+    result = {"loader": {"device": "gpu", "backend": "dali"},
+              "phases": [{"phase": 1, "label": "pool-avg C=4", "end_to_end_samples_per_s": 12345.6}]}
+    (tmp_path / "t.json").write_text(json.dumps(result))
+    assert gc.throughput_outcome(tmp_path / "t.json") == (True, "phase 1 (pool-avg C=4): 12,346 samples/s end to end, dali loader")
+    result["loader"]["device"] = "cpu"
+    (tmp_path / "t.json").write_text(json.dumps(result))
+    assert not gc.throughput_outcome(tmp_path / "t.json")[0]
+
+
+def test_the_training_recipe_goes_through_every_method(tmp_path):
+    from c2ftrain.experiment import check_recipe_against_store
+    from c2ftrain.recipe import load_recipe
+
+    recipe = load_recipe(gc.write_toy_run(tmp_path))
+    check_recipe_against_store(recipe)  # every phase fits the toy store's 64 frames
+    assert tuple(p.method for p in recipe.phases) == gc.RUN_METHODS and recipe.phases[-1].full_resolution
+    assert recipe.eval.checkpoint_every_steps == 2 and recipe.data.extra_eval_splits == ("eval_extra",)
+    assert recipe.data.backend == "auto" and recipe.data.mixup > 0  # DALI on the GPU, mixup on the GPU
+
+
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
+def test_the_loader_comparison_runs_on_the_cpu_backend(tmp_path):
+    """Step b's own code, with the DALI loader on the CPU (the GPU check runs it on the GPU)."""
+    result = gc.compare_loaders(tmp_path, device="cpu")
+    assert [(r["method"], r["factor"]) for r in result["phases"]] == list(gc.METHOD_FACTORS)
+    assert result["builds"] == len(gc.METHOD_FACTORS) and max(r["max_abs_diff"] for r in result["phases"]) == 0
+    assert gc.loaders_outcome(tmp_path / "result.json")[0]
+
+
+# -- install.sh --check-gpu -----------------------------------------------------------------------
+def check_gpu(tmp_path, smi_output=None):
+    """install.sh's GPU check with a stand-in nvidia-smi printing smi_output (None: no nvidia-smi)."""
+    smi = tmp_path / "nvidia-smi"
+    if smi_output is not None:
+        smi.write_text(f"#!/bin/sh\n{smi_output}\n")
+        smi.chmod(0o755)
+    env = {**os.environ, "NVIDIA_SMI": str(smi), "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--check-gpu"], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_install_check_is_silent_without_an_nvidia_driver(tmp_path):
+    proc = check_gpu(tmp_path)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == ""
+
+
+def test_install_check_names_an_old_driver(tmp_path):
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 570.86.15'")
+    assert proc.returncode == 0
+    assert "NVIDIA driver 570.86.15 (NVIDIA H100 80GB HBM3) is too old" in proc.stderr and "580 or later" in proc.stderr
+    proc = check_gpu(tmp_path, "exit 9")  # a driver that lists no GPU
+    assert proc.returncode == 0 and "lists no GPU" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the warning given by a CPU-only torch")
+def test_install_check_gives_the_pip_command_for_a_cuda_torch(tmp_path):
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 580.65.06'")
+    assert proc.returncode == 0 and "too old" not in proc.stderr
+    release = torch.__version__.split("+")[0]
+    assert f"torch {torch.__version__} is a CPU-only build" in proc.stderr
+    assert f'-m pip install "torch=={release}+cu130" --index-url https://download.pytorch.org/whl/cu130' in proc.stderr
