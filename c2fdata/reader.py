@@ -7,17 +7,39 @@ from pathlib import Path
 
 import numpy as np
 
-from c2fdata.shard_io import ShardedClipReader
-from c2fdata.store import FAILED, OK, StoreFormatError, open_store
+from c2fdata.shard_io import CorruptClipError, ShardedClipReader
+from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store
 from c2fdata.vocab import Vocabulary
 
-__all__ = ["StoreReader", "StoreFormatError"]
+__all__ = ["StoreReader", "StoreFormatError", "CorruptClipError", "rebuild_hint"]
+
+
+def rebuild_hint(path: str | Path, split: str, row: int, block_clips: int, n_rows: int) -> str:
+    """How to rebuild the block holding a corrupt clip at `row`.
+
+    No c2fdata command resets a block: the build recomputes blocks whose status flags are
+    pending, so the recipe deletes the block's shard file (a partial write into a shard whose
+    index is corrupt fails) and sets its flags to pending, then re-runs the build."""
+    block = int(row) // int(block_clips)
+    start, end = block * int(block_clips), min((block + 1) * int(block_clips), int(n_rows))
+    shard = str(Path(path) / split / "features" / "c" / str(block) / "0" / "0")
+    return (
+        f"rebuild block {block} of split {split!r} (rows {start}..{end - 1}). No c2fdata command "
+        f"resets a block: delete its shard file and mark its clips pending (status {PENDING}), e.g. "
+        f"python -c \"import pathlib, zarr; pathlib.Path({shard!r}).unlink(missing_ok=True); "
+        f"zarr.open_group({str(path)!r}, mode='r+')[{split!r}]['status'][{start}:{end}] = {PENDING}\", "
+        f"then re-run the same `c2fdata build ...` command: it "
+        f"recomputes pending blocks from the audio and finalises the store again (with --shard K/N, "
+        f"on the builder with K = {block} mod N)"
+    )
 
 
 class StoreReader:
     """Clip i of a split: (features (T, F) float16, real frames, label).
 
     Only clips whose build succeeded are served; `rows` maps reader indices to store rows.
+    Every read checks the clip's crc32c: a corrupt clip raises `CorruptClipError` naming the
+    store, split, row and id, and how to rebuild it; it never returns data.
     Pickling sends the path and split only: each worker process opens the store itself on first
     use, so a reader is cheap to hand to DataLoader or DALI workers (fork or spawn).
     """
@@ -55,12 +77,21 @@ class StoreReader:
 
     @cached_property
     def _features(self):
-        """A callable row -> (T, F): the direct shard reader where the layout allows, else zarr."""
+        """A callable row -> (T, F), crc32c checked: the direct shard reader where the layout
+        allows, else zarr (whose crc32c codec raises ValueError on a mismatch, in the clip or in
+        the shard index: made a CorruptClipError here)."""
         array_dir = Path(self.path) / self.split / "features"
         if ShardedClipReader.supports(array_dir):
             return ShardedClipReader(array_dir).read
         array = self._group[self.split]["features"]
-        return array.__getitem__
+
+        def read(row: int) -> np.ndarray:
+            try:
+                return array[row]
+            except ValueError as err:  # the row is in range: its stored bytes do not decode
+                raise CorruptClipError(f"{array_dir}: clip {row}: {err}", row=row) from err
+
+        return read
 
     @cached_property
     def rows(self) -> np.ndarray:
@@ -136,8 +167,25 @@ class StoreReader:
 
     # -- data ----------------------------------------------------------------------------------
     def features(self, i: int) -> np.ndarray:
-        """(T, F) float16 of clip i (zero-padded beyond frames(i))."""
-        return self._features(int(self.rows[i]))
+        """(T, F) float16 of clip i (zero-padded beyond frames(i)); CorruptClipError if its
+        stored bytes fail their checksum."""
+        row = int(self.rows[i])
+        try:
+            return self._features(row)
+        except CorruptClipError as err:
+            raise self._corrupt(int(i) % len(self), row, err) from err
+
+    def _corrupt(self, i: int, row: int, err: CorruptClipError) -> CorruptClipError:
+        ids = self.__dict__.get("ids")  # the cached list if there is one, else just this id
+        clip_id = ids[i] if ids is not None else str(self._group[self.split]["ids"][row])
+        n_rows = self.attrs["splits"][self.split]["clips"]
+        hint = rebuild_hint(self.path, self.split, row, self.attrs["block_clips"], n_rows)
+        return CorruptClipError(
+            f"{self.path}: corrupt clip in split {self.split!r}, row {row} (clip {i} of this reader, "
+            f"id {clip_id!r}): {err}. Its data is not served: run `c2fdata verify {self.path}` to "
+            f"list every corrupt clip, then {hint}",
+            path=self.path, split=self.split, row=row, clip_id=clip_id,
+        )
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):

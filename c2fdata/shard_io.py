@@ -7,6 +7,9 @@ end protected by crc32c; Zarr v3 spec, "sharding_indexed" codec). For exactly th
 is one `pread` at an offset the shard's index gives, so this module reads it directly, and
 anything else (another codec, compression, a layout from a newer zarr) falls back to zarr.
 Tests hold both paths equal clip for clip.
+
+Every read checks the clip's crc32c (~9 us for a 256 KiB clip, see docs/STORE.md): a clip that
+fails it, or whose shard index fails its own, raises `CorruptClipError`, never returns data.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import struct
 from collections import OrderedDict
 from pathlib import Path
 
+import google_crc32c  # a dependency of zarr's crc32c codec; its C (SSE4.2) implementation
 import numpy as np
+
+__all__ = ["CorruptClipError", "ShardedClipReader"]
 
 _MISSING = 2**64 - 1  # offset/nbytes of an empty inner chunk (spec)
 _BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
@@ -50,6 +56,27 @@ def _layout(meta: dict) -> tuple[int, tuple[int, ...], str, bool] | None:
         return None
 
 
+class CorruptClipError(ValueError):
+    """A clip whose stored bytes fail their checksum, or cannot be located or read in full.
+
+    `path`, `split`, `row` (row in the split's arrays), `clip_id` say which clip, where known
+    (the StoreReader fills them in). Constructible from the message alone, and pickles with its
+    attributes, so that it crosses DataLoader and DALI worker processes intact.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, split: str | None = None,
+                 row: int | None = None, clip_id: str | None = None):
+        super().__init__(message)
+        self.path, self.split, self.row, self.clip_id = path, split, row, clip_id
+
+    def __reduce__(self):
+        return _corrupt_clip_error, (str(self), self.path, self.split, self.row, self.clip_id)
+
+
+def _corrupt_clip_error(message, path, split, row, clip_id) -> CorruptClipError:
+    return CorruptClipError(message, path=path, split=split, row=row, clip_id=clip_id)
+
+
 class ShardedClipReader:
     """Reads row i of an (N, *clip_shape) array stored as described above. Not thread-safe for
     opening; one per process (the StoreReader makes one lazily in each worker)."""
@@ -74,7 +101,7 @@ class ShardedClipReader:
         except (OSError, ValueError):
             return False
 
-    def _shard(self, s: int) -> tuple[int, np.ndarray | None]:
+    def _shard(self, s: int, i: int) -> tuple[int, np.ndarray | None]:
         hit = self._fds.get(s)
         if hit is not None:
             self._fds.move_to_end(s)
@@ -87,11 +114,13 @@ class ShardedClipReader:
         rows = min(self.per_shard, self.n - s * self.per_shard)
         index_bytes = 16 * self.per_shard + 4
         size = os.fstat(fd).st_size
-        raw = os.pread(fd, index_bytes, size - index_bytes)
-        body, (crc,) = raw[:-4], struct.unpack("<I", raw[-4:])
-        if _crc32c(body) != crc:
+        raw = os.pread(fd, index_bytes, max(size - index_bytes, 0))
+        body = raw[:-4]
+        if len(raw) != index_bytes or _crc32c(body) != struct.unpack("<I", raw[-4:])[0]:
             os.close(fd)
-            raise OSError(f"{path}: shard index checksum mismatch (corrupt or half-written file)")
+            raise CorruptClipError(
+                f"{path}: shard index checksum mismatch (corrupt, truncated or half-written file): "
+                f"clip {i} and the other clips of this shard cannot be located", row=i)
         index = np.frombuffer(body, "<u8").reshape(self.per_shard, 2)[:rows]
         if len(self._fds) >= self._max_open:
             _, (old_fd, _) = self._fds.popitem(last=False)
@@ -99,24 +128,28 @@ class ShardedClipReader:
         self._fds[s] = (fd, index)
         return fd, index
 
-    def read(self, i: int, check: bool = False) -> np.ndarray:
-        """Row i. `check` also verifies the clip's crc32c (verify does; training reads skip it)."""
+    def read(self, i: int, check: bool = True) -> np.ndarray:
+        """Row i, its crc32c checked (CorruptClipError on a mismatch). check=False skips the
+        checksum (benchmarks only: nothing else should serve unchecked data)."""
         if not 0 <= i < self.n:
             raise IndexError(i)
         s, j = divmod(int(i), self.per_shard)
-        fd, index = self._shard(s)
+        fd, index = self._shard(s, int(i))
         if index is None or index[j, 0] == _MISSING:
             return np.full(self.clip_shape, self.fill_value, self.dtype)
         offset, nbytes = int(index[j, 0]), int(index[j, 1])
         if nbytes != self.clip_bytes + 4 * self.has_crc:
-            raise OSError(f"{self.dir}: clip {i} holds {nbytes} bytes, expected {self.clip_bytes}")
+            raise CorruptClipError(f"{self.dir}: clip {i} holds {nbytes} bytes, expected "
+                                   f"{self.clip_bytes + 4 * self.has_crc} (corrupt shard index)", row=int(i))
         out = np.empty(self.clip_shape, self.dtype)  # writable, read into in place
         crc = bytearray(4 * self.has_crc)
         got = os.preadv(fd, [memoryview(out).cast("B"), crc], offset)
         if got != nbytes:
-            raise OSError(f"{self.dir}: clip {i} truncated ({got} of {nbytes} bytes)")
-        if check and self.has_crc and _crc32c(out.tobytes()) != struct.unpack("<I", crc)[0]:
-            raise OSError(f"{self.dir}: clip {i} fails its checksum (corrupt data)")
+            raise CorruptClipError(f"{self.dir}: clip {i} truncated ({got} of {nbytes} bytes)", row=int(i))
+        # the array itself, not out.tobytes(): google_crc32c takes bytes or a numpy array (not a
+        # memoryview or bytearray), and the copy would add ~5 us to the check's ~9 us
+        if check and self.has_crc and _crc32c(out) != struct.unpack("<I", crc)[0]:
+            raise CorruptClipError(f"{self.dir}: clip {i} fails its crc32c checksum (corrupt data)", row=int(i))
         return out
 
     def close(self) -> None:
@@ -131,7 +164,4 @@ class ShardedClipReader:
             pass
 
 
-def _crc32c(data: bytes) -> int:
-    import google_crc32c  # a dependency of zarr's crc32c codec
-
-    return int(google_crc32c.value(data))
+_crc32c = google_crc32c.value  # bytes or C-contiguous numpy array -> int

@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 
 from c2fdata import store as st
-from c2fdata.shard_io import ShardedClipReader
+from c2fdata.reader import rebuild_hint
+from c2fdata.shard_io import CorruptClipError, ShardedClipReader
 
 
 def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -26,6 +27,7 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     target, n_mels = a["target_frames"], a["features"]["n_mels"]
     total = sum(s["clips"] for s in a["splits"].values())
     done = 0
+    hinted = False  # the rebuild recipe comes with the first corrupt clip; later ones name their block
     for split in a["splits"]:
         g = group[split]
         status, frames, labels = g["status"][:], g["frames"][:], g["labels"][:]
@@ -52,6 +54,12 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
             where = f"{split}/{ids[i]} (row {i})"
             try:
                 x = fast.read(i, check=True) if fast else g["features"][i]
+            except (CorruptClipError, ValueError) as err:  # zarr's crc32c codec raises ValueError
+                block = i // a["block_clips"]
+                how = rebuild_hint(path, split, i, a["block_clips"], n) if not hinted else "rebuild it likewise"
+                problems.append(f"{where}: unreadable: {err} (block {block}: {how})")
+                hinted = True
+                continue
             except Exception as err:
                 problems.append(f"{where}: unreadable: {err}")
                 continue

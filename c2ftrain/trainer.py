@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from c2fdata.pipeline import PipelineConfig, make_loader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
-from c2ftrain.distributed import Dist
+from c2ftrain.distributed import Dist, gather_cat
 from c2ftrain.evaluate import evaluate_loader
 from c2ftrain.metrics import metric_name
 from c2ftrain.init_weights import initialise
@@ -240,6 +240,7 @@ class PhaseTrainer:
         loader_device = data.device if data.device != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
         self.base = pipeline_config(recipe, self.reader.split, dist, loader_device)
         self._loaders: dict[int, object] = {}
+        self.skipped_clips = 0  # corrupt clips skipped by this process's loaders (never trained on)
 
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(self, phase: Phase):
@@ -260,8 +261,13 @@ class PhaseTrainer:
 
     def close(self) -> None:
         for loader in self._loaders.values():
+            self._count_skipped(loader)
             loader.close()
         self._loaders.clear()
+
+    def _count_skipped(self, loader) -> None:
+        """Corrupt clips a loader skipped (each with a warning), kept for the run's report."""
+        self.skipped_clips += len(getattr(loader, "skipped_clips", ()))
 
     def spans(self) -> list[Span]:
         """Every phase's first step and epoch and its length, from its loader's batches per epoch."""
@@ -360,8 +366,10 @@ class PhaseTrainer:
             final = state.history[-1]["metrics"] if state.history else self.evaluate_full_resolution(model, eval_loader)
             final = {**final, **self._extra_eval_splits(model), **self._averaged_metrics(model, eval_loader, state)}
         finally:
+            self._count_skipped(eval_loader)
             eval_loader.close()
             self.close()
+        final["skipped_clips"] = int(gather_cat(self.dist, torch.tensor([self.skipped_clips])).sum())
         if self.dist.is_main:
             save_checkpoint(self.out / "final.pt", {"model": model.state_dict(), "resolution": model.resolution_state(),
                                                      "model_config": self.cfg.to_dict(), "store": str(self.recipe.store)})
@@ -389,6 +397,7 @@ class PhaseTrainer:
             try:
                 out.update({f"{split}/{k}": v for k, v in self.evaluate_full_resolution(model, loader).items()})
             finally:
+                self._count_skipped(loader)
                 loader.close()
         return out
 

@@ -306,3 +306,24 @@ def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
     assert not torch.equal(avg["head.weight"], final["head.weight"])
     with pytest.raises(RecipeError, match="average_epochs"):
         recipe_from_dict({**d, "eval": {"average_epochs": [3, 1]}})
+
+
+def test_corrupt_clip_is_skipped_and_counted_in_the_outcome(toy_store, tmp_path):
+    """A flipped byte in one training clip: the run never trains on it (the loader drops it from
+    its batch, with a warning) and its outcome says how many clips were skipped."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(toy_store, store)
+    block, row = 16, 5
+    shard = store / "train" / "features" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-(16 * block + 4):-4]), "<u8").reshape(block, 2)
+    data[int(index[row, 0]) + 100] ^= 0x04  # inside the clip's bytes: shape and values stay plausible
+    shard.write_bytes(bytes(data))
+    d = toy_recipe(store).to_dict()
+    r = recipe_from_dict(d)
+    out = PhaseTrainer(r, r.phases, tmp_path / "run", "c2f", device="cpu").run()
+    assert out.metrics["skipped_clips"] == 3  # the clip comes up once in each of the 3 epochs
+    clean = PhaseTrainer(toy_recipe(toy_store), r.phases, tmp_path / "clean", "c2f", device="cpu").run()
+    assert clean.metrics["skipped_clips"] == 0

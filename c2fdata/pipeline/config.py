@@ -11,6 +11,7 @@ from c2fdata.compress import METHODS, check_phase, compressed_frames
 DEVICES = ("cpu", "gpu")
 BACKENDS = ("dali", "torch", "auto")
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+ON_CORRUPT = ("skip", "raise")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class PipelineConfig:
     # features as handed over: computed in float32, cast once at the end (a bf16 model then gets
     # bf16 and moves half the bytes); labels and index keep their own types
     output_dtype: str = "float32"  # float32 | float16 | bfloat16
+    # a clip failing its crc32c: "skip" leaves it out of its batch, warns and counts it
+    # (loader.skipped_clips); "raise" stops with CorruptClipError (docs/STORE.md)
+    on_corrupt: str = "skip"  # skip | raise
 
     def __post_init__(self):
         check_phase(self.method, self.factor)
@@ -77,6 +81,8 @@ class PipelineConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.output_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}")
+        if self.on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {self.on_corrupt!r}")
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("give both norm_mean and norm_std, or neither (the store's stats)")
         if self.norm_std is not None and not self.norm_std > 0:
@@ -130,4 +136,4 @@ def _non_negative(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
-__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS", "OUTPUT_DTYPES"]
+__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS", "OUTPUT_DTYPES", "ON_CORRUPT"]

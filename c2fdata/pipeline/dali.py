@@ -12,10 +12,13 @@ seconds on a GPU, where reader processes are spawned, and an evaluation switches
 from __future__ import annotations
 
 import gc
+import itertools
 import os
+import re
 import struct
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
@@ -26,7 +29,8 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from c2fdata.pipeline.loader import OUTPUTS, Loader
-from c2fdata.pipeline.sampling import BatchSource
+from c2fdata.pipeline.sampling import BatchSource, record_skipped
+from c2fdata.shard_io import CorruptClipError
 
 __all__ = ["DaliLoader", "DaliSource", "PassState", "c2f_pipeline", "crop", "compress", "normalize", "mask",
            "transform", "MAX_LIVE_PIPELINES"]
@@ -234,6 +238,19 @@ class _Live:
             self.passes.close()
 
 
+@contextmanager
+def _corrupt_clip_errors():
+    """A reader process's CorruptClipError (on_corrupt="raise", or a batch of corrupt clips only)
+    reaches here as a plain Exception holding the traceback's text: raise it as what it was."""
+    try:
+        yield
+    except Exception as err:
+        found = re.findall(r"CorruptClipError: (.+)", str(err))
+        if type(err) is Exception and found:
+            raise CorruptClipError(found[-1]) from err  # the last one: the outermost, complete message
+        raise
+
+
 class DaliLoader(Loader):
     backend = "dali"
 
@@ -241,6 +258,7 @@ class DaliLoader(Loader):
         super().__init__(cfg, reader)
         self._live: dict = {}  # phase config -> _Live, least recently used first
         self.builds = 0  # pipelines built so far (each spawns or forks its reader processes)
+        self.skipped_clips: list[tuple[str, int]] = []  # (split, row) per corrupt clip skipped
 
     def _build(self) -> _Live:
         gpu = self.cfg.device == "gpu"
@@ -289,11 +307,17 @@ class DaliLoader(Loader):
     def _epoch_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         if len(self.plan) - start <= 0:
             return
-        key, live = self.cfg, self._pipeline(epoch, start)
+        with _corrupt_clip_errors():
+            key, live = self.cfg, self._pipeline(epoch, start)
         bf16 = self.cfg.output_dtype == "bfloat16"
         try:
-            for out in live.iterator:
+            for k in itertools.count(start):
+                with _corrupt_clip_errors():
+                    out = next(live.iterator, None)
+                if out is None:
+                    break
                 batch = out[0]
+                record_skipped(self.reader, self.plan, epoch, k, batch["index"], self.skipped_clips)
                 if bf16:
                     batch["features"] = batch["features"].to(torch.bfloat16)
                 yield batch

@@ -11,15 +11,27 @@ augmentation. Everything here is numpy only and picklable (it runs in reader pro
 - Random draws: the parameters of a sample (crop start, Frame-Shift offset, SpecAugment masks)
   come from a generator seeded by (seed, epoch, global position in the epoch), independent of
   batch size, workers, shards and backend.
+- Corrupt clips (a crc32c mismatch, `CorruptClipError`): with on_corrupt="skip" a batch leaves
+  them out, so it carries fewer samples; the other samples keep their positions and so their
+  draws. No replacement is read: nothing is served twice, and an evaluation still scores every
+  readable clip once. The main process finds the skipped clips by comparing each batch with
+  the plan (`record_skipped`), warns and counts them, the same way for both backends. A batch
+  whose every clip is corrupt raises even then: an empty batch has no loss to train on.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["balanced_weights", "EpochPlan", "SampleParams", "draw_params", "Batch", "BatchSource"]
+from c2fdata.shard_io import CorruptClipError
+
+__all__ = ["balanced_weights", "EpochPlan", "SampleParams", "draw_params", "Batch", "BatchSource",
+           "missing_clips", "record_skipped"]
+
+log = logging.getLogger(__name__)
 
 _ORDER, _PARAMS = 0, 1  # seed-sequence domains, so order and parameter draws never collide
 
@@ -189,11 +201,61 @@ class BatchSource:
         source's own cfg). Reads leave the source as it was, so one source serves any phase."""
         cfg = self.cfg if cfg is None else cfg
         positions, clips = self.plan.batch(epoch, iteration)
-        feats, labels, frames = [], [], []
-        for clip in clips:
-            f, n, label = self.reader[int(clip)]
+        feats, labels, frames, keep, first_error = [], [], [], [], None
+        for k, clip in enumerate(clips):
+            try:
+                f, n, label = self.reader[int(clip)]
+            except CorruptClipError as err:
+                if cfg.on_corrupt == "raise":
+                    raise
+                first_error = first_error or err  # skipped; the main process warns (record_skipped)
+                continue
+            keep.append(k)
             feats.append(np.asarray(f))
             frames.append(n)
             labels.append(np.asarray(label))
+        if first_error is not None:
+            if not keep:
+                raise CorruptClipError(
+                    f"every clip of batch {iteration} of epoch {epoch} is corrupt, and an empty batch "
+                    f"cannot be served; the first: {first_error}", path=first_error.path,
+                    split=first_error.split, row=first_error.row, clip_id=first_error.clip_id,
+                ) from first_error
+            positions, clips = positions[keep], clips[keep]  # the others keep their draws
         params = draw_params(cfg, epoch, positions, np.asarray(frames, np.int64), self.n_mels)
         return Batch(feats, labels, clips.astype(np.int64), params)
+
+
+def missing_clips(expected: np.ndarray, served: np.ndarray) -> list[int]:
+    """Clips of `expected` (a batch as planned, in order) that `served` (the batch's index as
+    served: the planned clips less the skipped ones, in order) lacks, in plan order."""
+    missing, j = [], 0
+    for clip in np.asarray(expected).tolist():
+        if j < len(served) and int(served[j]) == clip:
+            j += 1
+        else:
+            missing.append(int(clip))
+    if j != len(served):
+        raise ValueError(f"served clips {list(served)} are not a subsequence of the plan's {list(expected)}")
+    return missing
+
+
+def record_skipped(reader, plan: EpochPlan, epoch: int, iteration: int, index, into: list) -> None:
+    """In the main process, for batch `iteration` of `epoch` as served: warn about and append
+    (split, row) to `into` for each planned clip the batch lacks (skipped as corrupt in a reader
+    process). `index`: the batch's index, a tensor or array; only a short batch is looked at
+    closely (its length is host metadata: no device sync otherwise)."""
+    _, clips = plan.batch(epoch, iteration)
+    if len(index) == len(clips):
+        return
+    served = index.cpu().numpy() if hasattr(index, "cpu") else np.asarray(index)
+    for clip in missing_clips(clips, served):
+        row = int(reader.rows[clip])
+        try:  # read it again here for the exact error (a few tens of microseconds, rarely)
+            reader.features(clip)
+            reason = (f"{reader.path}: split {reader.split!r}, row {row}: skipped, its read failed in a "
+                      "reader process (it reads here now); run `c2fdata verify` on the store")
+        except CorruptClipError as err:
+            reason = str(err)
+        log.warning("corrupt clip skipped (batch %d of epoch %d): %s", iteration, epoch, reason)
+        into.append((reader.split, row))

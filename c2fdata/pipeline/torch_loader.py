@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from c2fdata.compress import compress
 from c2fdata.pipeline.loader import Loader
-from c2fdata.pipeline.sampling import Batch, BatchSource
+from c2fdata.pipeline.sampling import Batch, BatchSource, record_skipped
 
 __all__ = ["TorchLoader", "crop_or_pad", "normalize", "reciprocal", "mask", "transform"]
 
@@ -141,6 +141,7 @@ class TorchLoader(Loader):
         super().__init__(cfg, reader)
         self._requests = _Requests()
         self._loader = None
+        self.skipped_clips: list[tuple[str, int]] = []  # (split, row) per corrupt clip skipped
 
     def _dataloader(self) -> DataLoader:
         if self._loader is None:
@@ -163,7 +164,8 @@ class TorchLoader(Loader):
         gpu = self.cfg.device == "gpu"
         if start >= len(self.plan):
             return
-        for batch in self._dataloader():
+        for k, batch in enumerate(self._dataloader(), start):
+            record_skipped(self.reader, self.plan, epoch, k, batch["index"], self.skipped_clips)
             if gpu:
                 batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
             yield batch

@@ -1,0 +1,286 @@
+"""Integrity on every read: a clip whose bytes fail their crc32c is never served.
+
+The reader raises CorruptClipError naming the store, split, row and id; the loaders (both
+backends) leave the clip out of its batch with a warning and count it, or raise with
+on_corrupt="raise". Each test flips bytes inside one clip's chunk of a real shard file.
+"""
+
+import logging
+import pickle
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from c2fdata import store as st
+from c2fdata.features import FbankConfig
+from c2fdata.pipeline import PipelineConfig, dali_available, make_loader
+from c2fdata.pipeline.sampling import missing_clips
+from c2fdata.reader import CorruptClipError, StoreReader
+from c2fdata.shard_io import ShardedClipReader
+from c2fdata.verify import verify_store
+from c2fdata.vocab import Vocabulary
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
+BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]
+
+N_CLIPS, FRAMES, N_MELS, BLOCK = 21, 50, 16, 8  # shards of 8, 8 and 5 clips
+BAD = 9  # row of the corrupted clip: the second clip of shard 1
+NAMES = ["dog", "cat", "bird"]
+
+
+def features(n=N_CLIPS, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(-4, 3, (n, FRAMES, N_MELS)).astype(np.float16)
+    frames = rng.integers(20, FRAMES + 1, n)
+    for i in range(n):
+        feats[i, frames[i]:] = 0
+    return feats, frames
+
+
+def make_store(path):
+    feats, frames = features()
+    st.create_store_from_arrays(
+        path, dataset="toy", vocabulary=Vocabulary.from_names(NAMES), multi_label=False,
+        splits={"train": dict(features=feats, frames=frames, labels=[[NAMES[i % 3]] for i in range(N_CLIPS)],
+                              ids=[f"clip{i}" for i in range(N_CLIPS)])},
+        fbank=FbankConfig(n_mels=N_MELS), block_clips=BLOCK,
+    )
+    return path
+
+
+def shard_file(path, split="train", block=BAD // BLOCK):
+    return path / split / "features" / "c" / str(block) / "0" / "0"
+
+
+def clip_offset(path, row):
+    """(offset, nbytes) of row's chunk inside its shard, from the shard's index (at the end)."""
+    data = shard_file(path, block=row // BLOCK).read_bytes()
+    index = np.frombuffer(data[-(16 * BLOCK + 4):-4], "<u8").reshape(BLOCK, 2)
+    return int(index[row % BLOCK, 0]), int(index[row % BLOCK, 1])
+
+
+def flip(path, row, at=(10, 11)):
+    """Flip bytes inside row's data: values stay finite, the shape stays right."""
+    offset, _ = clip_offset(path, row)
+    f = shard_file(path, block=row // BLOCK)
+    data = bytearray(f.read_bytes())
+    for k in at:
+        data[offset + k] ^= 0x04
+    f.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("integrity") / "clean")
+
+
+@pytest.fixture(scope="module")
+def corrupt(clean, tmp_path_factory):
+    path = tmp_path_factory.mktemp("integrity") / "corrupt"
+    shutil.copytree(clean, path)
+    flip(path, BAD)
+    return path
+
+
+# -- reader -----------------------------------------------------------------------------------
+def test_the_flip_is_silent_without_the_check(corrupt):
+    """The corruption keeps shape and finite values: only the checksum can tell."""
+    x = ShardedClipReader(corrupt / "train" / "features").read(BAD, check=False)
+    assert x.shape == (FRAMES, N_MELS) and np.isfinite(x).all()
+    assert not np.array_equal(x, features()[0][BAD])
+
+
+@pytest.mark.parametrize("path", ["direct", "zarr"])
+def test_reader_raises_naming_store_split_row_and_id(corrupt, monkeypatch, path):
+    if path == "zarr":  # the fallback path for layouts the direct reader does not take
+        monkeypatch.setattr(ShardedClipReader, "supports", staticmethod(lambda _: False))
+    r = StoreReader(corrupt, "train")
+    with pytest.raises(CorruptClipError) as info:
+        r[BAD]
+    err = info.value
+    msg = str(err)
+    assert str(corrupt) in msg and "split 'train', row 9" in msg and "'clip9'" in msg
+    assert "checksum" in msg and f"c2fdata verify {corrupt}" in msg and "block 1" in msg
+    assert "No c2fdata command resets a block" in msg and "re-run the same `c2fdata build" in msg
+    assert (err.path, err.split, err.row, err.clip_id) == (str(corrupt), "train", BAD, "clip9")
+    assert isinstance(err, ValueError)
+    with pytest.raises(CorruptClipError, match="row 9"):
+        r.read_batch([BAD - 1, BAD])
+    feats, frames = features()
+    for i in set(range(BLOCK, 2 * BLOCK)) - {BAD}:  # the rest of the shard still reads
+        x, n, _ = r[i]
+        np.testing.assert_array_equal(x, feats[i])
+        assert n == frames[i]
+
+
+def test_error_pickles_with_its_fields(corrupt):
+    with pytest.raises(CorruptClipError) as info:
+        StoreReader(corrupt, "train")[BAD]
+    back = pickle.loads(pickle.dumps(info.value))
+    assert str(back) == str(info.value) and (back.split, back.row, back.clip_id) == ("train", BAD, "clip9")
+    assert str(CorruptClipError("only a message")) == "only a message"  # as torch rebuilds it
+
+
+@pytest.mark.parametrize("path", ["direct", "zarr"])
+def test_corrupt_shard_index_fails_every_clip_of_its_shard_only(clean, tmp_path, monkeypatch, path):
+    if path == "zarr":
+        monkeypatch.setattr(ShardedClipReader, "supports", staticmethod(lambda _: False))
+    store = tmp_path / "s"
+    shutil.copytree(clean, store)
+    f = shard_file(store)
+    data = bytearray(f.read_bytes())
+    data[-20] ^= 0x01  # inside the index: an offset no longer checks out
+    f.write_bytes(bytes(data))
+    r = StoreReader(store, "train")
+    for i in range(BLOCK, 2 * BLOCK):
+        with pytest.raises(CorruptClipError, match=f"row {i} "):
+            r[i]
+    feats, _ = features()
+    for i in (0, BLOCK - 1, 2 * BLOCK, N_CLIPS - 1):
+        np.testing.assert_array_equal(r[i][0], feats[i])
+
+
+def test_the_rebuild_recipe_in_the_message_works(corrupt, tmp_path):
+    store = tmp_path / "s"
+    shutil.copytree(corrupt, store)
+    with pytest.raises(CorruptClipError) as info:
+        StoreReader(store, "train")[BAD]
+    snippet = re.search(r'python -c "([^"]+)"', str(info.value)).group(1)
+    exec(snippet, {})  # what the message tells a user to run
+    group = zarr.open_group(str(store), mode="r+")
+    assert st.pending_blocks(group, "train") == [1]  # the build resumes exactly this block
+    assert len(StoreReader(store, "train")) == N_CLIPS - BLOCK  # pending clips are not served
+    # ... and recomputes it as `c2fdata build` does: write_block, then finalize
+    feats, frames = features()
+    s, e = BLOCK, 2 * BLOCK
+    real = np.concatenate([feats[i, :frames[i]].astype(np.float32) for i in range(s, e)])
+    sums = np.array([real.sum(), np.square(real, dtype=np.float64).sum(), real.size])
+    st.write_block(group, "train", 1, feats[s:e], frames[s:e], np.full(e - s, st.OK, np.uint8), [""] * (e - s), sums)
+    assert st.finalize(group, store) is not None
+    np.testing.assert_array_equal(StoreReader(store, "train")[BAD][0], feats[BAD])
+    assert verify_store(store) == []
+
+
+def test_verify_names_the_block_to_rebuild(corrupt):
+    problems = verify_store(corrupt)
+    assert len(problems) == 1
+    assert "row 9" in problems[0] and "checksum" in problems[0] and "block 1" in problems[0]
+
+
+# -- loaders ----------------------------------------------------------------------------------
+def cfg(store, backend, **kw):
+    base = dict(batch_size=4, shuffle=True, seed=3, method="fshift", factor=2, target_frames=40,
+                random_crop=True, random_offset=True, time_mask_frames=8, freq_mask_bins=4,
+                num_workers=0, backend=backend)
+    return PipelineConfig(store, "train", **(base | kw))
+
+
+def collect(loader, epochs=1):
+    return [[{k: v.cpu() for k, v in b.items()} for b in loader] for _ in range(epochs)]
+
+
+def without(batch, clip):
+    keep = batch["index"] != clip
+    return {k: v[keep] for k, v in batch.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(clean):
+    """Two epochs of the clean store (torch backend, in process)."""
+    with make_loader(cfg(clean, "torch")) as loader:
+        return collect(loader, 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loaders_skip_warn_and_count(corrupt, reference, caplog, backend, workers):
+    caplog.set_level(logging.WARNING, logger="c2fdata")
+    with make_loader(cfg(corrupt, backend, num_workers=workers)) as loader:
+        got = collect(loader, 2)
+        assert loader.skipped_clips == [("train", BAD), ("train", BAD)]  # once per epoch
+    # every batch: the clean one less the corrupt clip, every other sample with its own draws
+    for epoch, (ref, out) in enumerate(zip(reference, got)):
+        assert len(ref) == len(out)
+        short = 0
+        for a, b in zip(ref, out):
+            expected = without(a, BAD)
+            short += len(expected["index"]) < len(a["index"])
+            for key in a:
+                assert b[key].dtype == a[key].dtype and torch.equal(b[key], expected[key]), (epoch, key)
+        assert short == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "corrupt clip skipped" in r.message]
+    assert len(warnings) == 2
+    assert all(str(corrupt) in w.message and "split 'train', row 9" in w.message for w in warnings)
+
+
+@needs_dali
+def test_backends_serve_identical_batches_around_a_corrupt_clip(corrupt):
+    out = {}
+    for backend in ("dali", "torch"):
+        with make_loader(cfg(corrupt, backend, num_workers=2)) as loader:
+            out[backend] = collect(loader, 2)
+            assert loader.skipped_clips == [("train", BAD)] * 2
+    for ea, eb in zip(out["dali"], out["torch"]):
+        assert len(ea) == len(eb)
+        for a, b in zip(ea, eb):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_loaders_skip_and_count_like_the_cpu_loader(corrupt, backend):
+    """device="gpu": the index is on the GPU, read back only for a short batch."""
+    cpu = collect(make_loader(cfg(corrupt, "torch")))
+    with make_loader(cfg(corrupt, backend, device="gpu", num_workers=1)) as loader:
+        served = list(loader)
+        assert all(v.is_cuda for b in served for v in b.values())
+        assert loader.skipped_clips == [("train", BAD)]
+    for g, c in zip(served, cpu[0], strict=True):
+        torch.testing.assert_close(g["features"].cpu(), c["features"], rtol=1e-6, atol=1e-6)
+        assert torch.equal(g["index"].cpu(), c["index"]) and torch.equal(g["labels"].cpu(), c["labels"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_on_corrupt_raise_raises(corrupt, backend, workers):
+    with make_loader(cfg(corrupt, backend, num_workers=workers, on_corrupt="raise")) as loader:
+        with pytest.raises(CorruptClipError, match="split 'train', row 9"):
+            collect(loader)
+        assert loader.skipped_clips == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_batch_of_corrupt_clips_only_raises_even_when_skipping(corrupt, backend, workers):
+    with make_loader(cfg(corrupt, backend, batch_size=1, shuffle=False, num_workers=workers)) as loader:
+        batches = []
+        with pytest.raises(CorruptClipError, match="every clip of batch 9 .* is corrupt"):
+            for b in loader:
+                batches.append(b)
+        assert len(batches) <= BAD  # the batches before it (DALI may prefetch past a few)
+
+
+def test_bad_on_corrupt_setting_fails_clearly(corrupt):
+    with pytest.raises(ValueError, match="on_corrupt must be one of"):
+        PipelineConfig(corrupt, on_corrupt="ignore")
+
+
+@pytest.mark.parametrize("expected, served, missing", [
+    ([3, 9, 4], [3, 4], [9]),
+    ([9, 1, 9, 2], [1, 2], [9, 9]),  # balanced sampling draws a clip twice
+    ([5, 6], [5, 6], []),
+])
+def test_missing_clips(expected, served, missing):
+    assert missing_clips(np.array(expected), np.array(served)) == missing
+
+
+def test_missing_clips_refuses_what_the_plan_does_not_hold():
+    with pytest.raises(ValueError, match="subsequence"):
+        missing_clips(np.array([1, 2]), np.array([2, 1]))
