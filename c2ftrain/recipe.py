@@ -159,8 +159,12 @@ class DataSpec:
     # dtype of the features the loader hands over: float32, or float16 / bfloat16 (half the bytes
     # to copy; a bf16-autocast model on the GPU casts float32 input anyway)
     output_dtype: str = "float32"
+    # a clip whose checksum fails: "skip" it (a warning; counted as skipped_clips) or "raise"
+    on_corrupt: str = "skip"
 
     def __post_init__(self):
+        if self.on_corrupt not in ("skip", "raise"):
+            raise RecipeError(f"data.on_corrupt must be \"skip\" or \"raise\", got {self.on_corrupt!r}")
         if self.output_dtype not in ("float32", "float16", "bfloat16"):
             raise RecipeError(f"data.output_dtype must be float32, float16 or bfloat16, got {self.output_dtype!r}")
         if (self.norm_mean is None) != (self.norm_std is None):
