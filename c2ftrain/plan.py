@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from c2ftrain.model import AST
-from c2ftrain.phases import Resolution, full_resolution, resolution
+from c2ftrain.phases import Resolution, flops_per_sample, full_resolution, resolution
 from c2ftrain.recipe import Phase, Recipe
 from c2ftrain.schedule import Span, lr_at, spans
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
@@ -25,22 +25,12 @@ from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
 MEASURE_STEPS = 3  # timed train steps per resolution (after one untimed warm-up step)
 
 
-def phase_flops_per_sample(cfg, phase: Phase) -> float:
-    """Training FLOPs of one sample in `phase`; the expectation over factors for a mixed phase."""
-    if not phase.mixed:
-        return resolution(cfg, phase).train_flops_per_sample(cfg)
-    weights = phase.factor_weights or (1.0,) * len(phase.factors)
-    total = sum(weights)
-    return sum(w / total * resolution(cfg, phase, c).train_flops_per_sample(cfg)
-               for c, w in zip(phase.factors, weights))
-
-
 def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> list[dict]:
     cfg, rows = trainer.cfg, []
     for i, span in enumerate(run_spans):
         phase, res = span.phase, resolution(cfg, span.phase)
         batch = phase.batch_size or recipe.data.batch_size
-        per_sample = phase_flops_per_sample(cfg, phase)
+        per_sample = flops_per_sample(cfg, phase)
         for e in range(span.epochs):
             first = span.first_step + e * span.steps_per_epoch
             steps = min(span.steps_per_epoch, span.steps - e * span.steps_per_epoch)

@@ -19,6 +19,7 @@ from c2fdata.compress import METHODS as LOADER_METHODS
 METHODS = LOADER_METHODS + ("patch",)
 SCHEDULES = ("cosine", "constant", "step")
 LR_SCOPES = ("phase", "run")
+UNTIL = ("length", "plateau", "budget")
 
 
 class RecipeError(ValueError):
@@ -40,20 +41,41 @@ class Phase:
     # resolution. `factor` must be the largest of them. Frame-Shift and Pooling only.
     factors: tuple[int, ...] = ()
     factor_weights: tuple[float, ...] = ()
+    # How the phase ends: "length" (its epochs/steps); "plateau" (a coarse phase ends once its
+    # own-resolution validation metric has not improved by min_delta for `patience` evaluations,
+    # `epochs` at most); "budget" (the last phase: whatever the recipe's budget_full_epochs leaves)
+    until: str = "length"
+    patience: int = 2
+    min_delta: float = 0.0
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise RecipeError(f"phase method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
-        if not isinstance(self.factor, int) or self.factor < 1:
-            raise RecipeError(f"phase factor must be an integer >= 1, got {self.factor!r}")
-        if self.method == "none" and self.factor != 1:
-            raise RecipeError(f"method 'none' means full resolution; factor must be 1, got {self.factor}")
+        if self.until not in UNTIL:
+            raise RecipeError(f"phase until must be one of {UNTIL}, got {self.until!r}")
+        if self.until == "budget":
+            if self.epochs is not None or self.steps is not None:
+                raise RecipeError("a phase with until = \"budget\" takes its length from budget_full_epochs: "
+                                  "remove its epochs/steps")
+            return self._check_method()
+        if self.until == "plateau" and (self.epochs is None or self.full_resolution or self.factors):
+            raise RecipeError("until = \"plateau\" is for a coarse phase (factor > 1, not mixed) with "
+                              "epochs = the most it may last")
+        if self.patience < 1:
+            raise RecipeError(f"phase patience must be >= 1 evaluation, got {self.patience}")
+        self._check_method()
         if (self.epochs is None) == (self.steps is None):
             raise RecipeError(f"a phase needs exactly one of epochs or steps, got epochs={self.epochs}, steps={self.steps}")
         if (self.epochs or self.steps or 0) < 1:
             raise RecipeError(f"phase length must be >= 1, got epochs={self.epochs}, steps={self.steps}")
         if self.factors or self.factor_weights:
             self._check_mixed()
+
+    def _check_method(self) -> None:
+        if self.method not in METHODS:
+            raise RecipeError(f"phase method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.factor, int) or self.factor < 1:
+            raise RecipeError(f"phase factor must be an integer >= 1, got {self.factor!r}")
+        if self.method == "none" and self.factor != 1:
+            raise RecipeError(f"method 'none' means full resolution; factor must be 1, got {self.factor}")
 
     def _check_mixed(self) -> None:
         where = f"phase {self.method} C={self.factor}"
@@ -252,6 +274,9 @@ class Recipe:
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     seed: int = 0
     description: str = ""
+    # The run's training FLOPs in full-resolution epochs (e.g. 4.25: what 5 epochs at C = 4 and 3
+    # at full resolution cost); the phase with until = "budget" gets what the others leave.
+    budget_full_epochs: float | None = None
 
     def __post_init__(self):
         if not self.phases:
@@ -272,8 +297,23 @@ class Recipe:
                         f"phase {i + 1} ({p.label}) sets lr/warmup_steps, but optim.lr_scope = \"run\" runs one "
                         f"schedule over all phases (optim.lr, optim.warmup_steps); remove them or use lr_scope = \"phase\""
                     )
+        self._check_endings()
         if self.baseline.phases and not self.baseline.phases[-1].full_resolution:
             raise RecipeError("the baseline's last phase must be full resolution")
+
+    def _check_endings(self) -> None:
+        budget = [i for i, p in enumerate(self.phases) if p.until == "budget"]
+        if (self.budget_full_epochs is None) != (not budget):
+            raise RecipeError("budget_full_epochs and a last phase with until = \"budget\" go together")
+        if budget and budget != [len(self.phases) - 1]:
+            raise RecipeError("only the last phase may take until = \"budget\"")
+        if self.budget_full_epochs is not None and not self.budget_full_epochs > 0:
+            raise RecipeError(f"budget_full_epochs must be > 0, got {self.budget_full_epochs}")
+        adaptive = budget or any(p.until == "plateau" for p in self.phases)
+        if adaptive and not self.baseline.phases:
+            raise RecipeError("a recipe whose phases end by plateau or budget needs explicit [baseline] phases")
+        if any(p.until == "plateau" for p in self.phases) and self.eval.every_epochs != 1:
+            raise RecipeError("until = \"plateau\" watches every epoch's evaluation: set eval.every_epochs = 1")
 
     @property
     def baseline_phases(self) -> tuple[Phase, ...]:
@@ -335,8 +375,7 @@ def recipe_from_dict(d: dict, base_dir: Path | None = None) -> Recipe:
             "eval": _build(EvalSpec, d.pop("eval", {}), "eval"),
             "baseline": _build(BaselineSpec, baseline, "baseline"),
         }
-        recipe = _build(Recipe, {**d, "phases": phases}, "recipe")
-        return dataclasses.replace(recipe, **parts)
+        return _build(Recipe, {**d, "phases": phases, **parts}, "recipe")
     except RecipeError:
         raise
     except (TypeError, ValueError) as err:

@@ -28,8 +28,8 @@ from c2ftrain.evaluate import evaluate_loader
 from c2ftrain.metrics import metric_name
 from c2ftrain.init_weights import initialise
 from c2ftrain.model import AST, ASTConfig, ast_config
-from c2ftrain.phases import (Resolution, batch_factor, compress_batch, full_resolution, loader_phase, resolution,
-                             start_phase)
+from c2ftrain.phases import (Resolution, batch_factor, compress_batch, flops_per_sample, full_resolution,
+                             loader_phase, resolution, start_phase)
 from c2ftrain.recipe import Phase, Recipe
 from c2ftrain.schedule import Span, lr_at, spans
 
@@ -57,6 +57,7 @@ class PhaseRecord:
     wall_s: float = 0.0  # training time, evaluation and checkpoints excluded
     data_s: float = 0.0  # time waiting for the loader (inside wall_s)
     metric: float | None = None  # last full-resolution evaluation in this phase
+    ended: str = ""  # "" while it runs; then "length" (its epochs/steps) or "plateau"
 
     @property
     def data_loading_share(self) -> float:
@@ -269,9 +270,31 @@ class PhaseTrainer:
         """Corrupt clips a loader skipped (each with a warning), kept for the run's report."""
         self.skipped_clips += len(getattr(loader, "skipped_clips", ()))
 
-    def spans(self) -> list[Span]:
-        """Every phase's first step and epoch and its length, from its loader's batches per epoch."""
-        return spans(self.phases, [len(self.train_loader(p)) for p in self.phases])
+    def spans(self, state: RunState | None = None) -> list[Span]:
+        """Every phase's first step and epoch and its length, from its loader's batches per epoch.
+        Phases that have ended count at their real length (a plateau may end one early), and a
+        last phase with until = "budget" gets the training FLOPs the others leave."""
+        phases = list(self.phases)
+        ended = {r.index: r for r in state.records if r.ended} if state else {}
+        for i, r in ended.items():
+            phases[i] = dataclasses.replace(phases[i], until="length", epochs=None, steps=r.steps)
+        per_epoch = [len(self.train_loader(p)) for p in phases]
+        if phases[-1].until == "budget":
+            phases[-1] = dataclasses.replace(phases[-1], until="length", steps=self._budget_steps(phases, ended, per_epoch))
+        return spans(tuple(phases), per_epoch)
+
+    def _budget_steps(self, phases: list[Phase], ended: dict, per_epoch: list[int]) -> int:
+        """Steps of the last phase: the recipe's budget (in full-resolution epochs of the last
+        phase's batches) minus what the other phases spent (ended) or will spend (planned)."""
+        full = full_resolution(self.cfg).train_flops_per_sample(self.cfg)
+        batch = lambda p: p.batch_size or self.recipe.data.batch_size  # noqa: E731  (global samples)
+        step_cost = batch(phases[-1]) * full
+        spent = 0.0
+        for i, p in enumerate(phases[:-1]):
+            planned = (p.steps or p.epochs * per_epoch[i]) * batch(p) * flops_per_sample(self.cfg, p)
+            spent += ended[i].flops if i in ended else planned
+        rest = self.recipe.budget_full_epochs * per_epoch[-1] * step_cost - spent
+        return max(1, round(rest / step_cost))
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_full_resolution(self, model: AST, loader) -> dict:
@@ -348,11 +371,11 @@ class PhaseTrainer:
             if self.dist.is_main and (self.out / "metrics.jsonl").exists():
                 (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
         model.to(self.device)
-        run_spans = self.spans()
         eval_loader, optimizer = self.eval_loader(), None
         try:
             for pi in range(state.progress.phase, len(self.phases)):
-                phase = self.phases[pi]
+                run_spans = self.spans(state)  # again at each phase: an earlier one may have ended early
+                phase = run_spans[pi].phase
                 loader = self.train_loader(phase)
                 res, optimizer = start_phase(phase, model, optimizer, loader,
                                              lambda: make_optimizer(self.recipe, model, self.recipe.optim.lr),
@@ -410,7 +433,7 @@ class PhaseTrainer:
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
-        while p.epoch < span.epochs and p.phase_step < span.steps:
+        while not state.record.ended and p.epoch < span.epochs and p.phase_step < span.steps:
             self._train_epoch(net, model, optimizer, loader, run_spans, state, res)
             state.record.epochs += 1
             p.epoch, p.batch = p.epoch + 1, 0
@@ -419,8 +442,23 @@ class PhaseTrainer:
                 entry = self._eval_entry(model, eval_loader, span.phase, state)
                 state.history.append(entry)
                 self._log(entry)
+            if last:
+                state.record.ended = "length"
+            elif self._plateaued(span.phase, state):
+                state.record.ended = "plateau"
             self._accumulate_average(model, state)
             self.save(model, optimizer, state)
+
+    def _plateaued(self, phase: Phase, state: RunState) -> bool:
+        """until = "plateau": the phase's own-resolution metric has not improved by min_delta over
+        its best before the last `patience` evaluations."""
+        if phase.until != "plateau":
+            return False
+        values = [h["metrics_at_phase_resolution"][self.metric_name] for h in state.history
+                  if h["phase"] == state.progress.phase and "metrics_at_phase_resolution" in h]
+        if len(values) <= phase.patience:
+            return False
+        return max(values[-phase.patience:]) < max(values[:-phase.patience]) + phase.min_delta
 
     def _accumulate_average(self, model: AST, state: RunState) -> None:
         """Add this epoch's full-resolution weights to the running mean when the run epoch is in

@@ -327,3 +327,31 @@ def test_corrupt_clip_is_skipped_and_counted_in_the_outcome(toy_store, tmp_path)
     assert out.metrics["skipped_clips"] == 3  # the clip comes up once in each of the 3 epochs
     clean = PhaseTrainer(toy_recipe(toy_store), r.phases, tmp_path / "clean", "c2f", device="cpu").run()
     assert clean.metrics["skipped_clips"] == 0
+
+
+def test_plateau_ends_a_coarse_phase_and_the_budget_gives_the_rest(toy_store, tmp_path):
+    """until = "plateau" (patience 1, an improvement of 2.0 that accuracy can never make) ends
+    the coarse phase after 2 of its 6 epochs; the last phase (until = "budget") gets the FLOPs of
+    budget_full_epochs minus what the coarse phase spent; a resumed run agrees."""
+    from c2ftrain.phases import full_resolution
+
+    d = toy_recipe(toy_store).to_dict()
+    d["eval"]["checkpoint_every_steps"] = 0
+    d["budget_full_epochs"] = 2.0
+    d["phases"] = [{"method": "pool-avg", "factor": 4, "epochs": 6, "until": "plateau", "patience": 1,
+                    "min_delta": 2.0},
+                   {"method": "none", "factor": 1, "until": "budget", "reset_optimizer": False}]
+    d["baseline"] = {"phases": [{"method": "none", "factor": 1, "epochs": 2}]}
+    r = recipe_from_dict(d)
+    trainer = PhaseTrainer(r, r.phases, tmp_path / "run", "c2f", device="cpu")
+    out = trainer.run()
+    coarse, full = out.records
+    assert (coarse.ended, coarse.epochs, full.ended) == ("plateau", 2, "length")
+    per_step = 16 * full_resolution(trainer.cfg).train_flops_per_sample(trainer.cfg)  # batch 16
+    budget = 2.0 * 4 * per_step  # 4 steps per epoch
+    assert abs(coarse.flops + full.flops - budget) <= per_step / 2
+    assert full.steps == round((budget - coarse.flops) / per_step)
+    with pytest.raises(RecipeError, match="go together"):
+        recipe_from_dict({**d, "budget_full_epochs": None})
+    with pytest.raises(RecipeError, match="explicit \\[baseline\\]"):
+        recipe_from_dict({**d, "baseline": {}})
