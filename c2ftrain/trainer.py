@@ -449,6 +449,13 @@ class PhaseTrainer:
             self._accumulate_average(model, state)
             self.save(model, optimizer, state)
 
+    def _clock(self) -> float:
+        """perf_counter once the device has finished the queued work: CUDA runs asynchronously,
+        so an unsynchronised clock would stop before the last steps ran."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def _plateaued(self, phase: Phase, state: RunState) -> bool:
         """until = "plateau": the phase's own-resolution metric has not improved by min_delta over
         its best before the last `patience` evaluations."""
@@ -512,10 +519,10 @@ class PhaseTrainer:
                 self.on_event({"event": "step", "run": self.label, "phase": p.phase, "step": p.global_step,
                                "loss": float(loss), "lr": lr})
             if ckpt_every and p.global_step % ckpt_every == 0:
-                record.wall_s += time.perf_counter() - t_start  # checkpoint time is not training time
+                record.wall_s += self._clock() - t_start  # checkpoint time is not training time
                 record.data_s += data_s
                 self.save(model, optimizer, state)
                 t_start, data_s = time.perf_counter(), 0.0
             t_wait = time.perf_counter()
-        record.wall_s += time.perf_counter() - t_start
+        record.wall_s += self._clock() - t_start
         record.data_s += data_s
