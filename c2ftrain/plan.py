@@ -19,7 +19,7 @@ import torch
 from c2ftrain.model import AST
 from c2ftrain.phases import Resolution, flops_per_sample, full_resolution, resolution
 from c2ftrain.recipe import Phase, Recipe
-from c2ftrain.schedule import Span, lr_at, spans
+from c2ftrain.schedule import Span, lr_at
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
 
 MEASURE_STEPS = 3  # timed train steps per resolution (after one untimed warm-up step)

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from c2ftrain.model import (
     AST,
@@ -89,7 +88,7 @@ def test_preset_parameter_counts(preset, kw, width, depth):
     with torch.device("meta"):  # shapes only: no memory, no init time
         n = num_parameters(AST(cfg))
     assert n == expected_parameters(width, depth, cfg.grid(), cfg.num_classes)
-    if preset == "tiny":  # the demo model of DESIGN.md
+    if preset == "tiny":  # the demo recipe's model
         assert 1.8e6 < n < 2.0e6
     if preset == "base":  # AST-base on AudioSet: ~87 M
         assert 86e6 < n < 88e6
