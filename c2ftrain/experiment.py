@@ -22,9 +22,6 @@ from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
 from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, model_config
 
-RUNS = ("c2f", "baseline", "equal_flops")
-
-
 def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -50,9 +47,12 @@ def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
     from c2fdata.reader import StoreReader
 
     cfg = model_config(recipe, StoreReader(recipe.store, recipe.data.eval_split))
-    samples = c2f.flops / full_resolution(cfg).train_flops_per_sample(cfg)
-    steps = max(1, round(samples / recipe.data.batch_size))
-    return (Phase(method="none", factor=1, steps=steps),)
+    return (Phase(method="none", factor=1, steps=equal_flops_steps(cfg, c2f.flops, recipe.data.batch_size)),)
+
+
+def equal_flops_steps(cfg, flops: float, batch_size: int) -> int:
+    """Full-resolution steps of `batch_size` (global) samples that cost `flops` training FLOPs."""
+    return max(1, round(flops / full_resolution(cfg).train_flops_per_sample(cfg) / batch_size))
 
 
 def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = None, resume: bool = False,

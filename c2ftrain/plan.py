@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from c2ftrain.model import AST
-from c2ftrain.phases import Resolution, flops_per_sample, full_resolution, resolution
+from c2ftrain.phases import Resolution, flops_per_sample, resolution
 from c2ftrain.recipe import Phase, Recipe
 from c2ftrain.schedule import Span, lr_at
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
@@ -67,7 +67,7 @@ def seconds_per_step(trainer: PhaseTrainer, res: Resolution, batch: int) -> floa
 
 def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None = None) -> dict:
     """The plan of `c2ftrain run RECIPE` (see the module docstring) as a JSON-ready dict."""
-    from c2ftrain.experiment import check_recipe_against_store
+    from c2ftrain.experiment import check_recipe_against_store, equal_flops_steps
 
     check_recipe_against_store(recipe)
     out: dict = {"recipe": recipe.name, "runs": {}}
@@ -78,9 +78,7 @@ def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None 
             out["runs"][label] = _plan_run(recipe, phases, Path(tmp), label, measure, device, step_cost)
         if recipe.baseline.equal_flops:
             trainer = PhaseTrainer(recipe, recipe.baseline_phases, Path(tmp), "plan", device=device)
-            full = full_resolution(trainer.cfg)
-            steps = max(1, round(out["runs"]["c2f"]["flops"] / full.train_flops_per_sample(trainer.cfg)
-                                 / recipe.data.batch_size))
+            steps = equal_flops_steps(trainer.cfg, out["runs"]["c2f"]["flops"], recipe.data.batch_size)
             out["runs"]["equal_flops"] = _plan_run(recipe, (Phase(steps=steps),), Path(tmp), "equal_flops", measure,
                                                    device, step_cost)
     c2f, base = out["runs"]["c2f"], out["runs"]["baseline"]

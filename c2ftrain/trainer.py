@@ -492,6 +492,7 @@ class PhaseTrainer:
         ckpt_every = rc.eval.checkpoint_every_steps
         t_start = t_wait = time.perf_counter()
         data_s = 0.0
+        phase_flops = res.train_flops_per_sample(self.cfg)  # per sample; a mixed batch has its own
         for batch in loader.epoch_batches(span.first_epoch + p.epoch, p.batch):
             if p.phase_step >= span.steps:
                 break
@@ -501,7 +502,7 @@ class PhaseTrainer:
             lr = lr_at(rc.optim, run_spans, p.phase, p.global_step, span.first_epoch + p.epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            flops_per_sample = res.train_flops_per_sample(self.cfg)
+            flops_per_sample = phase_flops
             if span.phase.mixed:  # this batch's own C; the model resamples its table to fit
                 c = batch_factor(span.phase, rc.seed, span.first_epoch + p.epoch, p.batch)
                 x = compress_batch(x, span.phase, c, rc.seed, span.first_epoch + p.epoch, p.batch,
