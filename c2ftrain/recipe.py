@@ -20,6 +20,7 @@ METHODS = LOADER_METHODS + ("patch",)
 SCHEDULES = ("cosine", "constant", "step")
 LR_SCOPES = ("phase", "run")
 UNTIL = ("length", "plateau", "budget")
+MIXUP_PARTNERS = ("dataset", "batch")
 
 
 class RecipeError(ValueError):
@@ -157,7 +158,9 @@ class ModelSpec:
 class DataSpec:
     batch_size: int = 64  # global: under DDP each of W ranks takes batch_size / W (AST's 12 is global)
     eval_split: str = "eval"
-    train_split: str | None = None  # default: the store's train split
+    # default: the store's train split; a list trains on their union, read as one split
+    # (AudioSet full: ["balanced_train", "unbalanced_train"]; sampling weights over the union)
+    train_split: str | tuple[str, ...] | None = None
     extra_eval_splits: tuple[str, ...] = ()  # also evaluated at the end of each run
     backend: str = "auto"  # dali | torch | auto
     device: str = "auto"  # cpu | gpu | auto (gpu where CUDA is)
@@ -167,8 +170,18 @@ class DataSpec:
     random_offset: bool = True  # Frame-Shift: random first frame in [0, C)
     freq_mask_bins: int = 0  # SpecAugment (AST AudioSet: 48)
     time_mask_frames: int = 0  # in 10 ms frames, scaled by 1/C (AST AudioSet: 192)
-    mixup: float = 0.0  # probability of mixing a batch (AST AudioSet: 0.5)
+    # a masked cell: "ast", the normalised value of log-mel 0 (AST masks before normalising:
+    # +0.467 with AudioSet's constants); "zero": 0 after normalisation (the mean)
+    mask_value: str = "ast"
+    mixup: float = 0.0  # probability of mixing a sample (AST AudioSet: 0.5)
     mixup_alpha: float = 10.0  # Beta(alpha, alpha) mixing weights, as AST
+    # "dataset" (AST's): the partner is a clip drawn from the whole training set, mixed in the
+    # loader before crop, compression, normalisation and SpecAugment; "batch": another sample of
+    # the batch, mixed by the trainer on the served (compressed, normalised, masked) features
+    mixup_partner: str = "dataset"
+    # "features": l*a + (1-l)*b of log-mel values; "power": log(l e^a + (1-l) e^b), the mel power
+    # spectra mixed, closer to AST's waveform mixing; "power" needs mixup_partner = "dataset"
+    mixup_domain: str = "features"
     balanced: bool = False  # AudioSet balanced sampling: per label 1000 / (count + 0.01), as AST
     samples_per_epoch: int | None = None  # with balanced sampling
     # AST's normalisation (x - mean) / (2 std) with fixed constants (AudioSet -4.2677393 /
@@ -185,6 +198,15 @@ class DataSpec:
     on_corrupt: str = "skip"
 
     def __post_init__(self):
+        self._check_augmentation()
+        if self.train_split is not None:
+            from c2fdata.pipeline.splits import split_names
+
+            try:
+                names = split_names(self.train_split)
+            except ValueError as err:
+                raise RecipeError(f"data.train_split: {err}") from None
+            object.__setattr__(self, "train_split", names[0] if len(names) == 1 else names)
         if self.on_corrupt not in ("skip", "raise"):
             raise RecipeError(f"data.on_corrupt must be \"skip\" or \"raise\", got {self.on_corrupt!r}")
         if self.output_dtype not in ("float32", "float16", "bfloat16"):
@@ -197,6 +219,22 @@ class DataSpec:
             raise RecipeError(f"data.target_frames must be >= 1, got {self.target_frames}")
         if self.batch_size < 1:
             raise RecipeError(f"data.batch_size must be >= 1, got {self.batch_size}")
+
+    def _check_augmentation(self) -> None:
+        if self.mask_value not in ("ast", "zero"):
+            raise RecipeError(f"data.mask_value must be \"ast\" or \"zero\", got {self.mask_value!r}")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise RecipeError(f"data.mixup is a probability, got {self.mixup}")
+        if self.mixup and not self.mixup_alpha > 0:
+            raise RecipeError(f"data.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
+        if self.mixup_partner not in MIXUP_PARTNERS:
+            raise RecipeError(f"data.mixup_partner must be \"dataset\" or \"batch\", got {self.mixup_partner!r}")
+        if self.mixup_domain not in ("features", "power"):
+            raise RecipeError(f"data.mixup_domain must be \"features\" or \"power\", got {self.mixup_domain!r}")
+        if self.mixup_domain == "power" and self.mixup_partner != "dataset":
+            raise RecipeError("data.mixup_domain = \"power\" mixes log-mel values before normalisation, in the "
+                              "loader: it needs mixup_partner = \"dataset\" (\"batch\" mixes the served, "
+                              "normalised features)")
 
 
 @dataclass(frozen=True)
@@ -286,8 +324,6 @@ class Recipe:
                 f"the last phase must run at full resolution (factor 1) so that the final model is an "
                 f"ordinary AST; it is {self.phases[-1].label}. Add a [[phases]] with method='none'."
             )
-        if not 0.0 <= self.data.mixup <= 1.0:
-            raise RecipeError(f"data.mixup is a probability, got {self.data.mixup}")
         if self.data.backend not in ("auto", "dali", "torch") or self.data.device not in ("auto", "cpu", "gpu"):
             raise RecipeError(f"data.backend/device invalid: {self.data.backend!r}, {self.data.device!r}")
         if self.optim.lr_scope == "run":

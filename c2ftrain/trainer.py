@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from c2fdata.pipeline import PipelineConfig, make_loader
+from c2fdata.pipeline import PipelineConfig, make_loader, open_reader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.distributed import Dist, gather_cat
@@ -142,12 +142,15 @@ def rank_batch(batch_size: int, dist: Dist) -> int:
     return batch_size // dist.world_size
 
 
-def pipeline_config(recipe: Recipe, split: str, dist: Dist, device: str) -> PipelineConfig:
+def pipeline_config(recipe: Recipe, split: str | tuple[str, ...], dist: Dist, device: str) -> PipelineConfig:
     """The training loader's config: the recipe's [data] settings that the pipeline shares by name,
-    plus the run's seed, rank, device, and this rank's share of the global batch."""
+    plus the run's seed, rank, device, and this rank's share of the global batch. The loader
+    mixes only partners from the whole set (mixup_partner = "dataset"); "batch" is the trainer's."""
     data = recipe.data
     shared = {f.name for f in dataclasses.fields(PipelineConfig)} & {f.name for f in dataclasses.fields(data)}
     settings = {name: getattr(data, name) for name in shared - {"device", "batch_size"}}
+    if data.mixup_partner != "dataset":
+        settings["mixup"] = 0.0
     return PipelineConfig(
         store=recipe.store, split=split, shuffle=True, seed=recipe.seed, drop_last=dist.enabled,
         num_samples=data.samples_per_epoch, rank=dist.rank, world_size=dist.world_size,
@@ -171,10 +174,11 @@ def make_optimizer(recipe: Recipe, model: torch.nn.Module, lr: float) -> torch.o
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, alpha: float, n_classes: int, gen: torch.Generator):
-    """Mixup on the loaded (compressed, normalised) features: each sample, with probability
-    `prob`, is mixed with another sample of the batch, lambda ~ Beta(alpha, alpha) per sample,
-    and its (one-hot or multi-hot) target mixed with the same lambda. AST mixes waveforms before
-    fbank; mixing log-mel features is the cheap stand-in that works at any compression."""
+    """In-batch mixup (data.mixup_partner = "batch") on the served (compressed, normalised,
+    masked) features: each sample, with probability `prob`, is mixed with another sample of the
+    batch, lambda ~ Beta(alpha, alpha) per sample, and its (one-hot or multi-hot) target mixed
+    with the same lambda. AST's mixup, a partner from the whole set mixed before everything else,
+    is the loader's (c2fdata/pipeline/mixup.py)."""
     if y.ndim == 1:
         y = F.one_hot(y, n_classes).float()
     if prob <= 0:
@@ -233,13 +237,14 @@ class PhaseTrainer:
         self.on_event = on_event or (lambda e: None)
         data = recipe.data
         self.eval_reader = StoreReader(recipe.store, data.eval_split)
-        self.reader = StoreReader(recipe.store, data.train_split or self.eval_reader.attrs["train_split"])
+        # several training splits are read as one (their union: indices, weights, mixup partners)
+        self.reader = open_reader(recipe.store, data.train_split or self.eval_reader.attrs["train_split"])
         self.multi_label = self.reader.multi_label
         self.metric_name = metric_name(self.multi_label)
         self.cfg = model_config(recipe, self.reader)
         recipe.check_against(self.cfg.target_frames, self.cfg.n_mels, self.cfg.patch_size)
         loader_device = data.device if data.device != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
-        self.base = pipeline_config(recipe, self.reader.split, dist, loader_device)
+        self.base = pipeline_config(recipe, data.train_split or self.reader.split, dist, loader_device)
         self._loaders: dict[int, object] = {}
         self.skipped_clips = 0  # corrupt clips skipped by this process's loaders (never trained on)
 
@@ -508,7 +513,7 @@ class PhaseTrainer:
                 x = compress_batch(x, span.phase, c, rc.seed, span.first_epoch + p.epoch, p.batch,
                                    rc.data.random_offset)  # (B, T/C, F)
                 flops_per_sample = resolution(self.cfg, span.phase, c).train_flops_per_sample(self.cfg)
-            if rc.data.mixup > 0:
+            if rc.data.mixup > 0 and rc.data.mixup_partner == "batch":  # "dataset": mixed by the loader
                 gen = torch.Generator().manual_seed(rc.seed * MIXUP_SEED_STRIDE + p.global_step)
                 x, y = mixup(x, y, rc.data.mixup, rc.data.mixup_alpha, self.cfg.num_classes, gen)
             loss = train_step(net, optimizer, x, y, self.multi_label, rc.optim.clip_grad_norm,

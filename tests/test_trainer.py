@@ -125,11 +125,18 @@ def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
     assert all(p is not old for g in opt.param_groups for p in g["params"] for old, _, _ in replaced)
 
 
-def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
+MIXUPS = {"dataset": dict(mixup=0.5, mixup_partner="dataset", mixup_domain="power", freq_mask_bins=8),
+          "batch": dict(mixup=0.5, mixup_partner="batch")}
+
+
+@pytest.mark.parametrize("partner", list(MIXUPS))
+def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner):
     """Kill the run (SIGKILL) right after the checkpoint at step 6, mid-phase 2 and mid-epoch;
-    `--resume` ends with exactly the metrics of an uninterrupted run (mixup on: its draws must
-    not depend on what else drew from torch's global generator)."""
-    ref = PhaseTrainer(toy_recipe(toy_store, mixup=0.5), toy_recipe(toy_store, mixup=0.5).phases, tmp_path / "ref",
+    `--resume` ends with exactly the metrics of an uninterrupted run (mixup on, its partner from
+    the whole set (the loader's draws) or from the batch (the trainer's): its draws must not
+    depend on what else drew from torch's global generator)."""
+    mix = MIXUPS[partner]
+    ref = PhaseTrainer(toy_recipe(toy_store, **mix), toy_recipe(toy_store, **mix).phases, tmp_path / "ref",
                        "c2f", device="cpu").run()
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
@@ -145,14 +152,14 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path):
             if payload["progress"]["global_step"] == 6:
                 os.kill(os.getpid(), signal.SIGKILL)
         tr.save_checkpoint = save_then_die
-        r = toy_recipe({str(toy_store)!r}, mixup=0.5)
+        r = toy_recipe({str(toy_store)!r}, **{mix!r})
         tr.PhaseTrainer(r, r.phases, {str(out)!r}, "c2f", device="cpu").run()
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["progress"] == {"phase": 1, "epoch": 0, "batch": 2, "phase_step": 2, "global_step": 6}
-    resumed = PhaseTrainer(toy_recipe(toy_store, mixup=0.5), toy_recipe(toy_store, mixup=0.5).phases, out, "c2f",
+    resumed = PhaseTrainer(toy_recipe(toy_store, **mix), toy_recipe(toy_store, **mix).phases, out, "c2f",
                            device="cpu").run(resume=True)
     assert [h["metrics"] for h in resumed.history] == [h["metrics"] for h in ref.history]
     a = load_checkpoint(out / "final.pt")["model"]
@@ -355,3 +362,21 @@ def test_plateau_ends_a_coarse_phase_and_the_budget_gives_the_rest(toy_store, tm
         recipe_from_dict({**d, "budget_full_epochs": None})
     with pytest.raises(RecipeError, match="explicit \\[baseline\\]"):
         recipe_from_dict({**d, "baseline": {}})
+
+
+def test_mixup_partner_decides_who_mixes(toy_store):
+    """"dataset" (AST's): the loader mixes, the trainer does not; "batch": the trainer mixes the
+    served features and the loader serves them unmixed; "power" needs the loader's partner."""
+    from c2ftrain.distributed import Dist
+    from c2ftrain.trainer import pipeline_config
+
+    dataset = pipeline_config(toy_recipe(toy_store, mixup=0.5, mixup_domain="power"), "train", Dist(), "cpu")
+    assert (dataset.mixup, dataset.mixup_domain, dataset.mask_value) == (0.5, "power", "ast")
+    batch = pipeline_config(toy_recipe(toy_store, mixup=0.5, mixup_partner="batch"), "train", Dist(), "cpu")
+    assert batch.mixup == 0.0
+    with pytest.raises(RecipeError, match="needs mixup_partner = \"dataset\""):
+        toy_recipe(toy_store, mixup=0.5, mixup_partner="batch", mixup_domain="power")
+    for bad, message in ((dict(mixup_partner="epoch"), "mixup_partner"), (dict(mask_value="mean"), "mask_value"),
+                         (dict(mixup_domain="wave"), "mixup_domain"), (dict(mixup=0.5, mixup_alpha=0), "mixup_alpha")):
+        with pytest.raises(RecipeError, match=message):
+            toy_recipe(toy_store, **bad)

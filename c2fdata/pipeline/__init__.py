@@ -16,17 +16,19 @@ from __future__ import annotations
 from c2fdata.pipeline.config import PipelineConfig
 from c2fdata.pipeline.loader import OUTPUTS, Loader, dali_available, resolve_backend
 from c2fdata.pipeline.sampling import EpochPlan, balanced_weights
+from c2fdata.pipeline.splits import SplitsReader, open_reader
 
 __all__ = [
     "PipelineConfig", "Loader", "make_loader", "resolve_backend", "dali_available", "balanced_weights",
-    "EpochPlan", "OUTPUTS",
+    "EpochPlan", "OUTPUTS", "SplitsReader", "open_reader",
 ]
 
 
 def make_loader(cfg: PipelineConfig, reader=None) -> Loader:
     """The loader for cfg on its backend (see `resolve_backend`).
 
-    reader: an open `StoreReader` of cfg's store and split, to share one scan between loaders.
+    reader: an open reader of cfg's store and split(s) (`open_reader`), to share one scan between
+    loaders.
     """
     backend = resolve_backend(cfg)
     if backend == "dali":

@@ -7,25 +7,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from c2fdata.compress import METHODS, check_phase, compressed_frames
+from c2fdata.pipeline.splits import split_names
 
 DEVICES = ("cpu", "gpu")
 BACKENDS = ("dali", "torch", "auto")
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 ON_CORRUPT = ("skip", "raise")
+MASK_VALUES = ("ast", "zero")
+MIXUP_DOMAINS = ("features", "power")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """Store split -> batches of `features (B, target_frames // factor, n_mels)` in output_dtype.
 
-    Augmentation (random crop, random Frame-Shift offset, SpecAugment) is off by default, which
-    is what evaluation wants; a training config turns it on. Every random choice is a function of
-    (seed, epoch, position of the draw in the epoch), so it is the same on both backends and for
-    any number of workers or shards.
+    Augmentation (random crop, random Frame-Shift offset, SpecAugment, mixup) is off by default,
+    which is what evaluation wants; a training config turns it on. Every random choice is a
+    function of (seed, epoch, position of the draw in the epoch), so it is the same on both
+    backends and for any number of workers or shards.
     """
 
     store: str | Path  # path of a c2f feature store
-    split: str = "train"
+    split: str | tuple[str, ...] = "train"  # several: their clips read as one split (splits.py)
     # phase
     method: str = "none"  # none | fshift | pool-avg | pool-max
     factor: int = 1  # compression factor C along time
@@ -42,6 +45,16 @@ class PipelineConfig:
     random_offset: bool = False  # fshift: random first frame in [0, C) (else 0)
     freq_mask_bins: int = 0  # SpecAugment frequency mask, widest in mel bins; 0: off
     time_mask_frames: int = 0  # SpecAugment time mask, widest in 10 ms frames (scaled by 1/C)
+    # what a masked cell holds: "ast", log-mel 0 normalised, (0 - mean) / (2 std) (AST masks the
+    # fbank with 0, then normalises: +0.467 with AudioSet's constants; the value padding gets too);
+    # "zero": 0 after normalisation, the mean
+    mask_value: str = "ast"
+    # mixup, AST's: each sample, with probability `mixup`, is mixed with a partner drawn uniformly
+    # from the whole split, lambda ~ Beta(alpha, alpha), before anything else (mixup.py); labels
+    # are then served as (K,) float32 targets, l * y_a + (1 - l) * y_b
+    mixup: float = 0.0
+    mixup_alpha: float = 10.0
+    mixup_domain: str = "features"  # features: l*a + (1-l)*b of log-mel values; power: log(l e^a + (1-l) e^b)
     # normalisation, AST's (x - mean) / (2 std)
     normalize: bool = True
     norm_mean: float | None = None  # None: the store's train-split statistics
@@ -61,6 +74,8 @@ class PipelineConfig:
     on_corrupt: str = "skip"  # skip | raise
 
     def __post_init__(self):
+        names = split_names(self.split)
+        object.__setattr__(self, "split", names[0] if len(names) == 1 else names)  # hashable, one form
         check_phase(self.method, self.factor)
         if self.target_frames is not None:
             compressed_frames(self.target_frames, self.method, self.factor)
@@ -87,6 +102,14 @@ class PipelineConfig:
             raise ValueError("give both norm_mean and norm_std, or neither (the store's stats)")
         if self.norm_std is not None and not self.norm_std > 0:
             raise ValueError(f"norm_std must be > 0, got {self.norm_std}")
+        if self.mask_value not in MASK_VALUES:
+            raise ValueError(f"mask_value must be one of {MASK_VALUES}, got {self.mask_value!r}")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.mixup and not self.mixup_alpha > 0:
+            raise ValueError(f"mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
+        if self.mixup_domain not in MIXUP_DOMAINS:
+            raise ValueError(f"mixup_domain must be one of {MIXUP_DOMAINS}, got {self.mixup_domain!r}")
 
     @property
     def out_frames(self) -> int:
@@ -97,7 +120,8 @@ class PipelineConfig:
 
     @property
     def augments(self) -> bool:
-        return bool(self.random_crop or self.random_offset or self.freq_mask_bins or self.time_mask_frames)
+        return bool(self.random_crop or self.random_offset or self.freq_mask_bins or self.time_mask_frames
+                    or self.mixup)
 
     def replace(self, **changes) -> "PipelineConfig":
         """A validated copy with some fields changed."""
@@ -110,7 +134,7 @@ class PipelineConfig:
         """Same phase and store, fixed order, every clip once, no augmentation."""
         return self.replace(
             shuffle=False, drop_last=False, balanced=False, num_samples=None, random_crop=False,
-            random_offset=False, freq_mask_bins=0, time_mask_frames=0,
+            random_offset=False, freq_mask_bins=0, time_mask_frames=0, mixup=0.0,
         )
 
     def to_dict(self) -> dict:
@@ -136,4 +160,5 @@ def _non_negative(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
-__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS", "OUTPUT_DTYPES", "ON_CORRUPT"]
+__all__ = ["PipelineConfig", "METHODS", "DEVICES", "BACKENDS", "OUTPUT_DTYPES", "ON_CORRUPT", "MASK_VALUES",
+           "MIXUP_DOMAINS"]

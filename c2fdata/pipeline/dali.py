@@ -1,8 +1,8 @@
 """The DALI backend: one `@pipeline_def`; reading in a parallel external source, the rest as DALI ops.
 
-Reader processes (`num_workers`) run `DaliSource`, which reads whole batches from the store and
-draws their random parameters (sampling.py). The graph crops/pads, compresses, normalises and
-masks, on the GPU with device="gpu" (only reading stays on the CPU), else on `num_threads` CPU
+Reader processes (`num_workers`) run `DaliSource`, which reads whole batches from the store (and
+mixes them with their mixup partners) and draws their random parameters (sampling.py). The graph
+crops/pads, compresses, normalises and masks, on the GPU with device="gpu" (only reading stays on the CPU), else on `num_threads` CPU
 threads with `device_id=None`. The graph bakes in the phase (shapes depend on C), so each phase
 has its own pipeline; the loader keeps the last `MAX_LIVE_PIPELINES` of them built, and a new
 epoch (or a restart from any batch) on a built one only resets its iterator: building costs
@@ -28,7 +28,7 @@ from nvidia.dali import backend as dali_backend
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from c2fdata.pipeline.loader import OUTPUTS, Loader
+from c2fdata.pipeline.loader import OUTPUTS, Loader, mask_fill
 from c2fdata.pipeline.sampling import BatchSource, record_skipped
 from c2fdata.shard_io import CorruptClipError
 
@@ -89,10 +89,10 @@ def normalize(x, mean: float | None, std: float | None):
     return fn.reshape(fn.squeeze(image, axes=[2]), layout="")  # (T, F)
 
 
-def mask(x, anchor, shape):
-    """SpecAugment: zero a time band and a frequency band. anchor/shape: (4,) float32 per sample,
-    [t0, 0, 0, f0] and [time width, F, T, freq width] (two regions over axes (time, freq))."""
-    return fn.erase(x, anchor=anchor, shape=shape, axes=[0, 1], fill_value=0.0)
+def mask(x, anchor, shape, value: float = 0.0):
+    """SpecAugment: set a time band and a frequency band to `value`. anchor/shape: (4,) float32
+    per sample, [t0, 0, 0, f0] and [time width, F, T, freq width] (two regions over axes (time, freq))."""
+    return fn.erase(x, anchor=anchor, shape=shape, axes=[0, 1], fill_value=float(value))
 
 
 def transform(x, cfg, mean, std, crop_start=None, offset=None):
@@ -207,7 +207,7 @@ def c2f_pipeline(source: DaliSource, mean: float | None, std: float | None, gpu:
     x = inputs["stored"].gpu() if gpu else inputs["stored"]  # (T_store, F) float16; the rest runs where x is
     x = transform(x, cfg, mean, std, inputs.get("crop_start"), inputs.get("offset"))  # (T/C, F) float32
     if "mask_anchor" in inputs:
-        x = mask(x, inputs["mask_anchor"], inputs["mask_shape"])
+        x = mask(x, inputs["mask_anchor"], inputs["mask_shape"], mask_fill(cfg.mask_value, mean, std))
     if DALI_OUTPUT_TYPES[cfg.output_dtype] != types.FLOAT:
         x = fn.cast(x, dtype=DALI_OUTPUT_TYPES[cfg.output_dtype])  # what the model eats, not float32
     labels, index = inputs["labels"], inputs["index"]

@@ -8,12 +8,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from c2fdata.pipeline.config import PipelineConfig
 from c2fdata.pipeline.sampling import BatchSource, EpochPlan, balanced_weights
+from c2fdata.pipeline.splits import open_reader
 
-__all__ = ["OUTPUTS", "Loader", "dali_available", "resolve_backend"]
+__all__ = ["OUTPUTS", "Loader", "dali_available", "resolve_backend", "reciprocal", "mask_fill"]
 
 OUTPUTS = ("features", "labels", "index")  # the keys of every batch, in the backends' order
+
+
+def reciprocal(value: float) -> float:
+    """1 / value rounded to float32 (as DALI takes it): normalising multiplies by the float32
+    reciprocal of 2 std on both backends, so that they agree bit for bit."""
+    return float(np.float32(1.0) / np.float32(value))
+
+
+def mask_fill(mask_value: str, mean: float | None, std: float | None) -> float:
+    """What SpecAugment writes into a masked cell of a served batch (cfg.mask_value).
+
+    "ast": log-mel 0 normalised, (0 - mean) * (1 / (2 std)) in float32, exactly what masking the
+    un-normalised fbank with 0 and then normalising (AST's order) leaves in the cell, for any
+    constants or store statistics (+0.467 with AudioSet's); padding past a clip's end gets the
+    same value. Without normalisation, 0: log-mel 0 itself. "zero": 0 after normalisation.
+    """
+    if mask_value == "zero" or mean is None:
+        return 0.0
+    return float(np.float32(-np.float32(mean)) * np.float32(reciprocal(2.0 * std)))
 
 
 def dali_available() -> bool:
@@ -37,9 +59,7 @@ class Loader:
 
     def __init__(self, cfg: PipelineConfig, reader=None):
         if reader is None:
-            from c2fdata.reader import StoreReader
-
-            reader = StoreReader(cfg.store, cfg.split)
+            reader = open_reader(cfg.store, cfg.split)  # several splits: read as one (splits.py)
         self.reader = reader
         self.cfg = cfg.replace(target_frames=cfg.target_frames or reader.target_frames)
         if cfg.device == "gpu":

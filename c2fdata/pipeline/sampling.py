@@ -8,9 +8,11 @@ augmentation. Everything here is numpy only and picklable (it runs in reader pro
 - Shards: rank r of W takes positions r, r+W, r+2W, ... of the epoch's order, so the W shards
   partition the epoch (every draw exactly once overall). With drop_last the order is first cut
   to a multiple of W, so every rank has the same number of batches (DDP needs that).
-- Random draws: the parameters of a sample (crop start, Frame-Shift offset, SpecAugment masks)
-  come from a generator seeded by (seed, epoch, global position in the epoch), independent of
-  batch size, workers, shards and backend.
+- Random draws: the parameters of a sample (crop start, Frame-Shift offset, SpecAugment masks;
+  mixup's partner and weight in mixup.py) come from generators seeded by (seed, epoch, global
+  position in the epoch), independent of batch size, workers, shards and backend.
+- Mixup (cfg.mixup > 0) happens here, in the reader: each sample drawn for it is mixed with its
+  partner, a clip of the whole split, before the backends crop, compress, normalise and mask.
 - Corrupt clips (a crc32c mismatch, `CorruptClipError`): with on_corrupt="skip" a batch leaves
   them out, so it carries fewer samples; the other samples keep their positions and so their
   draws. No replacement is read: nothing is served twice, and an evaluation still scores every
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from c2fdata.pipeline.mixup import draw_mixup, mix_features, mix_labels, one_hot
+from c2fdata.pipeline.splits import clip_location
 from c2fdata.shard_io import CorruptClipError
 
 __all__ = ["balanced_weights", "EpochPlan", "SampleParams", "draw_params", "Batch", "BatchSource",
@@ -174,8 +178,8 @@ def draw_params(cfg, epoch: int, positions: np.ndarray, frames: np.ndarray, n_me
 
 @dataclass
 class Batch:
-    features: list[np.ndarray]  # B x (T_store, F) float16, as stored
-    labels: list[np.ndarray]  # B x (K,) float32 multi-hot or () int64
+    features: list[np.ndarray]  # B x (T_store, F) float16 as stored; float32 with mixup on
+    labels: list[np.ndarray]  # B x (K,) float32 multi-hot or () int64; (K,) float32 with mixup on
     index: np.ndarray  # (B,) int64 clip index in the split
     params: SampleParams
 
@@ -223,7 +227,33 @@ class BatchSource:
                 ) from first_error
             positions, clips = positions[keep], clips[keep]  # the others keep their draws
         params = draw_params(cfg, epoch, positions, np.asarray(frames, np.int64), self.n_mels)
+        if cfg.mixup > 0:
+            feats, labels = self._mix(cfg, epoch, positions, feats, frames, labels)
         return Batch(feats, labels, clips.astype(np.int64), params)
+
+    def _mix(self, cfg, epoch: int, positions: np.ndarray, feats: list, frames: list, labels: list):
+        """Mixup with partners from the whole split (mixup.py): every sample's features as
+        float32 and its label as (K,) float32, mixed or not, so that a batch has one type.
+        A partner that fails its checksum leaves its sample unmixed (on_corrupt="skip")."""
+        k = self.reader.n_classes
+        mix = draw_mixup(cfg.seed, epoch, positions, len(self.reader), cfg.mixup, cfg.mixup_alpha)
+        out_feats, out_labels = [], []
+        for b, (f, n, y) in enumerate(zip(feats, frames, labels)):
+            if mix.mixed[b]:
+                try:
+                    g, m, z = self.reader[int(mix.partner[b])]
+                except CorruptClipError as err:
+                    if cfg.on_corrupt == "raise":
+                        raise
+                    log.warning("mixup partner skipped, sample left unmixed: %s", err)
+                else:
+                    lam = float(mix.lam[b])
+                    out_feats.append(mix_features(f, n, np.asarray(g), m, lam, cfg.mixup_domain))
+                    out_labels.append(mix_labels(y, np.asarray(z), lam, k))
+                    continue
+            out_feats.append(f.astype(np.float32))
+            out_labels.append(one_hot(y, k))
+        return out_feats, out_labels
 
 
 def missing_clips(expected: np.ndarray, served: np.ndarray) -> list[int]:
@@ -250,12 +280,12 @@ def record_skipped(reader, plan: EpochPlan, epoch: int, iteration: int, index, i
         return
     served = index.cpu().numpy() if hasattr(index, "cpu") else np.asarray(index)
     for clip in missing_clips(clips, served):
-        row = int(reader.rows[clip])
+        split, row = clip_location(reader, clip)
         try:  # read it again here for the exact error (a few tens of microseconds, rarely)
             reader.features(clip)
-            reason = (f"{reader.path}: split {reader.split!r}, row {row}: skipped, its read failed in a "
+            reason = (f"{reader.path}: split {split!r}, row {row}: skipped, its read failed in a "
                       "reader process (it reads here now); run `c2fdata verify` on the store")
         except CorruptClipError as err:
             reason = str(err)
         log.warning("corrupt clip skipped (batch %d of epoch %d): %s", iteration, epoch, reason)
-        into.append((reader.split, row))
+        into.append((split, row))

@@ -1,10 +1,10 @@
 """The torch backend: a DataLoader whose workers each build whole batches with the reference ops.
 
 It is the reference the DALI graph is tested against and the loader on machines without DALI
-(macOS, Windows). Per sample: crop/pad to the target length -> compress by C -> normalise ->
-SpecAugment. Masks are applied after normalisation, so that a masked value is 0, the dataset
-mean, whatever the store's statistics (AST masks before normalising, which leaves
--mean / (2 std) there: a value that depends on the dataset).
+(macOS, Windows). Per sample (mixed with its partner already, if mixup is on: sampling.py): crop/pad
+to the target length -> compress by C -> normalise -> SpecAugment. Masks are applied after
+normalisation with the value AST's order (mask the fbank with 0, then normalise) leaves there,
+`mask_fill` (loader.py): one pass over the normalised batch instead of two, the same numbers.
 With device="gpu" this backend computes on the CPU and hands over CUDA tensors, copied from
 pinned memory.
 """
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from c2fdata.compress import compress
-from c2fdata.pipeline.loader import Loader
+from c2fdata.pipeline.loader import Loader, mask_fill, reciprocal
 from c2fdata.pipeline.sampling import Batch, BatchSource, record_skipped
 
 __all__ = ["TorchLoader", "crop_or_pad", "normalize", "reciprocal", "mask", "transform"]
@@ -43,21 +43,18 @@ def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (x - mean) * reciprocal(2.0 * std)
 
 
-def reciprocal(value: float) -> float:
-    """1 / value rounded to float32 (as DALI takes it)."""
-    return float(np.float32(1.0) / np.float32(value))
-
-
-def mask(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int) -> torch.Tensor:
+def mask(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int,
+         value: float = 0.0) -> torch.Tensor:
     """SpecAugment on (T, F): a copy with frames [time_start, +time_width) and bins
-    [freq_start, +freq_width) set to 0."""
-    return mask_(x.clone(), time_start, time_width, freq_start, freq_width)
+    [freq_start, +freq_width) set to `value`."""
+    return mask_(x.clone(), time_start, time_width, freq_start, freq_width, value)
 
 
-def mask_(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int) -> torch.Tensor:
+def mask_(x: torch.Tensor, time_start: int, time_width: int, freq_start: int, freq_width: int,
+          value: float = 0.0) -> torch.Tensor:
     """`mask`, in place."""
-    x[time_start : time_start + time_width, :] = 0
-    x[:, freq_start : freq_start + freq_width] = 0
+    x[time_start : time_start + time_width, :] = value
+    x[:, freq_start : freq_start + freq_width] = value
     return x
 
 
@@ -72,8 +69,9 @@ def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def transform(batch: Batch, cfg, mean: float | None, std: float | None) -> dict[str, torch.Tensor]:
     """A read batch -> dict(features (B, T/C, F) cfg.output_dtype, labels, index): the reference
-    semantics, crop/pad -> compress -> normalise -> mask, per sample, in float32, written into
-    one preallocated batch; then one cast to the output dtype (as the DALI graph ends)."""
+    semantics, crop/pad -> compress -> normalise -> mask (with `mask_fill`), per sample, in
+    float32, written into one preallocated batch; then one cast to the output dtype (as the DALI
+    graph ends)."""
     p = batch.params
     n_mels = batch.features[0].shape[1] if batch.features else 0
     shape = (len(batch.features), cfg.out_frames, n_mels)  # (B, T/C, F)
@@ -87,8 +85,10 @@ def transform(batch: Batch, cfg, mean: float | None, std: float | None) -> dict[
     if mean is not None:
         out.sub_(mean).mul_(reciprocal(2.0 * std))  # == normalize(out, mean, std), in place
     if cfg.time_mask_frames or cfg.freq_mask_bins:
+        fill = mask_fill(cfg.mask_value, mean, std)
         for b in range(len(out)):
-            mask_(out[b], int(p.time_start[b]), int(p.time_width[b]), int(p.freq_start[b]), int(p.freq_width[b]))
+            mask_(out[b], int(p.time_start[b]), int(p.time_width[b]), int(p.freq_start[b]), int(p.freq_width[b]),
+                  fill)
     if dtype != torch.float32:
         out = _batch_buffer(shape, dtype).copy_(out)  # round to nearest even, as DALI's cast
     return {
