@@ -1,4 +1,5 @@
-"""c2ftrain command line: `run` (coarse-to-fine + baseline + control -> report), `sweep` and `eval`.
+"""c2ftrain command line: `run` (coarse-to-fine + baseline + control -> report), `cv` (the same per
+held-out fold, mean over folds), `plan`, `sweep` and `eval`.
 
 Thin: parse -> recipe -> one library call -> rich output."""
 
@@ -16,7 +17,9 @@ console = Console()
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")  # "[cv]" is text, not markup
     sys.exit(2)
 
 
@@ -136,6 +139,58 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
         close_distributed()
     print_outcome(report)
     console.print(f"report: {Path(run_dir) / 'report.json'}, {Path(run_dir) / 'report.png'}")
+
+
+@main.command()
+@click.argument("recipe", required=False, default="esc50")
+@click.option("--out", "run_dir", type=click.Path(path_type=Path), help="Directory (default runs/NAME-cv-TIME).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the cross-validation in this directory (finished folds are kept).")
+@click.option("--folds", "n_folds", type=int, help="Run folds 1..N only (default: all of the recipe's [cv] folds).")
+@click.option("--seeds", "n_seeds", type=int, default=1, show_default=True, help="Seeds per fold.")
+@click.option("--no-baseline", is_flag=True, help="Train coarse-to-fine only.")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe key (as for `run`), e.g. "
+              "--set cv.store=/data/esc50-fold{fold}.")
+@click.option("--steps-log", is_flag=True, help="Print the loss every 20 steps.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, steps_log, device):
+    """Cross-validate RECIPE (default: esc50): `run` once per held-out fold (the recipe's [cv]
+    table: one store per fold), then per fold and the mean over folds for coarse-to-fine, the
+    baseline and the equal-FLOPs control. Resumable with --resume DIR."""
+    import time
+
+    from c2fdata.store import StoreFormatError
+    from c2ftrain.cv import cv_table, fold_list, load_cv_config, run_cv
+    from c2ftrain.distributed import close_distributed
+    from c2ftrain.experiment import seed_list
+    from c2ftrain.init_weights import InitError
+    from c2ftrain.recipe import RecipeError, load_recipe
+
+    try:
+        if resume_dir:
+            rec, folds, seeds, with_baseline = load_cv_config(resume_dir)
+            no_baseline, run_dir = not with_baseline, resume_dir
+        else:
+            rec = load_recipe(recipe, parse_overrides(overrides))
+            folds, seeds = fold_list(rec, n_folds), seed_list(rec, n_seeds)
+            run_dir = run_dir or Path("runs") / f"{rec.name}-cv-{time.strftime('%Y%m%d-%H%M%S')}"
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    console.print(f"recipe [bold]{rec.name}[/]: {rec.description}")
+    console.print(f"cross-validation over folds {folds} into {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
+
+    def on_fold(fold: int) -> None:
+        console.rule(f"[bold]fold {fold}[/] held out ({rec.cv.store_of(fold)})")
+
+    try:
+        report = run_cv(rec, run_dir, folds=folds, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
+                        on_event=_printer({"verbose": steps_log}), on_fold=on_fold, device=_device(device))
+    except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    finally:
+        close_distributed()
+    console.print(cv_table(report))
+    console.print(f"report: {Path(run_dir) / 'report.json'} (each fold's own: fold-K/report.json)")
 
 
 @main.command()

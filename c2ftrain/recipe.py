@@ -301,6 +301,30 @@ class BaselineSpec:
 
 
 @dataclass(frozen=True)
+class CvSpec:
+    """Cross-validation (`c2ftrain cv`): the experiment once per held-out fold, one store per fold
+    (ESC-50's store holds one fold as its eval split and the other four as train:
+    `c2fdata build --dataset esc50 --fold K`). folds = 0: the recipe has no folds."""
+
+    folds: int = 0  # folds 1..folds, each held out once (AST's ESC-50: 5)
+    store: str = ""  # the store of fold K, "{fold}" standing for K, e.g. "stores/esc50-fold{fold}"
+
+    def __post_init__(self):
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 0:
+            raise RecipeError(f"cv.folds must be an integer >= 0, got {self.folds!r}")
+        if self.folds and "{fold}" not in self.store:
+            raise RecipeError(f"cv.store must name each fold's store with {{fold}}, e.g. "
+                              f"\"stores/esc50-fold{{fold}}\"; got {self.store!r}")
+        if self.store and not self.folds:
+            raise RecipeError("cv.store without cv.folds: say how many folds there are")
+
+    def store_of(self, fold: int) -> str:
+        if not 1 <= fold <= self.folds:
+            raise RecipeError(f"fold {fold} is not one of the recipe's folds 1..{self.folds}")
+        return self.store.replace("{fold}", str(fold))
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     store: str
@@ -310,6 +334,7 @@ class Recipe:
     optim: OptimSpec = field(default_factory=OptimSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    cv: CvSpec = field(default_factory=CvSpec)
     seed: int = 0
     description: str = ""
     # The run's training FLOPs in full-resolution epochs (e.g. 4.25: what 5 epochs at C = 4 and 3
@@ -410,6 +435,7 @@ def recipe_from_dict(d: dict, base_dir: Path | None = None) -> Recipe:
             "optim": _build(OptimSpec, d.pop("optim", {}), "optim"),
             "eval": _build(EvalSpec, d.pop("eval", {}), "eval"),
             "baseline": _build(BaselineSpec, baseline, "baseline"),
+            "cv": _build(CvSpec, d.pop("cv", {}), "cv"),
         }
         return _build(Recipe, {**d, "phases": phases, **parts}, "recipe")
     except RecipeError:

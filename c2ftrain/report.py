@@ -3,7 +3,8 @@ time, coarse-to-fine beside the baseline(s), phase boundaries marked; over seeds
 their spread and the paired differences that decide the claim.
 
 report.json keeps the first seed's view under the plain keys (`c2f.metric`, `savings`, ...) and
-adds, per run, `metric_per_seed`, `metric_mean`, `metric_std`, and at the top `seeds` and
+adds, per run, `metric_per_seed`, `metric_mean`, `metric_std`, `eval_curve` (the metric at each
+evaluation, mean over seeds: what cross-validation averages over folds), and at the top `seeds` and
 `paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
 difference and its 95% interval (Student's t over seeds). Savings are averaged over seeds.
 """
@@ -25,7 +26,14 @@ def _run_summary(runs: list) -> dict:
     values = [o.metric for o in runs]
     return {"metric": first.metric, "metrics": first.metrics, "flops": first.flops, "wall_s": first.wall_s,
             "metric_per_seed": values, "metric_mean": mean(values), "metric_std": std(values),
-            "flops_mean": mean([o.flops for o in runs]), "wall_s_mean": mean([o.wall_s for o in runs])}
+            "flops_mean": mean([o.flops for o in runs]), "wall_s_mean": mean([o.wall_s for o in runs]),
+            "eval_curve": eval_curve(runs)}
+
+
+def eval_curve(runs: list) -> list[float]:
+    """The headline metric at each evaluation (as many as every seed has), mean over seeds."""
+    n = min(len(o.history) for o in runs)
+    return [mean([o.history[i]["metrics"][o.metric_name] for o in runs]) for i in range(n)]
 
 
 def _saving(c2f, base, key: str) -> float:

@@ -1,0 +1,156 @@
+"""Cross-validation: the experiment once per held-out fold, and the mean over folds.
+
+AST's ESC-50 protocol trains five runs, each holding out one fold, and reports the mean accuracy.
+`run_cv` runs `run_experiment` (coarse-to-fine, baseline, equal-FLOPs control, every seed) once
+per fold, on that fold's store (the recipe's [cv] table), and reports per fold and run the metric,
+and over folds its mean and spread:
+
+- "mean": the final models' metric, mean over folds (what a held-out score should be);
+- "at_best_evaluation": AST's number (its `get_esc_result.py`): the metric curve (one value per
+  evaluation) averaged over folds, its best evaluation, and the folds' metrics there. The
+  evaluation is chosen on the held-out folds themselves, so this number leans optimistic.
+
+Layout: RUN_DIR/cv.json (recipe, folds, seeds, baseline), RUN_DIR/fold-K/ (an experiment
+directory, as `c2ftrain run` makes), RUN_DIR/report.json. Resumable: with resume, finished
+runs of every fold are read back (their outcome.json) and the run in progress continues from its
+last checkpoint, so a killed cross-validation keeps every finished fold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from c2ftrain.recipe import Recipe, RecipeError, recipe_from_dict
+from c2ftrain.stats import mean, std
+
+RUNS = ("c2f", "baseline", "equal_flops")
+
+
+def fold_list(recipe: Recipe, n_folds: int | None = None) -> list[int]:
+    """Folds 1..n (default: all of the recipe's)."""
+    if not recipe.cv.folds:
+        raise RecipeError(f"recipe {recipe.name!r} has no [cv] table; add one, e.g. [cv] folds = 5, "
+                          "store = \"stores/esc50-fold{fold}\" (one store per held-out fold)")
+    n = recipe.cv.folds if n_folds is None else n_folds
+    if not 1 <= n <= recipe.cv.folds:
+        raise RecipeError(f"--folds must be 1..{recipe.cv.folds} (the recipe's folds), got {n}")
+    return list(range(1, n + 1))
+
+
+def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
+    """The recipe of one fold: its store holds that fold out as the eval split."""
+    return dataclasses.replace(recipe, store=recipe.cv.store_of(fold), name=f"{recipe.name}-fold{fold}")
+
+
+def check_fold_stores(recipe: Recipe, folds: list[int]) -> None:
+    """Every fold's store exists, before anything trains: else an error listing what to build."""
+    missing = [(k, recipe.cv.store_of(k)) for k in folds if not Path(recipe.cv.store_of(k)).exists()]
+    if missing:
+        raise FileNotFoundError("fold stores not found: " + ", ".join(f"{s} (fold {k})" for k, s in missing)
+                                + "; build each, e.g. `c2fdata build --dataset esc50 --root ESC-50 --fold K "
+                                "--out " + recipe.cv.store + "`")
+
+
+def run_cv(recipe: Recipe, run_dir: Path, *, folds: list[int], seeds: list[int] | None = None,
+           resume: bool = False, baseline: bool = True, on_event: Callable[[dict], None] | None = None,
+           on_fold: Callable[[int], None] | None = None, device: str | None = None) -> dict:
+    """Every fold's experiment into run_dir/fold-K (see the module docstring) -> the report,
+    also written to run_dir/report.json."""
+    from c2ftrain.experiment import run_experiment
+
+    check_fold_stores(recipe, folds)
+    run_dir = Path(run_dir)
+    seeds = seeds or [recipe.seed]
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes (as run_experiment)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "cv.json").write_text(json.dumps({"recipe": recipe.to_dict(), "folds": folds, "seeds": seeds,
+                                                     "baseline": baseline}, indent=2))
+    reports = {}
+    for fold in folds:
+        if on_fold:
+            on_fold(fold)
+        reports[fold] = run_experiment(fold_recipe(recipe, fold), run_dir / f"fold-{fold}", seeds=seeds,
+                                       resume=resume, baseline=baseline, on_event=on_event, device=device)
+    report = cv_report(recipe, reports)
+    if main:
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def cv_report(recipe: Recipe, reports: dict[int, dict]) -> dict:
+    """Per fold and run the metric (mean over seeds), and over folds: the mean and spread of the
+    final models' metric, and AST's best-evaluation figure."""
+    folds = sorted(reports)
+    first = reports[folds[0]]
+    out = {"recipe": recipe.name, "metric_name": first["metric_name"], "folds": folds, "seeds": first["seeds"],
+           "per_fold": [], "runs": {}}
+    for k in folds:
+        r = reports[k]
+        entry = {"fold": k, "store": r["store"], "report": f"fold-{k}/report.json"}
+        entry.update({run: r[run]["metric_mean"] for run in RUNS if run in r})
+        if "savings" in r:
+            entry["savings"] = r["savings"]
+        out["per_fold"].append(entry)
+    for run in RUNS:
+        if run not in first:
+            continue
+        values = [reports[k][run]["metric_mean"] for k in folds]
+        out["runs"][run] = {"per_fold": values, "mean": mean(values), "std": std(values),
+                            "at_best_evaluation": best_evaluation([reports[k][run]["eval_curve"] for k in folds])}
+    if "baseline" in first:
+        out["savings"] = {key: mean([reports[k]["savings"][key] for k in folds]) for key in ("flops", "wall")}
+        out["metric_delta"] = out["runs"]["c2f"]["mean"] - out["runs"]["baseline"]["mean"]
+    return out
+
+
+def best_evaluation(curves: list[list[float]]) -> dict:
+    """AST's summary of a cross-validation: the per-evaluation metric averaged over folds, its
+    best evaluation (0-based index), and each fold's metric there."""
+    n = min(len(c) for c in curves)
+    if n == 0:
+        return {}
+    averaged = [mean([c[i] for c in curves]) for i in range(n)]
+    best = max(range(n), key=averaged.__getitem__)  # the first of equal ones
+    return {"evaluation": best, "mean": averaged[best], "per_fold": [c[best] for c in curves]}
+
+
+def load_cv_config(run_dir: Path) -> tuple[Recipe, list[int], list[int], bool]:
+    """The recipe, folds, seeds and whether baselines were asked for, as `c2ftrain cv` started
+    run_dir (for --resume)."""
+    path = Path(run_dir) / "cv.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: `cv --resume` needs a directory made by `c2ftrain cv`")
+    d = json.loads(path.read_text())
+    return recipe_from_dict(d["recipe"]), d["folds"], d["seeds"], d["baseline"]
+
+
+def cv_table(report: dict):
+    """Per fold and run the metric, then the mean ± std over folds and AST's best-evaluation mean."""
+    from rich.table import Table
+
+    name = report["metric_name"]
+    fmt = (lambda v: f"{100 * v:.2f}%") if name == "accuracy" else (lambda v: f"{v:.4f}")
+    runs = [r for r in RUNS if r in report["runs"]]
+    seeds = f", mean of {len(report['seeds'])} seeds per fold" if len(report["seeds"]) > 1 else ""
+    t = Table(title=f"{report['recipe']}: {len(report['folds'])}-fold cross-validation, {name}{seeds}")
+    t.add_column("fold")
+    for run in runs:
+        t.add_column(run, justify="right")
+    if "savings" in report:
+        t.add_column("FLOPs saved", justify="right")
+    for entry in report["per_fold"]:
+        saved = [f"{entry['savings']['flops']:.0%}"] if "savings" in entry else []
+        t.add_row(str(entry["fold"]), *(fmt(entry[r]) for r in runs), *saved)
+    saved = [f"{report['savings']['flops']:.0%}"] if "savings" in report else []
+    t.add_row("[bold]mean ± std[/]", *(f"[bold]{fmt(report['runs'][r]['mean'])} ± {fmt(report['runs'][r]['std'])}[/]"
+                                      for r in runs), *saved)
+    best = [report["runs"][r]["at_best_evaluation"] for r in runs]
+    t.add_row("[dim]AST's: the best evaluation of the mean[/]",
+              *(f"[dim]{fmt(b['mean'])} (eval {b['evaluation'] + 1})[/]" if b else "" for b in best),
+              *([""] if saved else []))
+    return t
