@@ -15,6 +15,7 @@ import numpy as np
 
 from c2fdata import store as st
 from c2fdata.build_worker import ClipResult, ClipTask, clip_results, close_results
+from c2fdata.codec import DEFAULT_CODEC, get_codec
 from c2fdata.datasets import Clip, DatasetSpec, prepare
 from c2fdata.features import FbankConfig
 
@@ -26,13 +27,14 @@ class StrictError(RuntimeError):
 @dataclass(frozen=True)
 class BuildConfig:
     dataset: str
-    out: Path
+    out: str | Path  # a local folder or an s3://bucket/path URL
     root: Path | None = None
     workers: int = 1
     shard: tuple[int, int] = (0, 1)  # (K, N): this builder takes blocks b with b % N == K
     limit: int | None = None  # at most this many clips per split (quick trials)
     strict: bool = False
     block_clips: int = st.DEFAULT_BLOCK_CLIPS
+    codec: str = DEFAULT_CODEC  # how the store keeps features (codec.py; docs/STORE.md compares them)
     options: dict = field(default_factory=dict)  # adapter options: fold, target_frames, seed, ...
 
     def __post_init__(self):
@@ -45,11 +47,12 @@ class BuildConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.block_clips < 1:
             raise ValueError(f"block_clips must be >= 1, got {self.block_clips}")
+        get_codec(self.codec)  # an unknown name fails here, before any work
 
 
 @dataclass
 class BuildResult:
-    path: Path
+    path: str
     computed: int  # clips computed by this call (0 when everything was already done)
     failed: int
     seconds: float
@@ -85,7 +88,7 @@ class BlockTask:
 class BlockResult:
     """A computed block, as `store.write_block` takes it, and the problems of its clips."""
 
-    features: np.ndarray  # (n, target_frames, n_mels) float16
+    features: np.ndarray  # (n, target_frames, n_mels) in the codec's dtype
     frames: np.ndarray  # (n,) int32 real frames per clip
     status: np.ndarray  # (n,) uint8 st.OK / st.FAILED
     errors: list[str]  # per clip "reason: detail", or "" when clean
@@ -133,10 +136,10 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
 
 
 def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResult], target_frames: int,
-                   n_mels: int) -> BlockResult:
+                   n_mels: int, dtype: str) -> BlockResult:
     """The next `block.size` results, assembled into the block's arrays."""
     n = block.size
-    feats = np.zeros((n, target_frames, n_mels), np.float16)
+    feats = np.zeros((n, target_frames, n_mels), dtype)
     frames = np.zeros(n, np.int32)
     status = np.zeros(n, np.uint8)
     errors, sums, problems = [""] * n, np.zeros(3), []
@@ -165,7 +168,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     group = st.create_or_open(
         cfg.out, dataset=spec.name, vocabulary=spec.vocabulary, multi_label=spec.multi_label,
         target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
-        fbank=fbank_cfg, block_clips=cfg.block_clips, missing=missing,
+        fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
         prepare_issues=[i for i in issues if i["reason"] != "missing"],
         extra_attrs={"notes": spec.notes},
     )
@@ -175,10 +178,13 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     computed = failed = 0
     if progress:
         progress(0, total)
-    results = clip_results(_clip_tasks(todo, clips_by_split, metas), cfg.workers, fbank_cfg, spec.target_frames)
+    codec = st.store_codec(dict(group.attrs))
+    results = clip_results(_clip_tasks(todo, clips_by_split, metas), cfg.workers, fbank_cfg, spec.target_frames,
+                           codec.name)
     try:
         for task in todo:
-            block = _collect_block(task, metas[task.split].ids, results, spec.target_frames, fbank_cfg.n_mels)
+            block = _collect_block(task, metas[task.split].ids, results, spec.target_frames, fbank_cfg.n_mels,
+                                   codec.dtype)
             problems += block.problems
             if cfg.strict and block.problems:
                 first = block.problems[0]
@@ -193,7 +199,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         close_results(results)
     stats = st.finalize(group, cfg.out)
     return BuildResult(
-        path=Path(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
+        path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
         completion=st.completion(group), problems=problems,
     )

@@ -1,4 +1,5 @@
-"""What a build worker does with one clip: decode -> fbank -> pad/crop -> float16, as a `ClipResult`.
+"""What a build worker does with one clip: decode -> fbank -> pad/crop -> as the store's codec
+keeps it (float16, or float32 for a codec that quantises), as a `ClipResult`.
 
 `compute_clip` runs in the builder's process (workers=1) or in a pool of worker processes; both
 return the same frozen `ClipResult`s, in task order (`clip_results`). A result carries the
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from c2fdata import store as st
+from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
 from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
 
@@ -41,7 +43,7 @@ class ClipResult:
     features; a kept clip with a reason is a warning (silent, short)."""
 
     status: int  # st.OK or st.FAILED
-    features: np.ndarray | None = None  # (target_frames, n_mels) float16, zero-padded
+    features: np.ndarray | None = None  # (target_frames, n_mels) in the codec's dtype, zero-padded
     frames: int = 0  # real (not padded) frames in `features`
     sums: np.ndarray | None = None  # (sum, sum of squares, count) of the real values, float64
     reason: str = ""
@@ -63,16 +65,17 @@ class ClipResult:
 
 # Per-process settings, set once by `init_worker` (a pool ships them to each worker once, not
 # with every task).
-_SETTINGS: tuple[FbankConfig, int] | None = None
+_SETTINGS: tuple[FbankConfig, int, FeatureCodec] | None = None
 
 
-def init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True) -> None:
+def init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True,
+                codec: str = DEFAULT_CODEC) -> None:
     global _SETTINGS
     if single_thread:  # pool workers: parallelism comes from processes, threads would oversubscribe
         import torch
 
         torch.set_num_threads(1)
-    _SETTINGS = (cfg, target_frames)
+    _SETTINGS = (cfg, target_frames, get_codec(codec))
 
 
 def compute_clip(task: ClipTask) -> ClipResult:
@@ -80,7 +83,7 @@ def compute_clip(task: ClipTask) -> ClipResult:
     of millions must not stop at one, so every problem comes back as a result."""
     if task.source is None:
         return ClipResult.failure("unknown-label", f"{task.clip_id}: label not in the vocabulary")
-    cfg, target = _SETTINGS
+    cfg, target, codec = _SETTINGS
     try:
         audio, sr = task.source()
         feats = fbank(audio, sr, cfg, source=str(getattr(task.source, "path", task.clip_id)))
@@ -89,8 +92,9 @@ def compute_clip(task: ClipTask) -> ClipResult:
     except Exception as err:  # a decoder bug must not kill a build of millions
         return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}")
     padded, frames = pad_or_crop(feats, target)
-    out = padded.numpy().astype(np.float16)
-    real = out[:frames].astype(np.float64)  # stats from the stored (float16) values, padding left out
+    out = padded.numpy()  # (target, n_mels) float32
+    # stats from the values readers will serve (float16, or the codec's rounding), padding left out
+    real = codec.served(out[:frames]).astype(np.float64)
     sums = np.array([real.sum(), np.square(real).sum(), real.size], np.float64)
     peak = float(np.max(np.abs(audio))) if np.size(audio) else 0.0
     reason = detail = ""
@@ -98,7 +102,7 @@ def compute_clip(task: ClipTask) -> ClipResult:
         reason, detail = "silent", f"{task.clip_id}: peak amplitude {peak:.2g}"
     elif frames < SHORT_FRACTION * target:
         reason, detail = "short", f"{task.clip_id}: {frames} of {target} frames, zero-padded"
-    return ClipResult(status=st.OK, features=out, frames=frames, sums=sums, reason=reason, detail=detail)
+    return ClipResult(status=st.OK, features=codec.stored(out), frames=frames, sums=sums, reason=reason, detail=detail)
 
 
 class PoolResults:
@@ -118,15 +122,16 @@ class PoolResults:
         self._pool.join()
 
 
-def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, target_frames: int) -> Iterator[ClipResult]:
+def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, target_frames: int,
+                 codec: str = DEFAULT_CODEC) -> Iterator[ClipResult]:
     """`compute_clip` over tasks, in task order: in this process (workers=1) or in a pool.
     Pass the result to `close_results` when done."""
     if workers == 1:
-        init_worker(cfg, target_frames, single_thread=False)  # in-process: leave the caller's threads alone
+        init_worker(cfg, target_frames, single_thread=False, codec=codec)  # in-process: leave the caller's threads alone
         return _in_process(tasks)
     # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
     ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(workers, initializer=init_worker, initargs=(cfg, target_frames))
+    pool = ctx.Pool(workers, initializer=init_worker, initargs=(cfg, target_frames, True, codec))
     return PoolResults(pool, pool.imap(compute_clip, tasks, chunksize=POOL_CHUNK))
 
 

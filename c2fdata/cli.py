@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from c2fdata import __version__
+from c2fdata.codec import CODECS, DEFAULT_CODEC
 from c2fdata.datasets import ADAPTERS
 
 console = Console(stderr=True)
@@ -85,7 +86,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--dataset", required=True, type=click.Choice(sorted(ADAPTERS)), help="Dataset adapter.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Folder with the dataset's metadata and audio (see README).")
-@click.option("--out", type=click.Path(path_type=Path), help="Store to write (default: stores/DATASET).")
+@click.option("--out", help="Store to write: a folder or s3://bucket/path (default: stores/DATASET).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes decoding audio and computing features.")
 @click.option("--shard", default="0/1", show_default=True, help="K/N: this builder fills every N-th block from K (0 <= K < N).")
 @click.option("--limit", type=int, help="At most this many clips per split (a quick trial).")
@@ -94,7 +95,10 @@ def main(verbose: bool) -> None:
 @click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
 @click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
-def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed):
+@click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
+              help="How features are kept: " + "; ".join(f"{c.name}: {c.help}" for c in CODECS.values())
+              + " (docs/STORE.md compares them).")
+def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed, codec):
     """Turn a dataset into a feature store; re-run the same command to resume."""
     from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
     from c2fdata.store import DEFAULT_BLOCK_CLIPS, StoreFormatError
@@ -104,13 +108,13 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
         options["target_frames"] = target_frames
     try:
         cfg = BuildConfig(
-            dataset=dataset, root=root, out=out or Path("stores") / dataset, workers=workers,
+            dataset=dataset, root=root, out=out or str(Path("stores") / dataset), workers=workers,
             shard=parse_shard(shard), limit=limit, strict=strict,
-            block_clips=block_clips or DEFAULT_BLOCK_CLIPS, options=options,
+            block_clips=block_clips or DEFAULT_BLOCK_CLIPS, codec=codec, options=options,
         )
     except ValueError as err:
         fail(str(err))
-    console.print(f"building [bold]{dataset}[/] -> {cfg.out} with {workers} worker(s), shard {shard}")
+    console.print(f"building [bold]{dataset}[/] -> {cfg.out} ({codec}) with {workers} worker(s), shard {shard}")
     with LazyProgress("features", rate_unit="clips/s") as progress:
         try:
             result = build_store(cfg, progress=progress)
@@ -155,14 +159,14 @@ def _print_problems(problems, shown: int = 10) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store")
 def finalize(store):
     """Compute normalisation stats once every shard of a sharded build is complete."""
     from c2fdata import store as st
 
     try:
         group = st.open_store(store, mode="r+")
-    except st.StoreFormatError as err:
+    except ValueError as err:  # StoreFormatError, StorageError
         fail(str(err))
     stats = st.finalize(group, store)
     if stats is None:
@@ -172,17 +176,16 @@ def finalize(store):
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--problems", is_flag=True, help="List every problem the build recorded.")
 def info(store, as_json, problems):
     """What a store holds."""
     from c2fdata.info import build_problems, store_info
-    from c2fdata.store import StoreFormatError
 
     try:
         d = store_info(store)
-    except StoreFormatError as err:
+    except ValueError as err:  # StoreFormatError, StorageError
         fail(str(err))
     if problems:
         d["problems"] = build_problems(store)
@@ -203,19 +206,23 @@ def info(store, as_json, problems):
               f"{f['sample_rate']} Hz")
     mean = "n/a (not finalised)" if d["mean"] is None else f"{d['mean']:.4f}, std {d['std']:.4f}"
     out.print(f"normalisation mean {mean}; {d['bytes'] / 2**20:,.1f} MiB in {d['files']:,} files; "
-              f"format v{d['format_version']} by c2f {d['tool_version']}")
+              f"codec {d['codec']}; format v{d['format_version']} by c2f {d['tool_version']}")
     if problems and d["problems"]:
         _print_problems(d["problems"])
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store")
 def verify(store):
     """Read every clip back: completeness, checksums, finite values, shapes, labels."""
+    from c2fdata.storage import StorageError
     from c2fdata.verify import verify_store
 
     with LazyProgress("verify") as progress:
-        problems = verify_store(store, progress=progress)
+        try:
+            problems = verify_store(store, progress=progress)
+        except StorageError as err:
+            fail(str(err))
     if problems:
         for p in problems[:VERIFY_PROBLEMS_SHOWN]:
             console.print(f"[red]x[/] {p}")
@@ -226,7 +233,7 @@ def verify(store):
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store")
 @click.option("--split", required=True, help="Split to read.")
 @click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
 @click.option("--method", type=click.Choice(list(METHODS)), help="Only this method (default: all).")

@@ -6,10 +6,16 @@ import os
 from pathlib import Path
 
 from c2fdata import store as st
+from c2fdata.storage import Location, as_location
 
 
-def disk_usage(path: Path) -> tuple[int, int]:
-    """(bytes, files) under path."""
+def disk_usage(path: Path | Location) -> tuple[int, int]:
+    """(bytes, files) under path (a local folder, or a prefix of an object store)."""
+    loc = as_location(path)
+    if loc.fs is not None:
+        sizes = loc.fs.find(loc.path, detail=True)
+        return sum(int(v.get("size") or 0) for v in sizes.values()), len(sizes)
+    path = Path(loc.path)
     size = files = 0
     for dirpath, _, names in os.walk(path):
         for n in names:
@@ -19,8 +25,8 @@ def disk_usage(path: Path) -> tuple[int, int]:
 
 
 def store_info(path: str | Path) -> dict:
-    path = Path(path)
-    group = st.open_store(path)
+    loc = as_location(path)
+    group = st.open_store(loc)
     a = dict(group.attrs)
     done = st.completion(group)
     missing = a.get("missing", {})
@@ -37,11 +43,12 @@ def store_info(path: str | Path) -> dict:
             "frames_total": int(frames[ok].sum()),
             "frames_mean": float(frames[ok].mean()) if ok.any() else 0.0,
         }
-    size, files = disk_usage(path)
+    size, files = disk_usage(loc)
     stats = a.get("stats") or {}
     feats = a["features"]
     return {
-        "path": str(path), "dataset": a["dataset"], "format_version": a["format_version"],
+        "path": loc.url, "dataset": a["dataset"], "format_version": a["format_version"],
+        "codec": st.store_codec(a).name,
         "tool_version": a.get("tool_version"), "finalized": bool(a.get("finalized")),
         "multi_label": a["multi_label"], "classes": len(a["vocabulary"]),
         "target_frames": a["target_frames"], "block_clips": a["block_clips"],
@@ -55,7 +62,7 @@ def store_info(path: str | Path) -> dict:
 
 def build_problems(path: str | Path, limit: int | None = None) -> list[dict]:
     """Every problem the build recorded: failed and flagged clips, metadata issues, missing clips."""
-    path = Path(path)
+    path = as_location(path)
     group = st.open_store(path)
     out = []
     for split in group.attrs["splits"]:

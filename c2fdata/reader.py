@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from c2fdata.shard_io import CorruptClipError, ShardedClipReader
+from c2fdata.storage import as_location
 from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store
 from c2fdata.vocab import Vocabulary
 
@@ -22,12 +23,19 @@ def rebuild_hint(path: str | Path, split: str, row: int, block_clips: int, n_row
     index is corrupt fails) and sets its flags to pending, then re-runs the build."""
     block = int(row) // int(block_clips)
     start, end = block * int(block_clips), min((block + 1) * int(block_clips), int(n_rows))
-    shard = str(Path(path) / split / "features" / "c" / str(block) / "0" / "0")
+    loc = as_location(path)
+    shard = loc.child(split, "features", "c", str(block), "0", "0")
+    if loc.fs is None:
+        delete = f"import pathlib, zarr; pathlib.Path({shard.path!r}).unlink(missing_ok=True); "
+        group = f"zarr.open_group({loc.url!r}, mode='r+')"
+    else:
+        delete = (f"import zarr; from c2fdata.storage import as_location as L; from c2fdata.store import open_store; "
+                  f"s = L({shard.url!r}); s.fs.rm_file(s.path) if s.exists() else None; ")
+        group = f"open_store({loc.url!r}, mode='r+')"
     return (
         f"rebuild block {block} of split {split!r} (rows {start}..{end - 1}). No c2fdata command "
         f"resets a block: delete its shard file and mark its clips pending (status {PENDING}), e.g. "
-        f"python -c \"import pathlib, zarr; pathlib.Path({shard!r}).unlink(missing_ok=True); "
-        f"zarr.open_group({str(path)!r}, mode='r+')[{split!r}]['status'][{start}:{end}] = {PENDING}\", "
+        f"python -c \"{delete}{group}[{split!r}]['status'][{start}:{end}] = {PENDING}\", "
         f"then re-run the same `c2fdata build ...` command: it "
         f"recomputes pending blocks from the audio and finalises the store again (with --shard K/N, "
         f"on the builder with K = {block} mod N)"
@@ -80,16 +88,23 @@ class StoreReader:
         """A callable row -> (T, F), crc32c checked: the direct shard reader where the layout
         allows, else zarr (whose crc32c codec raises ValueError on a mismatch, in the clip or in
         the shard index: made a CorruptClipError here)."""
-        array_dir = Path(self.path) / self.split / "features"
+        array_dir = as_location(self.path).child(self.split, "features")
         if ShardedClipReader.supports(array_dir):
             return ShardedClipReader(array_dir).read
         array = self._group[self.split]["features"]
+        block_clips = int(self.attrs["block_clips"])
 
         def read(row: int) -> np.ndarray:
             try:
-                return array[row]
+                x = np.asarray(array[row]).astype(np.float16, copy=False)
             except ValueError as err:  # the row is in range: its stored bytes do not decode
-                raise CorruptClipError(f"{array_dir}: clip {row}: {err}", row=row) from err
+                raise CorruptClipError(f"{array_dir.url}: clip {row}: {err}", row=row) from err
+            # zarr reads a missing shard as zeros; no served clip is all zeros, so only then look
+            shard = array_dir.child("c", str(row // block_clips), "0", "0")
+            if not x.any() and not shard.exists():
+                raise CorruptClipError(f"{shard.url}: shard file missing (deleted, or not copied with "
+                                       "the store)", row=row)
+            return x
 
         return read
 
@@ -167,8 +182,8 @@ class StoreReader:
 
     # -- data ----------------------------------------------------------------------------------
     def features(self, i: int) -> np.ndarray:
-        """(T, F) float16 of clip i (zero-padded beyond frames(i)); CorruptClipError if its
-        stored bytes fail their checksum."""
+        """(T, F) float16 of clip i (zero-padded beyond frames(i)), whatever the store's codec;
+        CorruptClipError if its stored bytes fail their checksum or its shard is missing."""
         row = int(self.rows[i])
         try:
             return self._features(row)

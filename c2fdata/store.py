@@ -1,11 +1,12 @@
 """The c2f feature store: one Zarr v3 group per dataset, written once, read by every phase.
 
-Layout (format version 1)::
+Layout (format versions 1 and 2)::
 
     STORE/                       zarr group; attrs: format, format_version, dataset, features
-                                 (FbankConfig), vocabulary, multi_label, target_frames, splits,
-                                 train_split, block_clips, fingerprint, stats, finalized, ...
-    STORE/<split>/features       (N, T, F) float16, one chunk per clip, sharded by block_clips
+                                 (FbankConfig), codec, vocabulary, multi_label, target_frames,
+                                 splits, train_split, block_clips, fingerprint, stats, finalized, ...
+    STORE/<split>/features       (N, T, F) as the codec keeps them (codec.py; float16 by default),
+                                 one chunk per clip, sharded by block_clips, crc32c per clip
     STORE/<split>/frames         (N,) int32   real frames before zero padding
     STORE/<split>/status         (N,) uint8   0 pending, 1 ok, 2 failed  (the completion flag)
     STORE/<split>/errors         (N,) str     "" or "reason: detail" (failures and warnings)
@@ -20,6 +21,11 @@ sharding (`--shard K/N` takes every N-th block) and of commit: its features shar
 errors and statistics are written first and its status flags last, so a clip is complete iff
 its status is non-zero, whatever moment a build was killed at. Blocks never share a file, so
 builders on different machines never write the same file.
+
+A store is written with the lowest format version that describes it: version 1 is the float16
+layout (a store without a `codec` attribute is float16), version 2 adds the `codec` attribute
+for any other codec, so a c2f release that predates codecs refuses such a store with its
+"rebuild or use the release that wrote it" message instead of failing inside zarr.
 """
 
 from __future__ import annotations
@@ -34,14 +40,17 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.errors import ContainsGroupError
 
 from c2fdata import __version__
+from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.features import FbankConfig
+from c2fdata.storage import Location, as_location
 from c2fdata.vocab import Vocabulary
 
 FORMAT_NAME = "c2f-feature-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this c2f writes: float16 stores are still written as 1 (above)
+READ_VERSIONS = (1, 2)
 PENDING, OK, FAILED = 0, 1, 2
 DEFAULT_BLOCK_CLIPS = 32  # clips per shard file; see docs/STORE.md for the measurement
 META_CHUNK = 4096  # rows per chunk of the write-once metadata arrays (ids, labels)
@@ -60,7 +69,10 @@ class SplitMeta:
 def _fingerprint(attrs: dict, splits: dict[str, SplitMeta]) -> str:
     h = hashlib.sha256()
     keys = ("dataset", "features", "vocabulary", "multi_label", "target_frames", "block_clips")
-    h.update(json.dumps({k: attrs[k] for k in keys}, sort_keys=True).encode())
+    settings = {k: attrs[k] for k in keys}
+    if attrs.get("codec", DEFAULT_CODEC) != DEFAULT_CODEC:  # float16 stores keep their old fingerprint
+        settings["codec"] = attrs["codec"]
+    h.update(json.dumps(settings, sort_keys=True).encode())
     for name in sorted(splits):
         h.update(name.encode())
         h.update("\n".join(splits[name].ids).encode())
@@ -75,26 +87,37 @@ def check_format(attrs: dict, path: str | Path) -> None:
             "build one with `c2fdata build`"
         )
     found = attrs.get("format_version")
-    if found != FORMAT_VERSION:
+    if found not in READ_VERSIONS:
         raise StoreFormatError(
             f"{path} is a c2f store of format version {found}, this c2f ({__version__}) reads "
-            f"version {FORMAT_VERSION}; rebuild it with `c2fdata build` (features are "
+            f"versions {', '.join(map(str, READ_VERSIONS))}; rebuild it with `c2fdata build` (features are "
             "recomputed from the audio) or use the c2f release that wrote it"
         )
+    try:
+        get_codec(attrs.get("codec"))
+    except ValueError as err:
+        raise StoreFormatError(f"{path}: {err}; this c2f ({__version__}) cannot decode it: use the "
+                               "c2f release that wrote it") from None
 
 
-def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open a store and check its format; StoreFormatError with what to do otherwise."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise StoreFormatError(f"{path}: no store here (no zarr.json); build one with `c2fdata build`")
-    group = zarr.open_group(str(path), mode=mode)
-    check_format(dict(group.attrs), path)
+def store_codec(attrs: dict) -> FeatureCodec:
+    """The codec a store's features are kept in (float16 for a store that names none)."""
+    return get_codec(attrs.get("codec"))
+
+
+def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
+    """Open a store (local folder or s3:// URL) and check its format; StoreFormatError with what
+    to do otherwise."""
+    loc = as_location(path)
+    if not loc.child("zarr.json").is_file():
+        raise StoreFormatError(f"{loc.url}: no store here (no zarr.json); build one with `c2fdata build`")
+    group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
+    check_format(dict(group.attrs), loc.url)
     return group
 
 
 def create_or_open(
-    path: str | Path,
+    path: str | Path | Location,
     *,
     dataset: str,
     vocabulary: Vocabulary,
@@ -104,20 +127,25 @@ def create_or_open(
     train_split: str,
     fbank: FbankConfig,
     block_clips: int = DEFAULT_BLOCK_CLIPS,
+    codec: str = DEFAULT_CODEC,
     missing: dict[str, list[str]] | None = None,
     prepare_issues: list[dict] | None = None,
     extra_attrs: dict | None = None,
 ) -> zarr.Group:
     """Create the store with every clip pending, or open the one a previous (or parallel) build
-    made from the same metadata. Creation is atomic: built in a temporary folder, then renamed,
-    so N builders starting together agree on one store."""
-    path = Path(path)
+    made from the same metadata. Local creation is atomic: built in a temporary folder, then
+    renamed, so N builders starting together agree on one store. Object storage has no rename:
+    there every builder writes the same metadata in place (identical bytes, no clip data) and
+    the root attributes last, so that a store is only seen once it is whole."""
+    loc = as_location(path)
+    feature_codec = get_codec(codec)
     attrs = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if feature_codec.name == DEFAULT_CODEC else FORMAT_VERSION,
         "tool_version": __version__,
         "dataset": dataset,
         "features": fbank.to_dict(),
+        "codec": feature_codec.name,
         "vocabulary": vocabulary.to_list(),
         "multi_label": bool(multi_label),
         "target_frames": int(target_frames),
@@ -130,54 +158,68 @@ def create_or_open(
         **(extra_attrs or {}),
     }
     attrs["fingerprint"] = _fingerprint(attrs, splits)
-    if path.exists():
-        if not (path / "zarr.json").is_file():
-            raise StoreFormatError(f"{path} exists and is not a c2f store; choose another --out or remove it")
-        group = open_store(path, mode="r+")
-        if group.attrs.get("fingerprint") != attrs["fingerprint"]:
-            raise StoreFormatError(
-                f"{path} exists but was built from other metadata or settings (fingerprint "
-                f"{group.attrs.get('fingerprint')} != {attrs['fingerprint']}); use another --out, "
-                "or delete it to start over"
-            )
-        return group
+    if loc.child("zarr.json").is_file() or (loc.fs is None and loc.exists()):
+        return _open_same(loc, attrs)
     if train_split not in splits:
         raise ValueError(f"train split {train_split!r} not among splits {sorted(splits)}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(str(tmp), mode="w")
-    for name, meta in splits.items():
-        _create_split(group, name, meta, int(target_frames), fbank.n_mels, int(block_clips))
-    build_dir = tmp / "build"
-    build_dir.mkdir()
-    (build_dir / "missing.json").write_text(json.dumps(missing or {}, indent=1))
-    (build_dir / "prepare.json").write_text(json.dumps(prepare_issues or [], indent=1))
-    group.attrs.update(attrs)
+    loc.check_bucket()
+    contents = (attrs, splits, int(target_frames), fbank.n_mels, int(block_clips), feature_codec,
+                missing, prepare_issues)
+    if loc.fs is not None:
+        _write_new(loc, *contents)
+        return zarr.open_group(loc.zarr_store(read_only=False), mode="r+")
+    tmp = as_location(str(Path(loc.path).with_name(f".{Path(loc.path).name}.tmp-{os.getpid()}")))
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    _write_new(tmp, *contents)
     try:
-        os.rename(tmp, path)  # atomic; fails if another builder got there first
+        os.rename(tmp.path, loc.path)  # atomic; fails if another builder got there first
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not path.exists():
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        if not loc.exists():
             raise
-        return create_or_open(
-            path, dataset=dataset, vocabulary=vocabulary, multi_label=multi_label,
-            target_frames=target_frames, splits=splits, train_split=train_split, fbank=fbank,
-            block_clips=block_clips, missing=missing, prepare_issues=prepare_issues,
-            extra_attrs=extra_attrs,
+        return _open_same(loc, attrs)
+    return zarr.open_group(loc.path, mode="r+")
+
+
+def _open_same(loc: Location, attrs: dict) -> zarr.Group:
+    """The existing store at loc, if it was made from the same metadata and settings."""
+    if not loc.child("zarr.json").is_file():
+        raise StoreFormatError(f"{loc.url} exists and is not a c2f store; choose another --out or remove it")
+    group = open_store(loc, mode="r+")
+    found = group.attrs.get("fingerprint")
+    if found != attrs["fingerprint"]:
+        theirs = group.attrs.get("codec", DEFAULT_CODEC)
+        why = (f"it keeps features as {theirs}, not {attrs['codec']} (--codec)" if theirs != attrs["codec"]
+               else "it was built from other metadata or settings")
+        raise StoreFormatError(
+            f"{loc.url} exists but {why} (fingerprint {found} != {attrs['fingerprint']}); use another "
+            "--out, or delete it to start over"
         )
-    return zarr.open_group(str(path), mode="r+")
+    return group
 
 
-def _create_split(group: zarr.Group, name: str, meta: SplitMeta, frames: int, n_mels: int, block: int):
+def _write_new(loc: Location, attrs, splits, frames, n_mels, block, codec, missing, prepare_issues) -> None:
+    group = zarr.open_group(loc.zarr_store(read_only=False), mode="a")
+    for name, meta in splits.items():
+        try:
+            _create_split(group, name, meta, frames, n_mels, block, codec)
+        except ContainsGroupError:  # a parallel builder on object storage made it: identical
+            pass
+    loc.child("build", "missing.json").write_bytes(json.dumps(missing or {}, indent=1).encode())
+    loc.child("build", "prepare.json").write_bytes(json.dumps(prepare_issues or [], indent=1).encode())
+    group.attrs.update(attrs)  # last: the store exists for readers from here on
+
+
+def _create_split(group: zarr.Group, name: str, meta: SplitMeta, frames: int, n_mels: int, block: int,
+                  codec: FeatureCodec):
     n = len(meta.ids)
     n_blocks = max(1, -(-n // block))
     g = group.create_group(name)
     g.create_array(
-        "features", shape=(n, frames, n_mels), dtype="float16", chunks=(1, frames, n_mels),
+        "features", shape=(n, frames, n_mels), dtype=codec.dtype, chunks=(1, frames, n_mels),
         shards=(block, frames, n_mels), fill_value=0,
-        # no compression (zstd saves ~10% on log-mel, costs read speed); a checksum per clip so
-        # that `c2fdata verify` finds silent corruption
-        compressors=[Crc32cCodec()],
+        # the codec's chain ends in a crc32c per clip, checked on every read
+        **codec.inner_codecs(),
     )
     g.create_array("frames", shape=(n,), dtype="int32", chunks=(block,), fill_value=0)
     g.create_array("status", shape=(n,), dtype="uint8", chunks=(block,), fill_value=PENDING)
@@ -216,7 +258,10 @@ def write_block(
     g = group[split]
     start = block_index * group.attrs["block_clips"]
     end = start + len(frames)
-    g["features"][start:end] = features.astype(np.float16, copy=False)
+    # every clip gets its chunk, all-zero ones too, so that a block with OK clips always has its
+    # shard file and a missing one is an error, never a block of zeros
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        g["features"][start:end] = store_codec(group.attrs).stored(features)
     g["frames"][start:end] = frames
     g["errors"][start:end] = np.asarray(errors, dtype=object).astype(str)
     g["stat_sums"][block_index] = sums
@@ -252,9 +297,9 @@ def finalize(group: zarr.Group, path: str | Path = "") -> dict | None:
     return stats
 
 
-def read_json(path: str | Path, name: str):
-    p = Path(path) / "build" / name
-    return json.loads(p.read_text()) if p.is_file() else None
+def read_json(path: str | Path | Location, name: str):
+    p = as_location(path).child("build", name)
+    return json.loads(p.read_bytes()) if p.is_file() else None
 
 
 def encode_labels(
@@ -284,7 +329,7 @@ def encode_labels(
 def create_store_from_arrays(
     path: str | Path, *, dataset: str, vocabulary: Vocabulary, multi_label: bool,
     splits: dict[str, dict], train_split: str = "train", fbank: FbankConfig | None = None,
-    block_clips: int = DEFAULT_BLOCK_CLIPS,
+    block_clips: int = DEFAULT_BLOCK_CLIPS, codec: str = DEFAULT_CODEC,
 ) -> zarr.Group:
     """A complete, finalised store from features already in memory (tests, own features).
 
@@ -304,13 +349,14 @@ def create_store_from_arrays(
     group = create_or_open(
         path, dataset=dataset, vocabulary=vocabulary, multi_label=multi_label,
         target_frames=target, splits=metas, train_split=train_split, fbank=fbank,
-        block_clips=block_clips,
+        block_clips=block_clips, codec=codec,
     )
+    served = get_codec(codec).served
     for name, s in splits.items():
         feats = np.asarray(s["features"], np.float32)
         frames = np.asarray(s["frames"], np.int32)
         for b, (start, end) in enumerate(block_ranges(len(frames), block_clips)):
-            real = np.concatenate([feats[i, : frames[i]] for i in range(start, end)])
+            real = np.concatenate([served(feats[i, : frames[i]]) for i in range(start, end)]).astype(np.float64)
             sums = np.array([real.sum(), np.square(real, dtype=np.float64).sum(), real.size], np.float64)
             write_block(group, name, b, feats[start:end], frames[start:end],
                         np.full(end - start, OK, np.uint8), [""] * (end - start), sums)

@@ -10,10 +10,13 @@ import numpy as np
 from c2fdata import store as st
 from c2fdata.reader import rebuild_hint
 from c2fdata.shard_io import CorruptClipError, ShardedClipReader
+from c2fdata.storage import as_location
 
 
 def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
-    path = Path(path)
+    """Every problem of the store at path (a local folder or an s3:// URL); empty when fine."""
+    loc = as_location(path)
+    path = loc.url
     try:
         group = st.open_store(path)
     except st.StoreFormatError as err:
@@ -46,14 +49,15 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
         else:
             bad = np.flatnonzero(((labels < 0) | (labels >= n_classes)) & (status == st.OK))
         problems += [f"{split}/{ids[i]}: label out of range" for i in bad[:20]]
-        fast = ShardedClipReader(path / split / "features") if ShardedClipReader.supports(path / split / "features") else None
+        array_dir = loc.child(split, "features")
+        fast = ShardedClipReader(array_dir) if ShardedClipReader.supports(array_dir) else None
         for i in range(n):
             done += 1
             if status[i] != st.OK:
                 continue
             where = f"{split}/{ids[i]} (row {i})"
             try:
-                x = fast.read(i, check=True) if fast else g["features"][i]
+                x = fast.read(i, check=True) if fast else _zarr_read(g["features"], array_dir, i, a["block_clips"])
             except (CorruptClipError, ValueError) as err:  # zarr's crc32c codec raises ValueError
                 block = i // a["block_clips"]
                 how = rebuild_hint(path, split, i, a["block_clips"], n) if not hinted else "rebuild it likewise"
@@ -75,3 +79,11 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
         problems.append(f"normalisation stats invalid: {stats}")
     return problems
+
+
+def _zarr_read(array, array_dir, row: int, block_clips: int) -> np.ndarray:
+    """zarr's read of a row, with the check zarr lacks: a missing shard is an error, not zeros."""
+    x = np.asarray(array[row])
+    if not x.any() and not array_dir.child("c", str(row // block_clips), "0", "0").exists():
+        raise CorruptClipError(f"{array_dir.url}: shard file of row {row} missing", row=row)
+    return x

@@ -73,6 +73,12 @@ fi
 if ! "$PY" -c "import tinysoundfont" 2>/dev/null; then
     pip_install --no-deps tinysoundfont
 fi
-pip_install -e ".[test]"
+# s3fs (tests: S3 stores) needs aiobotocore, whose releases each pin a narrow botocore range: keep
+# the botocore already installed (boto3 and awscli pin it) and let pip pick the aiobotocore that
+# fits it; with no botocore yet, or none that fits, pip resolves freely.
+constraints=$(mktemp)
+"$PY" -c "import botocore; print('botocore==' + botocore.__version__)" >"$constraints" 2>/dev/null || : >"$constraints"
+pip_install -e ".[test]" -c "$constraints" || pip_install -e ".[test]"
+rm -f "$constraints"
 check_gpu
 "$PY" -c "import torch, c2fdata, c2ftrain; print(f'c2f ready: torch {torch.__version__}, CUDA {\"yes\" if torch.cuda.is_available() else \"no\"}')"

@@ -1,0 +1,172 @@
+"""Feature codecs: the q32 format against an independent rounding, every codec's store read back
+through zarr's own API and the direct shard path (equal), error bounds against the float32
+features, corruption and missing shards raising, old float16 stores still opening."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from c2fdata import store as st
+from c2fdata.build import BuildConfig, build_store
+from c2fdata.cli import main as cli
+from c2fdata.codec import CODECS, QuantizedLogMel, get_codec
+from c2fdata.features import FbankConfig, fbank
+from c2fdata.reader import CorruptClipError, StoreReader
+from c2fdata.shard_io import ShardedClipReader
+from c2fdata.verify import verify_store
+from c2fdata.vocab import Vocabulary
+from conftest import tone
+
+N, T, F, BLOCK = 11, 70, 16, 4  # T not a multiple of the codec's 32-frame blocks
+NAMES = ["a", "b"]
+
+
+def logmel_like(n=N, seed=0):
+    """float32 (n, T, F): smooth bins plus noise, zero padding after `frames`, outliers."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(-4, 3, (n, 1, F)) + rng.normal(0, 1.5, (n, T, F))).astype(np.float32)
+    x[0, 5, 3], x[1, 9, 0] = 40.0, -30.0  # residuals far beyond +-127 steps: escaped
+    frames = rng.integers(T // 2, T + 1, n)
+    frames[2] = T
+    for i in range(n):
+        x[i, frames[i]:] = 0
+    return x, frames
+
+
+def make_store(path, codec, x=None, frames=None):
+    if x is None:
+        x, frames = logmel_like()
+    st.create_store_from_arrays(
+        path, dataset="toy", vocabulary=Vocabulary.from_names(NAMES), multi_label=False,
+        splits={"train": dict(features=x, frames=frames, labels=[[NAMES[i % 2]] for i in range(len(x))],
+                              ids=[f"c{i}" for i in range(len(x))])},
+        fbank=FbankConfig(n_mels=F), block_clips=BLOCK, codec=codec,
+    )
+    return path
+
+
+@pytest.mark.parametrize("entropy", ["lz4", "zstd"])
+def test_q32_decodes_to_the_rounding_to_a_32nd(entropy):
+    fmt = QuantizedLogMel(entropy=entropy)
+    x, _ = logmel_like()
+    for clip in list(x) + [np.zeros((T, F), np.float32), np.full((T, F), -15.9, np.float32)]:
+        expected = np.round(clip.astype(np.float64) * 32) / 32  # independent of the codec's code
+        got = fmt.decode(fmt.encode(clip), (T, F))
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+        assert np.abs(got - clip).max() <= 1 / 64
+        np.testing.assert_array_equal(fmt.decode_float16(fmt.encode(clip), (T, F)), expected.astype(np.float16))
+
+
+def test_q32_is_smaller_than_float16_on_noisy_logmel():
+    x, _ = logmel_like(seed=1)
+    for entropy in ("lz4", "zstd"):
+        size = sum(len(QuantizedLogMel(entropy=entropy).encode(c)) for c in x)
+        assert size < 0.6 * x.size * 2, (entropy, size / (x.size * 2))
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_store_reads_back_through_zarr_and_the_direct_path(tmp_path, codec):
+    x, frames = logmel_like()
+    path = make_store(tmp_path / codec, codec, x, frames)
+    reader = StoreReader(path, "train")
+    array = zarr.open_array(str(path / "train" / "features"), mode="r")  # zarr's own API
+    fast = ShardedClipReader(path / "train" / "features")
+    bound = 1 / 64 if not get_codec(codec).lossless else 2.0**-11 * np.abs(x).max()  # float16's half step
+    assert reader.attrs["codec"] == codec
+    assert reader.attrs["format_version"] == (1 if codec == "float16" else 2)
+    for i in range(N):
+        served = reader.features(i)
+        assert served.dtype == np.float16 and served.shape == (T, F)
+        np.testing.assert_array_equal(served.astype(np.float32), np.asarray(array[i], np.float32))
+        np.testing.assert_array_equal(served, fast.read(i))
+        assert np.abs(served.astype(np.float32) - x[i]).max() <= bound
+        assert not served[frames[i]:].any()  # padding stays exactly zero
+    # statistics from the values served, over real frames only
+    real = np.concatenate([reader.features(i)[: frames[i]].astype(np.float64) for i in range(N)])
+    assert reader.mean == pytest.approx(real.mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("codec", ["float16-zstd", "q32-lz4"])
+def test_a_flipped_byte_in_a_compressed_clip_is_never_served(tmp_path, codec):
+    path = make_store(tmp_path / codec, codec)
+    shard = path / "train" / "features" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(data[-(16 * BLOCK + 4):-4]), "<u8").reshape(BLOCK, 2)
+    data[int(index[1, 0]) + 9] ^= 0x10  # row 5 = second clip of block 1
+    shard.write_bytes(bytes(data))
+    reader = StoreReader(path, "train")
+    with pytest.raises(CorruptClipError, match=r"split 'train', row 5 .*crc32c") as err:
+        reader.features(5)
+    assert (err.value.split, err.value.row) == ("train", 5)
+    reader.features(4)  # its neighbours still read
+    assert any("row 5" in p for p in verify_store(path))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_deleted_shard_raises_instead_of_reading_zeros(tmp_path, monkeypatch, direct):
+    path = make_store(tmp_path / "s", "q32-lz4")
+    (path / "train" / "features" / "c" / "1" / "0" / "0").unlink()
+    if not direct:
+        monkeypatch.setattr(ShardedClipReader, "supports", staticmethod(lambda _: False))
+    reader = StoreReader(path, "train")
+    with pytest.raises(CorruptClipError, match=r"row 6 .*shard file missing.*rebuild block 1") as err:
+        reader.features(6)
+    assert (err.value.path, err.value.split, err.value.row, err.value.clip_id) == (str(path), "train", 6, "c6")
+    reader.features(3)
+    problems = verify_store(path)
+    assert sum("missing" in p for p in problems) == BLOCK
+
+
+def test_a_float16_store_of_format_1_without_codec_attribute_still_opens(tmp_path):
+    x, frames = logmel_like()
+    path = make_store(tmp_path / "old", "float16", x, frames)
+    meta = json.loads((path / "zarr.json").read_text())
+    del meta["attributes"]["codec"]  # as written before codecs existed
+    (path / "zarr.json").write_text(json.dumps(meta))
+    reader = StoreReader(path, "train")
+    np.testing.assert_array_equal(reader.features(3), x[3].astype(np.float16))
+    assert verify_store(path) == []
+    # a float16 store's fingerprint is what it was before codecs, so an old build still resumes
+    old = meta["attributes"]
+    assert st._fingerprint(old, {}) == st._fingerprint({**old, "codec": "float16"}, {})
+    assert st._fingerprint(old, {}) != st._fingerprint({**old, "codec": "q32-lz4"}, {})
+
+
+def test_unknown_codec_and_codec_mismatch_are_refused_clearly(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown codec 'lilcom'; choose one of float16, float16-zstd"):
+        BuildConfig(dataset="folder", out=tmp_path / "x", codec="lilcom")
+    result = CliRunner().invoke(cli, ["build", "--dataset", "instruments", "--codec", "lilcom", "--out", "x"])
+    assert result.exit_code == 2 and "lilcom" in result.output and "q32-lz4" in result.output
+    path = make_store(tmp_path / "s", "q32-zstd")
+    attrs = json.loads((path / "zarr.json").read_text())
+    attrs["attributes"]["codec"] = "brotli-9"
+    (path / "zarr.json").write_text(json.dumps(attrs))
+    with pytest.raises(st.StoreFormatError, match="unknown codec 'brotli-9'.*release that wrote it"):
+        StoreReader(path, "train")
+
+
+def test_build_with_a_codec_end_to_end(tmp_path):
+    root = tmp_path / "audio"
+    for i in range(6):
+        (root / "train" / f"k{i % 2}").mkdir(parents=True, exist_ok=True)
+        import soundfile as sf
+
+        sf.write(root / "train" / f"k{i % 2}" / f"{i}.wav", tone(1.0, seed=i, freq=300 + 40 * i), 16000)
+    out = tmp_path / "store"
+    res = build_store(BuildConfig(dataset="folder", root=root, out=out, codec="q32-lz4", block_clips=4))
+    assert res.finalized and res.failed == 0
+    reader = StoreReader(out, "train")
+    assert reader.attrs["codec"] == "q32-lz4" and verify_store(out) == []
+    for i, clip_id in enumerate(reader.ids):
+        audio, sr = __import__("soundfile").read(root / "train" / f"{clip_id}.wav", dtype="float32")
+        reference = fbank(audio, sr, FbankConfig()).numpy()  # float32, computed independently of the store
+        served = reader.features(i)[: reader.frames()[i]].astype(np.float32)
+        assert np.abs(served - reference).max() <= 1 / 64 + 1e-6
+    # a resumed build with another codec is refused, naming both
+    with pytest.raises(st.StoreFormatError, match="keeps features as q32-lz4, not float16"):
+        build_store(BuildConfig(dataset="folder", root=root, out=out, block_clips=4))
+    shutil.rmtree(out)

@@ -1,0 +1,152 @@
+"""Stores on object storage: an S3-compatible server (moto's server mode) on 127.0.0.1 that the
+tests start and stop themselves; nothing reaches the network. Skipped where moto or s3fs is not
+installed (`pip install 'c2f[s3]'`, which scripts/install.sh does)."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from c2fdata.build import BuildConfig, build_store
+from c2fdata.cli import main as cli
+from c2fdata.reader import CorruptClipError, StoreReader
+from c2fdata.storage import StorageError, as_location
+from c2fdata.store import StoreFormatError
+from c2fdata.verify import verify_store
+from conftest import tone
+
+moto_server = pytest.importorskip("moto.server", reason="moto (with its server mode) is not installed: pip install 'c2f[s3]'")
+pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'c2f[s3]'")
+boto3 = pytest.importorskip("boto3", reason="boto3 is not installed: pip install 'c2f[s3]'")
+
+BUCKET = "features"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.stop()
+
+
+@pytest.fixture
+def s3(server, monkeypatch, tmp_path):
+    """AWS settings pointing at the local server (never at AWS: instance metadata lookups off),
+    a fresh bucket, and fsspec's instance cache cleared so each test sees these settings."""
+    import fsspec
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_ENDPOINT_URL": server, "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                       "AWS_CONFIG_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("C2F_CACHE_DIR", raising=False)
+    fsspec.filesystem("s3").clear_instance_cache()
+    client = boto3.client("s3", endpoint_url=server)
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3audio")
+    for i in range(7):
+        d = root / "train" / f"k{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        sf.write(d / f"{i}.wav", tone(1.0, seed=i, freq=250 + 30 * i), 16000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_store(audio, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "store"
+    build_store(BuildConfig(dataset="folder", root=audio, out=out, block_clips=3, codec="q32-lz4"))
+    return out
+
+
+def test_build_info_verify_and_read_an_s3_store_as_a_local_one(s3, audio, local_store):
+    url = f"s3://{BUCKET}/stores/folder"
+    res = build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3, codec="q32-lz4"))
+    assert res.finalized and res.path == url
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert "stores/folder/zarr.json" in keys and "stores/folder/train/features/c/2/0/0" in keys
+    remote, local = StoreReader(url, "train"), StoreReader(local_store, "train")
+    assert len(remote) == len(local) == 7 and remote.ids == local.ids and remote.mean == local.mean
+    for i in range(len(local)):
+        np.testing.assert_array_equal(remote[i][0], local[i][0])
+    assert verify_store(url) == []
+    runner = CliRunner()
+    info = runner.invoke(cli, ["info", url, "--json"])
+    assert info.exit_code == 0 and '"codec": "q32-lz4"' in info.output and url in info.output
+    assert runner.invoke(cli, ["verify", url]).exit_code == 0
+
+
+def test_sharded_build_into_s3(s3, audio, local_store):
+    url = f"s3://{BUCKET}/sharded"
+    first = build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3, codec="q32-lz4", shard=(0, 2)))
+    assert not first.finalized
+    second = build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3, codec="q32-lz4", shard=(1, 2)))
+    assert second.finalized
+    remote, local = StoreReader(url, "train"), StoreReader(local_store, "train")
+    for i in range(len(local)):
+        np.testing.assert_array_equal(remote.features(i), local.features(i))
+
+
+def test_missing_shard_and_corrupt_clip_on_s3_raise(s3, audio):
+    url = f"s3://{BUCKET}/damaged"
+    build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3))
+    s3.delete_object(Bucket=BUCKET, Key="damaged/train/features/c/1/0/0")
+    reader = StoreReader(url, "train")
+    with pytest.raises(CorruptClipError, match=r"row 4 .*shard file missing.*rebuild block 1.*rm_file"):
+        reader.features(4)
+    reader.features(0)
+    assert sum("missing" in p for p in verify_store(url)) == 3
+
+
+def test_local_read_cache(s3, audio, local_store, tmp_path, monkeypatch):
+    url = f"s3://{BUCKET}/cached"
+    build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3, codec="q32-lz4"))
+    monkeypatch.setenv("C2F_CACHE_DIR", str(tmp_path / "cache"))
+    reader, local = StoreReader(url, "train"), StoreReader(local_store, "train")
+    np.testing.assert_array_equal(reader.features(5), local.features(5))
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(cached) == 1 and cached[0].stat().st_size > 0  # shard 1, downloaded whole
+    s3.delete_object(Bucket=BUCKET, Key="cached/train/features/c/1/0/0")
+    np.testing.assert_array_equal(reader.features(4), local.features(4))  # now served from the cache
+
+
+def test_clear_errors_for_bad_s3_locations(s3, audio, monkeypatch):
+    with pytest.raises(StorageError, match="bucket 'nope' does not exist at http://127.0.0.1"):
+        build_store(BuildConfig(dataset="folder", root=audio, out="s3://nope/store"))
+    with pytest.raises(StoreFormatError, match="s3://features/absent: no store here"):
+        StoreReader(f"s3://{BUCKET}/absent", "train")
+    result = CliRunner().invoke(cli, ["info", "s3://features/absent"])
+    assert result.exit_code == 2 and "no store here" in result.output
+    with pytest.raises(StorageError, match="no bucket in the URL"):
+        as_location("s3://")
+    import fsspec
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    fsspec.filesystem("s3").clear_instance_cache()
+    with pytest.raises(StorageError, match="no AWS credentials found; set AWS_ACCESS_KEY_ID"):
+        StoreReader(f"s3://{BUCKET}/x", "train")
+    monkeypatch.setitem(__import__("sys").modules, "s3fs", None)  # as if not installed
+    with pytest.raises(StorageError, match="need s3fs.*pip install 'c2f\\[s3\\]'"):
+        as_location(f"s3://{BUCKET}/x")
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
