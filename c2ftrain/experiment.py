@@ -106,13 +106,21 @@ def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, r
 
 def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     """A short hash of everything that decides a training run: the recipe without its name,
-    description and coarse-to-fine phases, the run's own phases and the seed. A one-phase run
-    has the same schedule in either learning-rate scope, so the scope is left out of its key."""
+    description, coarse-to-fine phases and cross-validation folds, the run's own phases and the
+    seed. Settings that change nothing in this run are left out, so that runs trained before
+    they existed keep their keys: the learning-rate scope of a one-phase run (one schedule
+    either way), the mask value without masks, the mixup partner and domain without mixup."""
     d = recipe.to_dict()
-    for key in ("name", "description", "phases", "baseline"):
+    for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
     if len(phases) == 1:
         d["optim"].pop("lr_scope")
+    data = d["data"]
+    if not (data["freq_mask_bins"] or data["time_mask_frames"]):
+        data.pop("mask_value")
+    if not data["mixup"]:
+        data.pop("mixup_partner")
+        data.pop("mixup_domain")
     d["run_phases"] = [asdict(p) for p in phases]
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -144,3 +144,23 @@ def test_plan_matches_what_the_trainer_does(toy_store, tmp_path, monkeypatch):  
     assert [e["lr"] for e in c2f["epochs"]] == pytest.approx([seen[s] for s in starts], rel=1e-12)
     assert [e["label"] for e in c2f["epochs"]] == [r["label"] for r in report["phases"] for _ in range(r["epochs"])]
     assert plan["savings"]["flops"] == pytest.approx(report["savings"]["flops"])
+
+
+def test_run_key_leaves_out_what_does_not_change_the_run():
+    """Shared runs are found by key: settings that change nothing in a run (the mask value
+    without masks, mixup's partner and domain without mixup, the cv folds) keep the key that
+    runs trained before those settings existed have."""
+    import dataclasses
+
+    from c2ftrain.experiment import run_key
+    from c2ftrain.recipe import CvSpec, load_recipe
+
+    demo = load_recipe("demo")
+    key = run_key(demo, demo.baseline_phases)
+    assert key == "3b46d2f87cd5"  # the demo baseline's key before these settings existed
+    inert = dataclasses.replace(demo, data=dataclasses.replace(demo.data, mask_value="zero", mixup_partner="batch"),
+                                cv=CvSpec(folds=2, store="s{fold}"))
+    assert run_key(inert, demo.baseline_phases) == key
+    masked = dataclasses.replace(demo, data=dataclasses.replace(demo.data, freq_mask_bins=8))
+    assert run_key(masked, demo.baseline_phases) != run_key(
+        dataclasses.replace(masked, data=dataclasses.replace(masked.data, mask_value="zero")), demo.baseline_phases)
