@@ -49,6 +49,14 @@ def _printer(state: dict):
     return on_event
 
 
+def store_exists(store: str) -> bool:
+    """Whether a store (a local folder or an s3:// URL) is there; StorageError (a ValueError)
+    for a URL that cannot be used."""
+    from c2fdata.storage import as_location
+
+    return as_location(store).exists()
+
+
 def parse_overrides(overrides: tuple[str, ...]) -> dict:
     """`--set KEY=VALUE` pairs; VALUE is read as TOML (numbers, booleans, quoted strings, lists)
     and taken as a bare string when it is not TOML."""
@@ -122,10 +130,10 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
             rec = load_recipe(recipe, parse_overrides(overrides))
             seeds = seed_list(rec, n_seeds)
             run_dir = run_dir or default_run_dir(rec)
+        if not store_exists(rec.store):
+            fail(f"store {rec.store} not found; build it first, e.g. `c2fdata build --dataset instruments`")
     except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    if not Path(rec.store).exists():
-        fail(f"store {rec.store} not found; build it first, e.g. `c2fdata build --dataset instruments`")
     console.print(f"recipe [bold]{rec.name}[/]: {rec.description}")
     console.print(f"run directory {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
     from c2ftrain.distributed import close_distributed
@@ -212,7 +220,7 @@ def plan(recipe, overrides, as_json, no_measure, device):
 
     try:
         rec = load_recipe(recipe, parse_overrides(overrides))
-        if not Path(rec.store).exists():
+        if not store_exists(rec.store):
             fail(f"store {rec.store} not found; build it first (the plan reads its clip counts)")
         result = plan_experiment(rec, measure=not no_measure, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:

@@ -48,7 +48,9 @@ def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
 
 def check_fold_stores(recipe: Recipe, folds: list[int]) -> None:
     """Every fold's store exists, before anything trains: else an error listing what to build."""
-    missing = [(k, recipe.cv.store_of(k)) for k in folds if not Path(recipe.cv.store_of(k)).exists()]
+    from c2fdata.storage import as_location
+
+    missing = [(k, recipe.cv.store_of(k)) for k in folds if not as_location(recipe.cv.store_of(k)).exists()]
     if missing:
         raise FileNotFoundError("fold stores not found: " + ", ".join(f"{s} (fold {k})" for k, s in missing)
                                 + "; build each, e.g. `c2fdata build --dataset esc50 --root ESC-50 --fold K "
