@@ -91,7 +91,9 @@ def main(verbose: bool) -> None:
 @click.option("--shard", default="0/1", show_default=True, help="K/N: this builder fills every N-th block from K (0 <= K < N).")
 @click.option("--limit", type=int, help="At most this many clips per split (a quick trial).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad clip or metadata problem.")
-@click.option("--fold", type=int, default=1, show_default=True, help="esc50: the fold used as the eval split.")
+@click.option("--fold", type=int, default=1, show_default=True,
+              help="esc50: K = 1..5 makes fold K the eval split and the other four train; 0 stores every "
+              "fold as its own split fold1..fold5, one store for `c2ftrain cv`.")
 @click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
 @click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
