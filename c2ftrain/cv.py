@@ -2,8 +2,9 @@
 
 AST's ESC-50 protocol trains five runs, each holding out one fold, and reports the mean accuracy.
 `run_cv` runs `run_experiment` (coarse-to-fine, baseline, equal-FLOPs control, every seed) once
-per fold, on that fold's store (the recipe's [cv] table), and reports per fold and run the metric,
-and over folds its mean and spread:
+per fold, on that fold's recipe (`fold_recipe`: the recipe's [cv] table lays the folds out as
+splits of one store or as one store per fold), and reports per fold and run the metric, and
+over folds its mean and spread:
 
 - "mean": the final models' metric, mean over folds (what a held-out score should be);
 - "at_best_evaluation": AST's number (its `get_esc_result.py`): the metric curve (one value per
@@ -34,7 +35,8 @@ def fold_list(recipe: Recipe, n_folds: int | None = None) -> list[int]:
     """Folds 1..n (default: all of the recipe's)."""
     if not recipe.cv.folds:
         raise RecipeError(f"recipe {recipe.name!r} has no [cv] table; add one, e.g. [cv] folds = 5, "
-                          "store = \"stores/esc50-fold{fold}\" (one store per held-out fold)")
+                          "split = \"fold{fold}\" (fold splits of the recipe's store, `c2fdata build --dataset "
+                          "esc50 --fold 0`)")
     n = recipe.cv.folds if n_folds is None else n_folds
     if not 1 <= n <= recipe.cv.folds:
         raise RecipeError(f"--folds must be 1..{recipe.cv.folds} (the recipe's folds), got {n}")
@@ -42,12 +44,26 @@ def fold_list(recipe: Recipe, n_folds: int | None = None) -> list[int]:
 
 
 def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
-    """The recipe of one fold: its store holds that fold out as the eval split."""
-    return dataclasses.replace(recipe, store=recipe.cv.store_of(fold), name=f"{recipe.name}-fold{fold}")
+    """The recipe of one fold: with fold splits, train on the other folds' splits and evaluate
+    on this fold's; with one store per fold, that store (it holds the fold out itself)."""
+    cv, data = recipe.cv, recipe.data
+    if cv.fold_splits:
+        others = tuple(cv.split_of(k) for k in range(1, cv.folds + 1) if k != fold)
+        data = dataclasses.replace(data, train_split=others, eval_split=cv.split_of(fold))
+    return dataclasses.replace(recipe, store=cv.store_of(fold), data=data, name=f"{recipe.name}-fold{fold}")
+
+
+def check_folds(recipe: Recipe, folds: list[int]) -> None:
+    """Every fold's store, and with fold splits every fold's split, exists before anything
+    trains: else an error naming what is missing and the command that builds it."""
+    if recipe.cv.fold_splits:
+        check_fold_splits(recipe)
+    else:
+        check_fold_stores(recipe, folds)
 
 
 def check_fold_stores(recipe: Recipe, folds: list[int]) -> None:
-    """Every fold's store exists, before anything trains: else an error listing what to build."""
+    """Every fold run has its store."""
     from c2fdata.storage import as_location
 
     missing = [(k, recipe.cv.store_of(k)) for k in folds if not as_location(recipe.cv.store_of(k)).exists()]
@@ -57,6 +73,24 @@ def check_fold_stores(recipe: Recipe, folds: list[int]) -> None:
                                 "--out " + recipe.cv.store + "`")
 
 
+def check_fold_splits(recipe: Recipe) -> None:
+    """Every fold's split, not only those run: each fold trains on all the others."""
+    from c2fdata.storage import as_location
+    from c2fdata.store import open_store
+
+    store = recipe.cv.store
+    build = f"`c2fdata build --dataset esc50 --root ESC-50 --fold 0 --out {store}` (every fold its own split)"
+    if not as_location(store).exists():
+        raise FileNotFoundError(f"store {store} not found (cv.split = {recipe.cv.split!r}); build it with {build}")
+    have = set(open_store(store).attrs["splits"])
+    missing = [recipe.cv.split_of(k) for k in range(1, recipe.cv.folds + 1) if recipe.cv.split_of(k) not in have]
+    if missing:
+        raise RecipeError(
+            f"store {store} has no split {', '.join(missing)} (cv.split = {recipe.cv.split!r}; its splits: "
+            f"{', '.join(sorted(have))}); build it with {build}, or, for stores built with --fold K "
+            "(one per held-out fold), set cv.store = \"...-fold{fold}\" instead of cv.split")
+
+
 def run_cv(recipe: Recipe, run_dir: Path, *, folds: list[int], seeds: list[int] | None = None,
            resume: bool = False, baseline: bool = True, on_event: Callable[[dict], None] | None = None,
            on_fold: Callable[[int], None] | None = None, device: str | None = None) -> dict:
@@ -64,7 +98,7 @@ def run_cv(recipe: Recipe, run_dir: Path, *, folds: list[int], seeds: list[int] 
     also written to run_dir/report.json."""
     from c2ftrain.experiment import run_experiment
 
-    check_fold_stores(recipe, folds)
+    check_folds(recipe, folds)
     run_dir = Path(run_dir)
     seeds = seeds or [recipe.seed]
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes (as run_experiment)

@@ -302,26 +302,64 @@ class BaselineSpec:
 
 @dataclass(frozen=True)
 class CvSpec:
-    """Cross-validation (`c2ftrain cv`): the experiment once per held-out fold, one store per fold
-    (ESC-50's store holds one fold as its eval split and the other four as train:
-    `c2fdata build --dataset esc50 --fold K`). folds = 0: the recipe has no folds."""
+    """Cross-validation (`c2ftrain cv`): the experiment once per held-out fold K, the folds laid
+    out in one of two ways; exactly one of `split` and `store` names fold K with "{fold}":
+
+    - fold splits of one store, `split = "fold{fold}"`: fold K trains on the other folds' splits
+      (its data.train_split) and evaluates on its own (data.eval_split), all in `store` (default:
+      the recipe's; ESC-50: `c2fdata build --dataset esc50 --fold 0`, each clip stored once);
+    - one store per fold, `store = "stores/esc50-fold{fold}"`: fold K reads its own store, which
+      holds it out (`c2fdata build --dataset esc50 --fold K`), with the recipe's data splits.
+
+    folds = 0: the recipe has no folds."""
 
     folds: int = 0  # folds 1..folds, each held out once (AST's ESC-50: 5)
-    store: str = ""  # the store of fold K, "{fold}" standing for K, e.g. "stores/esc50-fold{fold}"
+    split: str = ""  # the split of fold K in the recipe's store, e.g. "fold{fold}"
+    # the store of fold K, e.g. "stores/esc50-fold{fold}"; with `split`, the one store of every
+    # fold, unset meaning the recipe's (filled in by Recipe: store_of names it in either layout)
+    store: str = ""
 
     def __post_init__(self):
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 0:
             raise RecipeError(f"cv.folds must be an integer >= 0, got {self.folds!r}")
-        if self.folds and "{fold}" not in self.store:
-            raise RecipeError(f"cv.store must name each fold's store with {{fold}}, e.g. "
-                              f"\"stores/esc50-fold{{fold}}\"; got {self.store!r}")
-        if self.store and not self.folds:
-            raise RecipeError("cv.store without cv.folds: say how many folds there are")
+        if not isinstance(self.split, str) or not isinstance(self.store, str):
+            raise RecipeError(f"cv.split and cv.store are strings, got {self.split!r}, {self.store!r}")
+        if not self.folds:
+            if self.store or self.split:
+                raise RecipeError("cv.split or cv.store without cv.folds: say how many folds there are")
+            return
+        per_split, per_store = "{fold}" in self.split, "{fold}" in self.store
+        if per_split == per_store:
+            raise RecipeError(
+                "[cv] names each fold with {fold} in exactly one of split = \"fold{fold}\" (fold splits "
+                "of one store, `c2fdata build --dataset esc50 --fold 0`) or store = \"stores/esc50-fold{fold}\" "
+                f"(one store per held-out fold, `--fold K`); got split = {self.split!r}, store = {self.store!r}")
+        if self.split and not per_split:
+            raise RecipeError(f"cv.split must name each fold's split with {{fold}}, e.g. \"fold{{fold}}\"; "
+                              f"got {self.split!r}")
+        if per_split and self.folds < 2:
+            raise RecipeError(f"cv.split needs cv.folds >= 2: a fold trains on the other folds' splits; "
+                              f"got {self.folds}")
 
-    def store_of(self, fold: int) -> str:
+    @property
+    def fold_splits(self) -> bool:
+        """Whether the folds are splits of one store (else: one store per fold)."""
+        return bool(self.split)
+
+    def _check_fold(self, fold: int) -> None:
         if not 1 <= fold <= self.folds:
             raise RecipeError(f"fold {fold} is not one of the recipe's folds 1..{self.folds}")
+
+    def store_of(self, fold: int) -> str:
+        self._check_fold(fold)
         return self.store.replace("{fold}", str(fold))
+
+    def split_of(self, fold: int) -> str:
+        """The split of fold K in the one store (fold-splits layout only)."""
+        self._check_fold(fold)
+        if not self.fold_splits:
+            raise RecipeError("cv.split is not set: the folds are one store each (cv.store)")
+        return self.split.replace("{fold}", str(fold))
 
 
 @dataclass(frozen=True)
@@ -359,8 +397,14 @@ class Recipe:
                         f"schedule over all phases (optim.lr, optim.warmup_steps); remove them or use lr_scope = \"phase\""
                     )
         self._check_endings()
+        self._fill_cv_store()
         if self.baseline.phases and not self.baseline.phases[-1].full_resolution:
             raise RecipeError("the baseline's last phase must be full resolution")
+
+    def _fill_cv_store(self) -> None:
+        """Fold splits without a cv.store are read from the recipe's store (frozen: set once)."""
+        if self.cv.fold_splits and not self.cv.store:
+            object.__setattr__(self, "cv", dataclasses.replace(self.cv, store=self.store))
 
     def _check_endings(self) -> None:
         budget = [i for i, p in enumerate(self.phases) if p.until == "budget"]
