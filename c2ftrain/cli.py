@@ -158,12 +158,12 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
 @click.option("--seeds", "n_seeds", type=int, default=1, show_default=True, help="Seeds per fold.")
 @click.option("--no-baseline", is_flag=True, help="Train coarse-to-fine only.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe key (as for `run`), e.g. "
-              "--set cv.store=/data/esc50-fold{fold}.")
+              "--set cv.store=/data/esc50 (a store built with --fold 0).")
 @click.option("--steps-log", is_flag=True, help="Print the loss every 20 steps.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, steps_log, device):
     """Cross-validate RECIPE (default: esc50): `run` once per held-out fold (the recipe's [cv]
-    table: one store per fold), then per fold and the mean over folds for coarse-to-fine, the
+    table: fold splits of one store, or one store per fold), then per fold and the mean over folds for coarse-to-fine, the
     baseline and the equal-FLOPs control. Resumable with --resume DIR."""
     import time
 
@@ -188,7 +188,8 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
     console.print(f"cross-validation over folds {folds} into {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
 
     def on_fold(fold: int) -> None:
-        console.rule(f"[bold]fold {fold}[/] held out ({rec.cv.store_of(fold)})")
+        where = rec.cv.store_of(fold) + (f", split {rec.cv.split_of(fold)}" if rec.cv.fold_splits else "")
+        console.rule(f"[bold]fold {fold}[/] held out ({where})")
 
     try:
         report = run_cv(rec, run_dir, folds=folds, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
