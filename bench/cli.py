@@ -73,6 +73,98 @@ def store(clips, read_clips, blocks, n_reads, repeats, json_path):
     write_json(json_path, {"machine": m, "build": build, "reads": reads})
 
 
+@main.command("codecs")
+@click.option("--clips", default=512, show_default=True, help="10-s clips (noisy tones) built with every codec.")
+@click.option("--codec", "codecs", multiple=True, help="Codec to measure (repeatable; default: all).")
+@click.option("--workers", default=2, show_default=True, help="Build worker processes.")
+@click.option("--reads", "n_reads", default=2000, show_default=True, help="Random reads per timed repeat.")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--out", help="Folder or s3://bucket/prefix to build the stores in (default: a temporary folder).")
+@click.option("--moto", is_flag=True, help="Start a local S3-compatible server (moto) and build into it: "
+              "NOT real S3 (no network latency or bandwidth limit); for the S3 code path's own cost.")
+@click.option("--concurrent", default="1,2,4", show_default=True,
+              help="Reader process counts for the many-readers measurement ('' to skip).")
+@click.option("--no-references", is_flag=True, help="Skip lilcom, lhotse and per-clip 8-bit (measured where installed).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+def codecs_command(clips, codecs, workers, n_reads, repeats, out, moto, concurrent, no_references, json_path):
+    """Per store codec: bytes per clip, build clips/s, random reads/s per process, error against
+    float32 features; lilcom/lhotse beside them; reads/s per process with 1, 2, 4 readers at once."""
+    from bench.store import bench_codecs, bench_concurrent_reads
+
+    m = describe()
+    console.print(machine_line(m))
+    import tempfile
+
+    server = _start_moto() if moto else None
+    tmp = tempfile.TemporaryDirectory()  # the stores outlive bench_codecs: the readers below use them
+    try:
+        where = "S3 via moto on localhost" if server else (out or "local disk")
+        out = "s3://c2f-bench/codecs" if server else (out or tmp.name)
+        with console.status("building and reading..."):
+            result = bench_codecs(clips, codecs or None, workers, n_reads, repeats, out, not no_references)
+        console.print(codecs_table(result, where))
+        if concurrent:
+            counts = tuple(int(c) for c in concurrent.split(","))
+            result["concurrent"] = {}
+            for name, r in result["codecs"].items():
+                with console.status(f"{name}: concurrent readers..."):
+                    result["concurrent"][name] = bench_concurrent_reads(r["store"], counts, n_reads, repeats)
+            console.print(concurrent_table(result["concurrent"], m["cores"]))
+    finally:
+        tmp.cleanup()
+        if server:
+            server.stop()
+    write_json(json_path, {"machine": m, "moto": bool(server), **result})
+
+
+def _start_moto():
+    """A moto S3 server on 127.0.0.1 (a free port), the AWS settings pointing at it, a bucket."""
+    import os
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true")
+    boto3.client("s3").create_bucket(Bucket="c2f-bench")
+    return server
+
+
+def codecs_table(result: dict, where: str) -> Table:
+    t = Table(title=f"{result['clips']} clips of 10 s (1024 x 128), {where}; reads: one process, random, "
+                    "crc32c checked, median of repeats")
+    for c in ("codec", "bytes/clip", "vs float16", "build clips/s", "reads/s per process", "max abs err", "mean abs err"):
+        t.add_column(c, justify="right")
+    rows = list(result["codecs"].items()) + [(f"({k})", v) for k, v in result["references"].items()]
+    for name, r in rows:
+        reads = r["reads"]
+        t.add_row(name, f"{r['bytes_per_clip'] / 1024:,.0f} KiB", f"{r['share_of_float16']:.1%}",
+                  f"{r['build_clips_per_s']:,.0f}" if "build_clips_per_s" in r else
+                  (f"{r['write_clips_per_s']:,.0f} (write)" if "write_clips_per_s" in r else ""),
+                  f"{reads['median']:,.0f} ±{reads['spread']:.0%}" + (" *" if "note" in r and "no I/O" in r["note"] else ""),
+                  f"{r['max_abs_error']:.4f}", f"{r['mean_abs_error']:.5f}")
+    t.caption = "(...): measured, not offered; * decode alone, no I/O"
+    return t
+
+
+def concurrent_table(result: dict, cores: int) -> Table:
+    counts = list(next(iter(result.values())))
+    t = Table(title=f"random reads/s per process with P reader processes at once ({cores} cores here: "
+                    "beyond that, processes share cores)")
+    t.add_column("codec")
+    for p in counts:
+        t.add_column(f"P={p} per process (total)", justify="right")
+    for name, rows in result.items():
+        t.add_row(name, *[f"{rows[p]['per_process']:,.0f} ({rows[p]['total']:,.0f})" for p in counts])
+    return t
+
+
 @main.command()
 @click.option("--phase", "phase_numbers", type=int, multiple=True,
               help="Phase of the recipe, 1-based (repeatable; default 1). The C = 1 phase is always measured too.")

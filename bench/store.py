@@ -105,3 +105,183 @@ def bench_reads(clips: int = 2000, frames: int = 1024, block_clips=(1, 32), read
                                  "reader_vs_mmap": m.median / out["mmap"]["median"]}
             shutil.rmtree(path)
     return out
+
+
+# -- codecs: size, build speed, read speed and error, against lilcom/lhotse where installed ------
+
+def reference_features(root: Path, ids: list[str], target_frames: int) -> np.ndarray:
+    """float32 (N, T, F) fbank of the folder dataset's clips `ids`, computed here, independently of
+    any store: the reference each codec's error is measured against."""
+    import soundfile as sf
+
+    from c2fdata.features import FbankConfig, fbank, pad_or_crop
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as build workers compute: fbank's float sums depend on the thread count
+    try:
+        out = []
+        for clip_id in ids:
+            audio, sr = sf.read(root / "train" / f"{clip_id}.wav", dtype="float32")
+            out.append(pad_or_crop(fbank(audio, sr, FbankConfig()), target_frames)[0].numpy())
+    finally:
+        torch.set_num_threads(threads)
+    return np.stack(out)
+
+
+def _random_reads(read, n: int, reads: int, repeats: int) -> dict:
+    order = np.random.default_rng(1).integers(0, n, reads)
+
+    def run():
+        for i in order:
+            read(int(i))
+        return len(order)
+
+    return measure(run, repeats).to_dict()
+
+
+def _feature_bytes(store: str) -> int:
+    from c2fdata.info import disk_usage
+    from c2fdata.storage import as_location
+
+    return disk_usage(as_location(store).child("train", "features"))[0]
+
+
+def bench_codecs(clips: int = 512, codecs=None, workers: int = 2, reads: int = 2000, repeats: int = 3,
+                 out: str | None = None, references: bool = True) -> dict:
+    """Per codec: feature bytes per clip (and as a share of float16's), steady build clips/s,
+    random reads/s per process through StoreReader, max/mean absolute error against float32
+    features computed independently. `out`: a folder or s3:// prefix to build the stores in
+    (default: a temporary folder). With `references`, lilcom (lhotse's setting, tick_power=-5),
+    lhotse's LilcomChunkyWriter store and per-clip 8-bit quantisation where they import."""
+    from c2fdata.build import BuildConfig, build_store
+    from c2fdata.codec import CODECS
+    from c2fdata.reader import StoreReader
+
+    codecs = list(codecs or CODECS)
+    result: dict = {"clips": clips, "workers": workers, "codecs": {}, "references": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_clips(Path(tmp) / "audio", clips)
+        reference = ids = None
+        for name in codecs:
+            store = f"{out.rstrip('/')}/{name}" if out else str(Path(tmp) / name)
+            marks: list[tuple[float, int]] = []
+            build_store(BuildConfig(dataset="folder", root=root, out=store, workers=workers, codec=name),
+                        progress=lambda done, total: marks.append((time.perf_counter(), done)))
+            # steady state from the first committed block on (one block: from the start)
+            (ta, na), (tb, nb) = marks[1 if len(marks) > 2 else 0], marks[-1]
+            reader = StoreReader(store, "train")
+            if reference is None:
+                ids = reader.ids
+                reference = reference_features(root, ids, reader.target_frames)
+            assert reader.ids == ids
+            err_max = err_sum = 0.0
+            for i in range(len(reader)):
+                e = np.abs(reader.features(i).astype(np.float32) - reference[i])
+                err_max, err_sum = max(err_max, float(e.max())), err_sum + float(e.sum())
+            size = _feature_bytes(store)
+            result["codecs"][name] = {
+                "store": store, "bytes_per_clip": size / len(reader), "build_clips_per_s": (nb - na) / (tb - ta),
+                "reads": _random_reads(reader.features, len(reader), reads, repeats),
+                "max_abs_error": err_max, "mean_abs_error": err_sum / reference.size,
+            }
+        if references:
+            result["references"] = _reference_codecs(reference, Path(tmp), reads, repeats)
+    f16 = result["codecs"].get("float16", {}).get("bytes_per_clip") or reference[0].size * 2
+    for r in list(result["codecs"].values()) + list(result["references"].values()):
+        r["share_of_float16"] = r["bytes_per_clip"] / f16
+    return result
+
+
+def _reference_codecs(x: np.ndarray, tmp: Path, reads: int, repeats: int) -> dict:
+    """Candidates measured but not offered as codecs (docs/STORE.md says why)."""
+    from numcodecs import Zstd
+
+    out = {}
+
+    def entry(blobs, decode, note):
+        err = [np.abs(decode(b) - c) for b, c in zip(blobs, x)]
+        return {"bytes_per_clip": sum(map(len, blobs)) / len(blobs), "note": note,
+                "reads": _random_reads(lambda i: decode(blobs[i]), len(blobs), reads, repeats),
+                "max_abs_error": float(max(e.max() for e in err)), "mean_abs_error": float(sum(e.sum() for e in err) / x.size)}
+
+    zstd = Zstd(level=3)
+
+    def u8_encode(c):
+        lo, hi = float(c.min()), float(c.max())
+        scale = (hi - lo) / 255 or 1.0
+        return np.array([lo, scale], np.float32).tobytes() + zstd.encode(np.rint((c - lo) / scale).astype(np.uint8).tobytes())
+
+    def u8_decode(b):
+        lo, scale = np.frombuffer(b[:8], np.float32)
+        return np.frombuffer(zstd.decode(b[8:]), np.uint8).reshape(x.shape[1:]).astype(np.float32) * scale + lo
+
+    out["uint8 per clip + zstd"] = entry([u8_encode(c) for c in x], u8_decode, "decode only, no I/O")
+    try:
+        import lilcom
+    except ImportError:
+        lilcom = None
+    if lilcom is not None:
+        out["lilcom"] = entry([lilcom.compress(np.array(c), tick_power=-5) for c in x], lilcom.decompress,
+                              "decode only, no I/O")
+    try:
+        from lhotse import LilcomChunkyWriter
+        from lhotse.features.io import LilcomChunkyReader
+    except ImportError:
+        return out
+    path = tmp / "lhotse.lca"
+    t0 = time.perf_counter()
+    with LilcomChunkyWriter(str(path)) as w:
+        keys = [w.write(str(i), np.array(c)) for i, c in enumerate(x)]
+    write_s = time.perf_counter() - t0
+    reader = LilcomChunkyReader(str(path))
+    err = [np.abs(reader.read(k) - c) for k, c in zip(keys, x)]
+    out["lhotse LilcomChunkyWriter"] = {
+        "bytes_per_clip": path.stat().st_size / len(x), "note": "its own reader, from its file",
+        "write_clips_per_s": len(x) / write_s,
+        "reads": _random_reads(lambda i: reader.read(keys[i]), len(x), reads, repeats),
+        "max_abs_error": float(max(e.max() for e in err)), "mean_abs_error": float(sum(e.sum() for e in err) / x.size)}
+    return out
+
+
+# -- many readers at once -------------------------------------------------------------------------
+
+def _reader_process(store: str, reads: int, seed: int, barrier, results) -> None:
+    from c2fdata.reader import StoreReader
+
+    reader = StoreReader(store, "train")
+    order = np.random.default_rng(seed).integers(0, len(reader), reads)
+    for i in order[:50]:  # warm-up: open shards, first requests
+        reader.features(int(i))
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i in order:
+        reader.features(int(i))
+    results.put(reads / (time.perf_counter() - t0))
+
+
+def bench_concurrent_reads(store: str, processes=(1, 2, 4), reads: int = 2000, repeats: int = 3) -> dict:
+    """Random reads/s per process with P reader processes on one store at once (each its own
+    random order), median over repeats of the per-process mean; and their sum."""
+    import multiprocessing as mp
+    import statistics
+
+    ctx = mp.get_context("spawn")  # fresh processes, as DataLoader/DALI workers on another rank
+    out = {}
+    for p in processes:
+        per_process, total = [], []
+        for rep in range(repeats):
+            barrier, results = ctx.Barrier(p), ctx.Queue()
+            procs = [ctx.Process(target=_reader_process, args=(store, reads, 1000 * rep + k, barrier, results))
+                     for k in range(p)]
+            for proc in procs:
+                proc.start()
+            rates = [results.get(timeout=600) for _ in procs]
+            for proc in procs:
+                proc.join()
+            per_process.append(statistics.mean(rates))
+            total.append(sum(rates))
+        out[p] = {"per_process": statistics.median(per_process), "total": statistics.median(total),
+                  "spread": (max(per_process) - min(per_process)) / 2 / statistics.median(per_process)}
+    return out
