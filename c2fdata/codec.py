@@ -264,11 +264,11 @@ class FeatureCodec:
 _Q32 = QuantizedLogMel(steps_per_unit=32)
 CODECS: dict[str, FeatureCodec] = {c.name: c for c in (
     FeatureCodec("float16", "raw float16 (default; fastest reads, largest)", True, "float16"),
-    FeatureCodec("float16-zstd", "float16, byte-shuffle + zstd: lossless, ~75% of float16 on noisy "
+    FeatureCodec("float16-zstd", "float16, byte-shuffle + zstd: lossless, ~81% of float16 on noisy "
                  "clips, less on sparse ones", True, "float16"),
-    FeatureCodec("q32-lz4", "log-mel rounded to 1/32 (max error 1/64, as lhotse's lilcom): ~49% of "
-                 "float16 on noisy clips, fast reads", False, "float32", _Q32),
-    FeatureCodec("q32-zstd", "as q32-lz4 with zstd: ~41% of float16 on noisy clips, slower reads",
+    FeatureCodec("q32-lz4", "log-mel rounded to 1/32 (max error 1/64, as lhotse's lilcom): ~52% of "
+                 "float16 on noisy clips, ~49% on the demo; fast reads", False, "float32", _Q32),
+    FeatureCodec("q32-zstd", "as q32-lz4 with zstd: ~44% of float16 on noisy clips, ~40% on the demo; half the read speed",
                  False, "float32", replace(_Q32, entropy="zstd")),
 )}
 DEFAULT_CODEC = "float16"
