@@ -35,6 +35,7 @@ import torch
 from bench.machine import describe
 from bench.timing import Measurement, measure, sync
 from c2fdata.pipeline import resolve_backend
+from c2fdata.storage import as_location
 from c2ftrain.model import AST
 from c2ftrain.phases import Resolution, resolution
 from c2ftrain.recipe import Phase, Recipe
@@ -208,7 +209,7 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         recipe = dataclasses.replace(recipe, store=str(store))
     if backend is not None:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, backend=backend))
-    if not Path(recipe.store).exists():
+    if not as_location(recipe.store).exists():  # a folder or an s3:// URL
         raise FileNotFoundError(
             f"store {recipe.store} not found; build it (`c2fdata build --dataset instruments`) or pass --store"
         )
