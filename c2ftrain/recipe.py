@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from c2fdata.compress import METHODS as LOADER_METHODS
+from c2fdata.pipeline.config import MASK_VALUES, MIXUP_DOMAINS  # one home for the loader's choices
 
 # The loader's compressions, plus the Patch method, which changes the model instead of the data.
 METHODS = LOADER_METHODS + ("patch",)
@@ -221,7 +222,7 @@ class DataSpec:
             raise RecipeError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
     def _check_augmentation(self) -> None:
-        if self.mask_value not in ("ast", "zero"):
+        if self.mask_value not in MASK_VALUES:
             raise RecipeError(f"data.mask_value must be \"ast\" or \"zero\", got {self.mask_value!r}")
         if not 0.0 <= self.mixup <= 1.0:
             raise RecipeError(f"data.mixup is a probability, got {self.mixup}")
@@ -229,7 +230,7 @@ class DataSpec:
             raise RecipeError(f"data.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
         if self.mixup_partner not in MIXUP_PARTNERS:
             raise RecipeError(f"data.mixup_partner must be \"dataset\" or \"batch\", got {self.mixup_partner!r}")
-        if self.mixup_domain not in ("features", "power"):
+        if self.mixup_domain not in MIXUP_DOMAINS:
             raise RecipeError(f"data.mixup_domain must be \"features\" or \"power\", got {self.mixup_domain!r}")
         if self.mixup_domain == "power" and self.mixup_partner != "dataset":
             raise RecipeError("data.mixup_domain = \"power\" mixes log-mel values before normalisation, in the "
