@@ -131,6 +131,10 @@ def reference_features(root: Path, ids: list[str], target_frames: int) -> np.nda
 
 
 def _random_reads(read, n: int, reads: int, repeats: int) -> dict:
+    """Random reads/s of one process, with torch on one thread as in a loader's worker process
+    (DataLoader and our DALI reader processes both set it; q32's float16 cast runs in torch)."""
+    import torch
+
     order = np.random.default_rng(1).integers(0, n, reads)
 
     def run():
@@ -138,7 +142,12 @@ def _random_reads(read, n: int, reads: int, repeats: int) -> dict:
             read(int(i))
         return len(order)
 
-    return measure(run, repeats).to_dict()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure(run, repeats).to_dict()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _feature_bytes(store: str) -> int:
@@ -248,12 +257,15 @@ def _reference_codecs(x: np.ndarray, tmp: Path, reads: int, repeats: int) -> dic
 # -- many readers at once -------------------------------------------------------------------------
 
 def _reader_process(store: str, reads: int, seed: int, barrier, results) -> None:
+    import torch
+
     from c2fdata.reader import StoreReader
 
+    torch.set_num_threads(1)  # as a loader's worker process (see _random_reads)
     reader = StoreReader(store, "train")
     order = np.random.default_rng(seed).integers(0, len(reader), reads)
-    for i in order[:50]:  # warm-up: open shards, first requests
-        reader.features(int(i))
+    for i in order:  # warm-up, one untimed pass as measure() does: with only the first 50 reads
+        reader.features(int(i))  # (shards opened, first requests) a fresh process read ~25% slower
     barrier.wait()
     t0 = time.perf_counter()
     for i in order:

@@ -7,8 +7,9 @@ serves float16 `(T, F)` clips whatever the codec. Every codec keeps a crc32c per
     float16       raw float16, 2 bytes a value: the reference, and the default
     float16-zstd  the same values, lossless: byte-shuffled and zstd-compressed (zarr's blosc codec)
     q32-lz4       log-mel rounded to 1/32 (max error 1/64, as lhotse's lilcom store): a mean per
-                  8-32 frames x mel bin, one byte of residual per value (zigzag; rare outliers kept
-                  exactly on the side), then lz4. Decodes in ~10 numpy/C passes, no Python loop.
+                  8-32 frames x mel bin, one signed byte of residual per value (rare outliers kept
+                  exactly on the side), then lz4 where it saves 1/16 of a clip. Decodes in ~5
+                  numpy/torch passes, no Python loop.
     q32-zstd      the same residuals, zstd instead of lz4: smaller, slower to decode
 
 The q32 codecs are a zarr v3 array-to-bytes codec, "c2f.quantized_logmel", registered with zarr
@@ -39,8 +40,17 @@ if TYPE_CHECKING:
 __all__ = ["CODECS", "DEFAULT_CODEC", "FeatureCodec", "QuantizedLogMel", "get_codec", "clip_decoder"]
 
 ZARR_NAME = "c2f.quantized_logmel"
-_HEADER = struct.Struct("<IIHxx")  # rows encoded (trailing all-zero rows left out), escapes, block frames
-_ESCAPE = 255  # zigzag byte of a residual outside [-127, 127]; its exact value is kept aside
+# rows encoded (trailing all-zero rows left out), escapes, block frames, flags (a pad byte, 0, in
+# stores built before flags: the same meaning as no flag set)
+_HEADER = struct.Struct("<IIHBx")
+_RAW = 1  # flag: the body is stored as is, without the entropy coder (it saved too little)
+# Entropy-code a clip's body only where that saves at least 1/16 of it: lz4 on noisy clips' residual
+# bytes saves ~1% and costs ~16 us a read (of ~100), while on tonal or quiet clips it saves 20-50%.
+_MIN_SAVING = 1 / 16
+# The byte of a residual outside [-127, 127], whose exact value is kept aside: -128 as int8;
+# 255 in the zigzag bytes of stores built before the int8 layout (both are decoded).
+_ESCAPE = {"int8": 128, "zigzag": 255}
+RESIDUALS = ("int8", "zigzag")
 _ENTROPY = {"lz4": lambda: LZ4(acceleration=1), "zstd": lambda: Zstd(level=3)}
 
 
@@ -48,11 +58,16 @@ _CAST_CHUNK = 32768  # torch's parallel grain: a cast of at most this many value
 
 
 def _to_float16(x: np.ndarray) -> np.ndarray:
-    """float32 -> float16 through torch's vectorised cast (numpy's takes ~350 us a clip here),
-    in slices no larger than torch's parallel grain: a whole-clip cast wakes torch's thread pool,
-    which in loader worker processes on a busy machine took 0.35-4 ms instead of ~40 us."""
+    """float32 -> float16 through torch's vectorised cast (numpy's takes ~350 us a clip here).
+    Where torch may use several threads, in slices no larger than its parallel grain: a
+    whole-clip cast wakes torch's thread pool, which in loader worker processes on a busy
+    machine took 0.35-4 ms instead of ~40 us. With one thread (DataLoader workers set it), one
+    call: each slice costs ~4 us of dispatch."""
     out = np.empty(x.shape, np.float16)
     src, dst = torch.from_numpy(x.reshape(-1)), torch.from_numpy(out.reshape(-1))
+    if torch.get_num_threads() == 1:
+        dst.copy_(src)
+        return out
     for k in range(0, src.numel(), _CAST_CHUNK):
         dst[k: k + _CAST_CHUNK].copy_(src[k: k + _CAST_CHUNK])
     return out
@@ -70,21 +85,29 @@ class QuantizedLogMel:
     Values are rounded to 1/steps_per_unit. Each block of frames has a per-bin base (the
     rounded mean: noise-like log-mel varies around it less than from frame to frame, and adding
     a base back is one broadcast, where a time delta needs a slow prefix sum), stored as int16
-    deltas from the previous block; each value keeps its residual from that base as one zigzag
-    byte; residuals beyond +-127 steps (note onsets inside a block) are escaped and kept as
-    (position, int16) pairs. The block length is chosen per clip among `block_frames`: long
-    blocks cost fewer bases, short ones fewer escapes where the sound changes fast; the clip's
-    header says which. Trailing all-zero frames (the store's zero padding) are not encoded.
+    deltas from the previous block; each value keeps its residual from that base as one signed
+    byte; residuals beyond +-127 steps (note onsets inside a block) are escaped (byte -128) and
+    kept as (position, int16) pairs. The block length is chosen per clip among `block_frames`:
+    long blocks cost fewer bases, short ones fewer escapes where the sound changes fast; the
+    clip's header says which. Trailing all-zero frames (the store's zero padding) are not
+    encoded.
+
+    `residuals="zigzag"` is the byte layout of stores built before "int8" (0, -1, 1, -2 as 0, 1,
+    2, 3; escape 255): the same sizes (lz4 and zstd see a byte-for-byte relabelling), one more
+    decode pass. It is read, and written only by tests.
     """
 
     steps_per_unit: int = 32
     block_frames: tuple[int, ...] = (32, 16, 8)
     entropy: str = "lz4"
+    residuals: str = "int8"
 
     def __post_init__(self):
         object.__setattr__(self, "block_frames", tuple(int(b) for b in self.block_frames))
         if self.entropy not in _ENTROPY:
             raise ValueError(f"entropy must be one of {sorted(_ENTROPY)}, got {self.entropy!r}")
+        if self.residuals not in RESIDUALS:
+            raise ValueError(f"residuals must be one of {RESIDUALS}, got {self.residuals!r}")
         if self.steps_per_unit < 1 or not self.block_frames or min(self.block_frames) < 1 or max(self.block_frames) > 65535:
             raise ValueError(f"steps_per_unit and block_frames must be >= 1, got {self}")
         if any(b % min(self.block_frames) for b in self.block_frames):
@@ -117,12 +140,18 @@ class QuantizedLogMel:
                 best = (cost, b, base, r, esc)
         _, b, base, r, esc = best
         flat = r.reshape(-1)
-        z = ((flat << 1) ^ (flat >> 31)).astype(np.uint8)  # zigzag, exact within +-127
-        z[esc] = _ESCAPE
+        if self.residuals == "int8":
+            z = flat.astype(np.int8).view(np.uint8)  # exact within +-127; escapes overwritten next
+        else:
+            z = ((flat << 1) ^ (flat >> 31)).astype(np.uint8)
+        z[esc] = _ESCAPE[self.residuals]
         deltas = np.diff(base, axis=0, prepend=np.zeros((1, base.shape[1]), np.int32)).astype(np.int16)
         body = (deltas.tobytes() + esc.astype("<u4").tobytes() + flat[esc].astype("<i2").tobytes()
                 + z.tobytes())
-        return _HEADER.pack(rows, esc.size, b) + bytes(self._coder.encode(body))
+        packed = bytes(self._coder.encode(body))
+        if len(packed) > (1 - _MIN_SAVING) * len(body):
+            return _HEADER.pack(rows, esc.size, b, _RAW) + body
+        return _HEADER.pack(rows, esc.size, b, 0) + packed
 
     @staticmethod
     def _bases(fine_sums: np.ndarray, rows: int, finest: int, block: int) -> np.ndarray:
@@ -134,15 +163,22 @@ class QuantizedLogMel:
         return np.rint(sums / counts).astype(np.int32)
 
     def decode_steps(self, data, shape: tuple[int, int]) -> np.ndarray:
-        """bytes -> (T, F) int16 steps (value = steps / steps_per_unit)."""
+        """bytes -> (T, F) int16 steps (value = steps / steps_per_unit).
+
+        Integer work is done in int16 (half the bytes of float32 per pass: decode speed is what
+        random reads are limited by); the block bases' prefix sum by torch (numpy's cumsum over
+        axis 0 is a scalar loop, ~12 us for 32 x 128)."""
         t, f = shape
-        rows, n_esc, b = _HEADER.unpack_from(data)
-        out = np.zeros((t, f), np.int16)
+        rows, n_esc, b, flags = _HEADER.unpack_from(data)
+        out = np.empty((t, f), np.int16)
+        out[rows:] = 0
         if rows == 0:
             return out
-        if rows > t or b < 1:
-            raise ValueError(f"q32 chunk header: {rows} rows (the clip has {t}), blocks of {b}")
-        body = self._coder.decode(memoryview(data)[_HEADER.size:])
+        if rows > t or b < 1 or flags & ~_RAW:
+            raise ValueError(f"q32 chunk header: {rows} rows (the clip has {t}), blocks of {b}, flags {flags:#x}")
+        body = memoryview(data)[_HEADER.size:]
+        if not flags & _RAW:
+            body = self._coder.decode(body)
         blocks = -(-rows // b)
         o = 0
         deltas = np.frombuffer(body, "<i2", blocks * f, o).reshape(blocks, f)
@@ -154,10 +190,10 @@ class QuantizedLogMel:
         z = np.frombuffer(body, np.uint8, rows * f, o)
         if o + z.nbytes != len(body):
             raise ValueError(f"q32 chunk body holds {len(body)} bytes, expected {o + z.nbytes}")
-        base = np.cumsum(deltas, axis=0, dtype=np.int16)  # (blocks, F)
         r = out[:rows]
-        r[...] = _zigzag_decode(z).reshape(rows, f)
+        r[...] = (z.view(np.int8) if self.residuals == "int8" else _zigzag_decode(z)).reshape(rows, f)
         r.reshape(-1)[pos] = vals
+        base = torch.cumsum(torch.from_numpy(deltas.copy()), 0, dtype=torch.int16).numpy()  # (blocks, F)
         full = rows // b  # whole blocks: one broadcast add; a ragged last block: another
         r[: full * b].reshape(full, b, f)[...] += base[:full, None, :]
         if full < blocks:
@@ -184,8 +220,10 @@ class QuantizedLogMelCodec(ArrayBytesCodec):
 
     is_fixed_size = False
 
-    def __init__(self, *, steps_per_unit: int = 32, block_frames=(32, 16, 8), entropy: str = "lz4") -> None:
-        self.fmt = QuantizedLogMel(int(steps_per_unit), tuple(block_frames), str(entropy))
+    def __init__(self, *, steps_per_unit: int = 32, block_frames=(32, 16, 8), entropy: str = "lz4",
+                 residuals: str = "zigzag") -> None:
+        # residuals defaults to "zigzag": a store written before the int8 layout has no such key
+        self.fmt = QuantizedLogMel(int(steps_per_unit), tuple(block_frames), str(entropy), str(residuals))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, QuantizedLogMelCodec) and self.fmt == other.fmt
@@ -204,7 +242,8 @@ class QuantizedLogMelCodec(ArrayBytesCodec):
     def to_dict(self) -> dict:
         f = self.fmt
         return {"name": ZARR_NAME, "configuration": {
-            "steps_per_unit": f.steps_per_unit, "block_frames": list(f.block_frames), "entropy": f.entropy}}
+            "steps_per_unit": f.steps_per_unit, "block_frames": list(f.block_frames), "entropy": f.entropy,
+            "residuals": f.residuals}}
 
     def _decode_sync(self, chunk_bytes: "Buffer", chunk_spec: "ArraySpec") -> "NDBuffer":
         shape = chunk_spec.shape
@@ -244,8 +283,8 @@ class FeatureCodec:
         a crc32c of every clip's stored bytes always comes last."""
         if self.quantized is not None:
             f = self.quantized
-            return {"serializer": QuantizedLogMelCodec(steps_per_unit=f.steps_per_unit,
-                                                       block_frames=f.block_frames, entropy=f.entropy),
+            return {"serializer": QuantizedLogMelCodec(steps_per_unit=f.steps_per_unit, block_frames=f.block_frames,
+                                                       entropy=f.entropy, residuals=f.residuals),
                     "compressors": [Crc32cCodec()]}
         if self.name == "float16-zstd":
             return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2),

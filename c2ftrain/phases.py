@@ -34,7 +34,7 @@ from c2ftrain.flops import train_step_flops
 from c2ftrain.model import AST, ASTConfig, Replaced
 from c2ftrain.recipe import ModelSpec, Phase
 
-__all__ = ["Resolution", "resolution", "full_resolution", "flops_per_sample", "loader_phase", "batch_factor", "compress_batch",
+__all__ = ["Resolution", "resolution", "full_resolution", "flops_per_sample", "factor_shares", "loader_phase", "batch_factor", "compress_batch",
            "swap_into_optimizer", "start_phase"]
 
 # seed-sequence domains of the mixed-resolution draws (apart from the loader's own streams)
@@ -85,13 +85,18 @@ def resolution(cfg: ASTConfig, phase: Phase, factor: int | None = None) -> Resol
     return Resolution.of(cfg, cfg.target_frames // phase.factor)
 
 
+def factor_shares(phase: Phase) -> list[tuple[int | None, float]]:
+    """(factor, share of the phase's batches): [(None, 1.0)] for a phase of one resolution (its
+    own factor), each of a mixed phase's factors with its normalised weight otherwise."""
+    if not phase.mixed:
+        return [(None, 1.0)]
+    weights = phase.factor_weights or (1.0,) * len(phase.factors)
+    return [(c, w / sum(weights)) for c, w in zip(phase.factors, weights)]
+
+
 def flops_per_sample(cfg: ASTConfig, phase: Phase) -> float:
     """Training FLOPs of one sample in `phase`; the expectation over factors for a mixed phase."""
-    if not phase.mixed:
-        return resolution(cfg, phase).train_flops_per_sample(cfg)
-    weights = phase.factor_weights or (1.0,) * len(phase.factors)
-    return sum(w / sum(weights) * resolution(cfg, phase, c).train_flops_per_sample(cfg)
-               for c, w in zip(phase.factors, weights))
+    return sum(share * resolution(cfg, phase, c).train_flops_per_sample(cfg) for c, share in factor_shares(phase))
 
 
 def loader_phase(phase: Phase) -> tuple[str, int]:

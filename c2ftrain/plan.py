@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from c2ftrain.model import AST
-from c2ftrain.phases import Resolution, flops_per_sample, resolution
+from c2ftrain.phases import Resolution, factor_shares, flops_per_sample, resolution
 from c2ftrain.recipe import Phase, Recipe
 from c2ftrain.schedule import Span, lr_at
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
@@ -99,14 +99,11 @@ def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step
             est = 0.0
             for span in run_spans:
                 batch = span.phase.batch_size or recipe.data.batch_size
-                factors = span.phase.factors if span.phase.mixed else (None,)
-                for c in factors:  # a mixed phase: the mean over its factors, weighted
+                for c, share in factor_shares(span.phase):  # a mixed phase: the mean over its factors, weighted
                     res = resolution(trainer.cfg, span.phase, c)
                     key = (res, batch)
                     if key not in step_cost:
                         step_cost[key] = seconds_per_step(trainer, res, batch)
-                    weights = span.phase.factor_weights or (1.0,) * len(factors)
-                    share = weights[factors.index(c)] / sum(weights) if span.phase.mixed else 1.0
                     est += span.steps * share * step_cost[key]
             run["est_s"] = est
         return run

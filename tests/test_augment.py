@@ -14,24 +14,11 @@ from c2fdata.pipeline.sampling import Batch, SampleParams
 from c2fdata.pipeline.torch_loader import transform
 from c2fdata.reader import StoreReader
 from test_pipeline import (MEAN, N_CLIPS, N_MELS, STD, TRAINING, assert_same_batches, clips, collect, config,
-                           make_store, needs_dali, run_graph)
+                           needs_dali, run_graph)
+# test_pipeline's stores as fixtures of this module too (module scope: built once here)
+from test_pipeline import multi_store, reader, store  # noqa: F401
 
 ESC_MEAN, ESC_STD = -6.6268077, 5.358466
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "single", N_CLIPS, multi_label=False)
-
-
-@pytest.fixture(scope="module")
-def multi_store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "multi", 23, multi_label=True, seed=1)
-
-
-@pytest.fixture(scope="module")
-def reader(store):
-    return StoreReader(store, "train")
 
 
 # -- SpecAugment ----------------------------------------------------------------------------------

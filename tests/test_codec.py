@@ -182,3 +182,93 @@ def test_q32_picks_short_blocks_where_the_sound_changes_fast():
     assert len(adaptive.encode(x)) < 0.8 * len(fixed.encode(x))
     for fmt in (adaptive, fixed):
         np.testing.assert_array_equal(fmt.decode(fmt.encode(x), x.shape), (np.round(x * 32) / 32).astype(np.float32))
+
+
+def _legacy_q32_lz4(x: np.ndarray) -> bytes:
+    """The q32 bytes of stores built before the int8 layout and the raw flag, written here from the
+    format's description (not with the codec's code): 32-frame blocks, zigzag residual bytes
+    (escape 255), header (rows, escapes, block frames, two zero bytes), always lz4."""
+    import struct
+
+    from numcodecs import LZ4
+
+    q = np.rint(x.astype(np.float64) * 32).astype(np.int64)
+    rows = int(np.flatnonzero(q.any(axis=1))[-1]) + 1
+    q = q[:rows]
+    starts = np.arange(0, rows, 32)
+    base = np.stack([np.rint(q[s:s + 32].mean(axis=0)) for s in starts]).astype(np.int64)
+    r = (q - np.repeat(base, 32, axis=0)[:rows]).reshape(-1)
+    esc = np.flatnonzero(np.abs(r) > 127)
+    z = np.where(r >= 0, 2 * r, -2 * r - 1)
+    z[esc] = 255
+    deltas = np.diff(base, axis=0, prepend=0).astype("<i2")
+    body = deltas.tobytes() + esc.astype("<u4").tobytes() + r[esc].astype("<i2").tobytes() + z.astype(np.uint8).tobytes()
+    return struct.pack("<IIHxx", rows, esc.size, 32) + bytes(LZ4().encode(body))
+
+
+def test_q32_bytes_of_the_zigzag_layout_still_decode():
+    x, _ = logmel_like(seed=4)
+    legacy = QuantizedLogMel(residuals="zigzag")
+    for clip in x:
+        expected = np.round(clip.astype(np.float64) * 32) / 32
+        np.testing.assert_array_equal(legacy.decode(_legacy_q32_lz4(clip), (T, F)), expected.astype(np.float32))
+
+
+def test_a_q32_store_without_the_residuals_key_reads_as_zigzag(tmp_path, monkeypatch):
+    """A store's codec configuration written before the int8 layout has no `residuals` key: such
+    a store must read as zigzag, never as int8 (which would serve wrong values silently)."""
+    from c2fdata import codec as codec_module
+
+    old = codec_module.CODECS["q32-lz4"]
+    zigzag = codec_module.FeatureCodec(old.name, old.help, old.lossless, old.dtype,
+                                       QuantizedLogMel(residuals="zigzag"))
+    monkeypatch.setitem(codec_module.CODECS, "q32-lz4", zigzag)
+    x, frames = logmel_like(seed=5)
+    path = make_store(tmp_path / "old", "q32-lz4", x, frames)
+    monkeypatch.setitem(codec_module.CODECS, "q32-lz4", old)
+    meta_path = path / "train" / "features" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    serializer = meta["codecs"][0]["configuration"]["codecs"][0]
+    assert serializer["configuration"].pop("residuals") == "zigzag"
+    meta_path.write_text(json.dumps(meta))
+    reader = StoreReader(path, "train")
+    array = zarr.open_array(str(path / "train" / "features"), mode="r")
+    for i in range(N):
+        expected = (np.round(x[i].astype(np.float64) * 32) / 32).astype(np.float16)
+        np.testing.assert_array_equal(reader.features(i), expected)
+        np.testing.assert_array_equal(np.asarray(array[i], np.float16), expected)
+
+
+def test_q32_stores_a_body_raw_where_the_entropy_coder_saves_little():
+    """Noise-like residual bytes: lz4 saves ~1%, and the clip is stored raw (flag 1, the header
+    plus the body's exact size); a repeating tone: lz4 saves most of it and is kept."""
+    rng = np.random.default_rng(6)
+    noisy = rng.normal(-4, 2, (256, 64)).astype(np.float32)
+    tonal = np.tile(rng.normal(-4, 2, (8, 64)), (32, 1)).astype(np.float32)
+    fmt = QuantizedLogMel()
+    for clip, raw in ((noisy, True), (tonal, False)):
+        data = fmt.encode(clip)
+        assert data[10] == raw, data[10]  # the flags byte of the 12-byte header
+        if raw:
+            blocks = -(-256 // int.from_bytes(data[8:10], "little"))
+            escapes = int.from_bytes(data[4:8], "little")
+            assert len(data) == 12 + 2 * blocks * 64 + 6 * escapes + 256 * 64
+        else:
+            assert len(data) < 0.5 * clip.size
+        np.testing.assert_array_equal(fmt.decode(data, clip.shape), (np.round(clip * 32) / 32).astype(np.float32))
+    bad = bytearray(fmt.encode(noisy))
+    bad[10] = 0x80
+    with pytest.raises(ValueError, match="flags 0x80"):
+        fmt.decode(bytes(bad), noisy.shape)
+    with pytest.raises(ValueError, match="residuals must be one of"):
+        QuantizedLogMel(residuals="gray")
+
+
+def test_int8_and_zigzag_residual_bytes_compress_to_the_same_size():
+    """The two layouts relabel bytes one-to-one, which neither lz4 nor zstd's byte coding can see."""
+    x, _ = logmel_like(seed=7)
+    for entropy in ("lz4", "zstd"):
+        for clip in x:
+            a = QuantizedLogMel(entropy=entropy, residuals="int8").encode(clip)
+            b = QuantizedLogMel(entropy=entropy, residuals="zigzag").encode(clip)
+            assert abs(len(a) - len(b)) <= 0.01 * len(b) + 16

@@ -160,6 +160,15 @@ class DaliSource(BatchSource):
     def __init__(self, reader, plan, cfg, passes: PassState):
         super().__init__(reader, plan, cfg)
         self.passes = passes
+        self._pid = os.getpid()  # the process that built the pipeline; reader processes differ
+
+    def _in_reader_process(self) -> None:
+        """In a DALI reader process, torch on one thread, as DataLoader sets in its workers: a
+        reader decodes one clip at a time, and waking torch's thread pool for each clip-sized
+        cast (q32 stores) costs more than the cast, on a machine whose cores are all busy."""
+        if self._pid != os.getpid():
+            torch.set_num_threads(1)
+            self._pid = os.getpid()
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -175,6 +184,7 @@ class DaliSource(BatchSource):
         return names
 
     def __call__(self, info):
+        self._in_reader_process()
         epoch, start = self.passes.get()
         iteration = info.iteration + start
         if iteration >= len(self.plan):
