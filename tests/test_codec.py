@@ -272,3 +272,29 @@ def test_int8_and_zigzag_residual_bytes_compress_to_the_same_size():
             a = QuantizedLogMel(entropy=entropy, residuals="int8").encode(clip)
             b = QuantizedLogMel(entropy=entropy, residuals="zigzag").encode(clip)
             assert abs(len(a) - len(b)) <= 0.01 * len(b) + 16
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_loader_worker_processes_serve_a_q32_store_as_the_main_process(tmp_path, backend):
+    """Reader processes decode q32 with torch on one thread (the DALI source sets it on its first
+    batch, DataLoader in its workers): their batches equal those read in the main process, and
+    the features are the rounding to 1/32, normalised."""
+    from c2fdata.pipeline import PipelineConfig, make_loader
+    from test_pipeline import assert_same_batches, collect, needs_dali
+
+    if backend == "dali" and needs_dali.args[0]:
+        pytest.skip(needs_dali.kwargs["reason"])
+    x, frames = logmel_like(seed=8)
+    path = make_store(tmp_path / "q32", "q32-lz4", x, frames)
+    reader = StoreReader(path, "train")
+    cfg = PipelineConfig(path, "train", batch_size=4, num_workers=0, num_threads=1, seed=3, backend=backend,
+                         shuffle=True, method="pool-max", factor=2)
+    with make_loader(cfg, reader) as inline, make_loader(cfg.replace(num_workers=1), reader) as workers:
+        a, b = collect(inline, 2), collect(workers, 2)
+    assert_same_batches(a, b)
+    batch = a[0][0]
+    i = int(batch["index"][0])
+    rounded = (np.round(x[i].astype(np.float64) * 32) / 32).astype(np.float16).astype(np.float32)
+    expected = (rounded - reader.mean) / (2 * reader.std)  # AST's normalisation, then max over 2 frames
+    pooled = expected[: (T // 2) * 2].reshape(T // 2, 2, F).max(axis=1)
+    np.testing.assert_allclose(batch["features"][0].numpy(), pooled, atol=1e-5)

@@ -104,6 +104,20 @@ def test_grid_file_errors(tmp_path):
         load_grid(tmp_path / "none.toml")
 
 
+def test_the_documented_demo_grid_is_valid():
+    """docs/sweeps/demo_schedules.toml regenerates docs/RESULTS.md's table: every cell must stay a
+    valid demo recipe as the recipe format changes (a sweep checks them all before training)."""
+    from pathlib import Path
+
+    from c2ftrain.recipe import load_recipe
+
+    cells = load_grid(Path(__file__).parents[1] / "docs" / "sweeps" / "demo_schedules.toml")
+    assert len(cells) >= 14
+    for cell in cells:
+        recipe = load_recipe("demo", cell.overrides)
+        assert recipe.phases[-1].method == "none" and recipe.phases[0].factor > 1, cell.name
+
+
 def test_cli_validation_error_leaves_no_run_directory(toy_store, tmp_path):  # noqa: F811
     out = tmp_path / "never"
     r = CliRunner().invoke(main, ["run", "demo", "--set", f'store="{toy_store}"', "--set", "phases.1.factor=8",
