@@ -169,16 +169,21 @@ class QuantizedLogMel:
         random reads are limited by); the block bases' prefix sum by torch (numpy's cumsum over
         axis 0 is a scalar loop, ~12 us for 32 x 128)."""
         t, f = shape
+        if len(memoryview(data)) < _HEADER.size:
+            raise ValueError(f"q32 chunk of {len(memoryview(data))} bytes, shorter than its {_HEADER.size}-byte header")
         rows, n_esc, b, flags = _HEADER.unpack_from(data)
+        if rows > t or b < 1 or flags & ~_RAW:
+            raise ValueError(f"q32 chunk header: {rows} rows (the clip has {t}), blocks of {b}, flags {flags:#x}")
         out = np.empty((t, f), np.int16)
         out[rows:] = 0
         if rows == 0:
             return out
-        if rows > t or b < 1 or flags & ~_RAW:
-            raise ValueError(f"q32 chunk header: {rows} rows (the clip has {t}), blocks of {b}, flags {flags:#x}")
         body = memoryview(data)[_HEADER.size:]
         if not flags & _RAW:
-            body = self._coder.decode(body)
+            try:
+                body = self._coder.decode(body)
+            except Exception as err:  # numcodecs raises RuntimeError; a bad chunk is a ValueError here
+                raise ValueError(f"q32 chunk body does not decompress ({self.entropy}): {err}") from err
         blocks = -(-rows // b)
         o = 0
         deltas = np.frombuffer(body, "<i2", blocks * f, o).reshape(blocks, f)
@@ -221,8 +226,7 @@ class QuantizedLogMelCodec(ArrayBytesCodec):
     is_fixed_size = False
 
     def __init__(self, *, steps_per_unit: int = 32, block_frames=(32, 16, 8), entropy: str = "lz4",
-                 residuals: str = "zigzag") -> None:
-        # residuals defaults to "zigzag": a store written before the int8 layout has no such key
+                 residuals: str = "int8") -> None:
         self.fmt = QuantizedLogMel(int(steps_per_unit), tuple(block_frames), str(entropy), str(residuals))
 
     def __eq__(self, other) -> bool:
@@ -237,7 +241,9 @@ class QuantizedLogMelCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict) -> "QuantizedLogMelCodec":
         _, cfg = parse_named_configuration(data, ZARR_NAME)
-        return cls(**cfg)
+        # a store written before the int8 layout (format version 2) has no `residuals` key:
+        # its bytes are zigzag, and reading them as int8 would serve wrong values silently
+        return cls(**{"residuals": "zigzag", **cfg})
 
     def to_dict(self) -> dict:
         f = self.fmt
@@ -277,6 +283,10 @@ class FeatureCodec:
     lossless: bool
     dtype: str  # the zarr array's dtype: float16, or float32 where the codec quantises itself
     quantized: QuantizedLogMel | None = None
+    # the store format version that introduced this codec's current bytes: an older c2f refuses
+    # a store of a newer version by name (float16 1; float16-zstd 2; q32 3, since the int8
+    # residuals and the raw flag: a q32 store of version 2 holds zigzag bytes, still read)
+    format_version: int = 1
 
     def inner_codecs(self) -> dict:
         """create_array keywords for the inner chunks (one clip) of the sharded features array;
@@ -304,11 +314,11 @@ _Q32 = QuantizedLogMel(steps_per_unit=32)
 CODECS: dict[str, FeatureCodec] = {c.name: c for c in (
     FeatureCodec("float16", "raw float16 (default; fastest reads, largest)", True, "float16"),
     FeatureCodec("float16-zstd", "float16, byte-shuffle + zstd: lossless, ~81% of float16 on noisy "
-                 "clips, less on sparse ones", True, "float16"),
+                 "clips, less on sparse ones", True, "float16", format_version=2),
     FeatureCodec("q32-lz4", "log-mel rounded to 1/32 (max error 1/64, as lhotse's lilcom): ~52% of "
-                 "float16 on noisy clips, ~49% on the demo; fast reads", False, "float32", _Q32),
+                 "float16 on noisy clips, ~49% on the demo; fast reads", False, "float32", _Q32, format_version=3),
     FeatureCodec("q32-zstd", "as q32-lz4 with zstd: ~44% of float16 on noisy clips, ~40% on the demo; half the read speed",
-                 False, "float32", replace(_Q32, entropy="zstd")),
+                 False, "float32", replace(_Q32, entropy="zstd"), format_version=3),
 )}
 DEFAULT_CODEC = "float16"
 

@@ -1,6 +1,6 @@
 """The c2f feature store: one Zarr v3 group per dataset, written once, read by every phase.
 
-Layout (format versions 1 and 2)::
+Layout (format versions 1 to 3)::
 
     STORE/                       zarr group; attrs: format, format_version, dataset, features
                                  (FbankConfig), codec, vocabulary, multi_label, target_frames,
@@ -25,7 +25,9 @@ builders on different machines never write the same file.
 A store is written with the lowest format version that describes it: version 1 is the float16
 layout (a store without a `codec` attribute is float16), version 2 adds the `codec` attribute
 for any other codec, so a c2f release that predates codecs refuses such a store with its
-"rebuild or use the release that wrote it" message instead of failing inside zarr.
+"rebuild or use the release that wrote it" message instead of failing inside zarr; version 3
+is the q32 codecs' current bytes (int8 residuals, raw bodies), which a release that reads q32
+as version 2 would misread. Each codec names its version (codec.FeatureCodec).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from c2fdata.storage import Location, as_location
 from c2fdata.vocab import Vocabulary
 
 FORMAT_NAME = "c2f-feature-store"
-FORMAT_VERSION = 2  # the newest this c2f writes: float16 stores are still written as 1 (above)
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest this c2f writes; each codec writes its own (codec.FeatureCodec)
+READ_VERSIONS = (1, 2, 3)
 PENDING, OK, FAILED = 0, 1, 2
 DEFAULT_BLOCK_CLIPS = 32  # clips per shard file; see docs/STORE.md for the measurement
 META_CHUNK = 4096  # rows per chunk of the write-once metadata arrays (ids, labels)
@@ -141,7 +143,7 @@ def create_or_open(
     feature_codec = get_codec(codec)
     attrs = {
         "format": FORMAT_NAME,
-        "format_version": 1 if feature_codec.name == DEFAULT_CODEC else FORMAT_VERSION,
+        "format_version": feature_codec.format_version,
         "tool_version": __version__,
         "dataset": dataset,
         "features": fbank.to_dict(),

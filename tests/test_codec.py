@@ -77,7 +77,7 @@ def test_store_reads_back_through_zarr_and_the_direct_path(tmp_path, codec):
     fast = ShardedClipReader(path / "train" / "features")
     bound = 1 / 64 if not get_codec(codec).lossless else 2.0**-11 * np.abs(x).max()  # float16's half step
     assert reader.attrs["codec"] == codec
-    assert reader.attrs["format_version"] == (1 if codec == "float16" else 2)
+    assert reader.attrs["format_version"] == {"float16": 1, "float16-zstd": 2}.get(codec, 3)
     for i in range(N):
         served = reader.features(i)
         assert served.dtype == np.float16 and served.shape == (T, F)
@@ -298,3 +298,28 @@ def test_loader_worker_processes_serve_a_q32_store_as_the_main_process(tmp_path,
     expected = (rounded - reader.mean) / (2 * reader.std)  # AST's normalisation, then max over 2 frames
     pooled = expected[: (T // 2) * 2].reshape(T // 2, 2, F).max(axis=1)
     np.testing.assert_allclose(batch["features"][0].numpy(), pooled, atol=1e-5)
+
+
+def test_bad_q32_chunks_raise_value_errors_and_the_zarr_codec_defaults_to_int8():
+    """Every malformed chunk is a ValueError (the zarr path's error, CorruptClipError through the
+    shard reader); the codec as constructed writes int8, as read from a configuration without
+    `residuals` (a version-2 store) zigzag."""
+    from c2fdata.codec import QuantizedLogMelCodec
+
+    fmt = QuantizedLogMel()
+    tonal = np.tile(np.random.default_rng(9).normal(-4, 2, (8, F)), (8, 1)).astype(np.float32)
+    good = fmt.encode(tonal)
+    assert good[10] == 0  # entropy-coded
+    with pytest.raises(ValueError, match="shorter than its 12-byte header"):
+        fmt.decode(good[:7], tonal.shape)
+    with pytest.raises(ValueError, match="does not decompress"):
+        fmt.decode(good[:12] + bytes(len(good) - 12), tonal.shape)
+    empty = bytearray(fmt.encode(np.zeros_like(tonal)))
+    empty[10] = 0x40
+    with pytest.raises(ValueError, match="flags 0x40"):
+        fmt.decode(bytes(empty), tonal.shape)
+    assert QuantizedLogMelCodec().fmt.residuals == "int8"
+    config = QuantizedLogMelCodec().to_dict()
+    assert QuantizedLogMelCodec.from_dict(config) == QuantizedLogMelCodec()
+    del config["configuration"]["residuals"]
+    assert QuantizedLogMelCodec.from_dict(config).fmt.residuals == "zigzag"
