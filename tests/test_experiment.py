@@ -112,7 +112,7 @@ def test_the_documented_demo_grid_is_valid():
     from c2ftrain.recipe import load_recipe
 
     cells = load_grid(Path(__file__).parents[1] / "docs" / "sweeps" / "demo_schedules.toml")
-    assert len(cells) >= 14
+    assert len(cells) >= 15
     for cell in cells:
         recipe = load_recipe("demo", cell.overrides)
         assert recipe.phases[-1].method == "none" and recipe.phases[0].factor > 1, cell.name
