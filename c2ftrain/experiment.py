@@ -109,7 +109,8 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     description, coarse-to-fine phases and cross-validation folds, the run's own phases and the
     seed. Settings that change nothing in this run are left out, so that runs trained before
     they existed keep their keys: the learning-rate scope of a one-phase run (one schedule
-    either way), the mask value without masks, the mixup partner and domain without mixup."""
+    either way), the mask value without masks, the mixup partner and domain without mixup, the
+    FLOPs budget of a run without a budget phase (keyed as unset)."""
     d = recipe.to_dict()
     for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
@@ -121,6 +122,8 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     if not data["mixup"]:
         data.pop("mixup_partner")
         data.pop("mixup_domain")
+    if not any(p.until == "budget" for p in phases):
+        d["budget_full_epochs"] = None
     d["run_phases"] = [asdict(p) for p in phases]
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

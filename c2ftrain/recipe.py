@@ -409,8 +409,11 @@ class Recipe:
 
     def _check_endings(self) -> None:
         budget = [i for i, p in enumerate(self.phases) if p.until == "budget"]
-        if (self.budget_full_epochs is None) != (not budget):
-            raise RecipeError("budget_full_epochs and a last phase with until = \"budget\" go together")
+        # budget_full_epochs without a budget phase is inert (as mixup settings without mixup), so
+        # that `--set phases=[...]` with fixed lengths works on a recipe that sets a budget
+        if budget and self.budget_full_epochs is None:
+            raise RecipeError("a last phase with until = \"budget\" needs budget_full_epochs (the run's "
+                              "FLOPs, in full-resolution epochs)")
         if budget and budget != [len(self.phases) - 1]:
             raise RecipeError("only the last phase may take until = \"budget\"")
         if self.budget_full_epochs is not None and not self.budget_full_epochs > 0:

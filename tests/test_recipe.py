@@ -18,18 +18,21 @@ def test_shipped_recipes_load_and_end_at_full_resolution():
 
 
 def test_demo_saves_47_percent_of_the_baselines_flops():
-    """The demo's schedule (7 epochs at C = 4, then 126 full-resolution steps; 50 steps an epoch)
-    costs what 5 coarse + 3 full epochs cost: 4.21 of the baseline's 8 full-resolution epochs."""
+    """The demo spends 4.21 of the baseline's 8 full-resolution epochs (what 5 coarse + 3 full
+    epochs cost); its coarse phase, at most 14 epochs at C = 4 (50 steps an epoch), always
+    leaves the full-resolution phase at least half an epoch of that budget."""
     from c2ftrain.model import ast_config
     from c2ftrain.phases import flops_per_sample
 
     r = load_recipe("demo")
     cfg = ast_config("tiny", target_frames=256, patch_stride=(16, 16), num_classes=16)
-    steps = [p.steps if p.steps is not None else p.epochs * 50 for p in r.phases]
-    c2f = sum(n * flops_per_sample(cfg, p) for n, p in zip(steps, r.phases))
+    coarse, full = r.phases
     (base,) = r.baseline_phases
-    baseline = base.epochs * 50 * flops_per_sample(cfg, base)
-    assert 1 - c2f / baseline == pytest.approx(0.47, abs=0.005)
+    per_full_epoch = 50 * flops_per_sample(cfg, base)
+    assert 1 - r.budget_full_epochs * per_full_epoch / (base.epochs * per_full_epoch) == pytest.approx(0.47, abs=0.005)
+    assert coarse.until == "plateau" and full.until == "budget"
+    left = r.budget_full_epochs * per_full_epoch - coarse.epochs * 50 * flops_per_sample(cfg, coarse)
+    assert left > 0.5 * per_full_epoch
 
 
 def test_overrides():

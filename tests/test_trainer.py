@@ -358,8 +358,14 @@ def test_plateau_ends_a_coarse_phase_and_the_budget_gives_the_rest(toy_store, tm
     budget = 2.0 * 4 * per_step  # 4 steps per epoch
     assert abs(coarse.flops + full.flops - budget) <= per_step / 2
     assert full.steps == round((budget - coarse.flops) / per_step)
-    with pytest.raises(RecipeError, match="go together"):
+    with pytest.raises(RecipeError, match="until = \"budget\" needs budget_full_epochs"):
         recipe_from_dict({**d, "budget_full_epochs": None})
+    fixed = recipe_from_dict({**d, "phases": [{"method": "fshift", "factor": 2, "epochs": 1},
+                                              {"method": "none", "factor": 1, "epochs": 1}]})
+    assert fixed.budget_full_epochs == 2.0  # inert without a budget phase: the run's key ignores it
+    from c2ftrain.experiment import run_key
+    assert run_key(fixed, fixed.phases) == run_key(recipe_from_dict({**d, "budget_full_epochs": None, "phases": [
+        {"method": "fshift", "factor": 2, "epochs": 1}, {"method": "none", "factor": 1, "epochs": 1}]}), fixed.phases)
     with pytest.raises(RecipeError, match="explicit \\[baseline\\]"):
         recipe_from_dict({**d, "baseline": {}})
 
