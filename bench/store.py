@@ -116,24 +116,20 @@ def reference_features(root: Path, ids: list[str], target_frames: int) -> np.nda
 
     from c2fdata.features import FbankConfig, fbank, pad_or_crop
 
-    import torch
+    from c2fdata.threads import one_torch_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as build workers compute: fbank's float sums depend on the thread count
-    try:
+    with one_torch_thread():  # as build workers compute: fbank's float sums depend on the thread count
         out = []
         for clip_id in ids:
             audio, sr = sf.read(root / "train" / f"{clip_id}.wav", dtype="float32")
             out.append(pad_or_crop(fbank(audio, sr, FbankConfig()), target_frames)[0].numpy())
-    finally:
-        torch.set_num_threads(threads)
     return np.stack(out)
 
 
 def _random_reads(read, n: int, reads: int, repeats: int) -> dict:
     """Random reads/s of one process, with torch on one thread as in a loader's worker process
     (DataLoader and our DALI reader processes both set it; q32's float16 cast runs in torch)."""
-    import torch
+    from c2fdata.threads import one_torch_thread
 
     order = np.random.default_rng(1).integers(0, n, reads)
 
@@ -142,12 +138,8 @@ def _random_reads(read, n: int, reads: int, repeats: int) -> dict:
             read(int(i))
         return len(order)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return measure(run, repeats).to_dict()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _feature_bytes(store: str) -> int:

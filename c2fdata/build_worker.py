@@ -19,6 +19,7 @@ from c2fdata import store as st
 from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
 from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
+from c2fdata.threads import one_torch_thread
 
 __all__ = ["SILENT_PEAK", "SHORT_FRACTION", "ClipTask", "ClipResult", "compute_clip", "clip_results"]
 
@@ -140,15 +141,9 @@ def _in_process(tasks: Iterable[ClipTask]) -> Iterator[ClipResult]:
     float sums depend on the thread count (a 1-thread and a 2-thread fbank differ by a float16
     step in some values), and a store's bits must not depend on --workers. The caller's thread
     count is restored between clips."""
-    import torch
-
     for task in tasks:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_torch_thread():
             result = compute_clip(task)
-        finally:
-            torch.set_num_threads(threads)
         yield result
 
 
