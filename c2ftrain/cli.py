@@ -35,10 +35,12 @@ def _printer(state: dict):
         if e["event"] == "start":
             console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
-            m = ", ".join(f"{k} {v:.4f}" for k, v in e["metrics"].items() if "/" not in k)
+            # a coarse phase's evaluation may be at its own resolution only
+            m = ", ".join(f"{k} {v:.4f}" for k, v in e.get("metrics", {}).items() if "/" not in k)
             if "metrics_at_phase_resolution" in e:
-                m += " [dim](at phase resolution: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in e["metrics_at_phase_resolution"].items()) + ")[/]"
+                own = "at phase resolution: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in e["metrics_at_phase_resolution"].items())
+                m = f"{m} [dim]({own})[/]" if m else f"[dim]{own}[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
         elif e["event"] == "init" and e["format"] != "scratch":
@@ -231,18 +233,25 @@ def plan(recipe, overrides, as_json, no_measure, device):
         return
     for label, run in result["runs"].items():
         t = Table(title=f"{label}: {run['steps']} steps, {run['flops'] / 1e12:.2f} TFLOPs"
-                        + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else ""))
-        for c in ("epoch", "phase", "frames", "tokens", "steps", "lr at start", "TFLOPs"):
+                        + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else "")
+                        + f"; evaluation {run['eval_flops'] / 1e12:.2f} TFLOPs")
+        for c in ("epoch", "phase", "frames", "tokens", "steps", "lr at start", "TFLOPs", "eval TFLOPs"):
             t.add_column(c, justify="right")
         for e in run["epochs"]:
             t.add_row(str(e["epoch"]), e["label"], str(e["frames"]), str(e["tokens"]), str(e["steps"]),
-                      f"{e['lr']:.2e}", f"{e['flops'] / 1e12:.2f}")
+                      f"{e['lr']:.2e}", f"{e['flops'] / 1e12:.2f}", f"{e['eval_flops'] / 1e12:.2f}")
         console.print(t)
     s = result["savings"]
     line = f"coarse-to-fine saves {s['flops']:.0%} of the baseline's training FLOPs"
     if "est_wall" in s:
         line += f" and about {s['est_wall']:.0%} of its training time on {result['device']} (estimate)"
     console.print(line)
+    c2f = result["runs"]["c2f"]
+    if c2f["coarse_full_eval_flops"] > 0.1 * c2f["flops"]:
+        console.print(f"[yellow]evaluating the coarse phases at full resolution too costs "
+                      f"{c2f['coarse_full_eval_flops'] / 1e12:.2f} TFLOPs, {c2f['coarse_full_eval_flops'] / c2f['flops']:.0%} "
+                      f"of coarse-to-fine's training: --set eval.full_resolution_during_coarse=false keeps only "
+                      f"each coarse phase's last one[/]")
 
 
 @main.command()

@@ -110,7 +110,9 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     seed. Settings that change nothing in this run are left out, so that runs trained before
     they existed keep their keys: the learning-rate scope of a one-phase run (one schedule
     either way), the mask value without masks, the mixup partner and domain without mixup, the
-    FLOPs budget of a run without a budget phase (keyed as unset)."""
+    FLOPs budget of a run without a budget phase (keyed as unset), whether coarse phases are
+    also evaluated at full resolution (when they are, as before the setting, or the run has no
+    coarse phase)."""
     d = recipe.to_dict()
     for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
@@ -122,6 +124,8 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     if not data["mixup"]:
         data.pop("mixup_partner")
         data.pop("mixup_domain")
+    if d["eval"]["full_resolution_during_coarse"] or not any(p.coarse for p in phases):
+        d["eval"].pop("full_resolution_during_coarse")
     if not any(p.until == "budget" for p in phases):
         d["budget_full_epochs"] = None
     d["run_phases"] = [asdict(p) for p in phases]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from c2fdata.compress import compress
-from c2ftrain.flops import train_step_flops
+from c2ftrain.flops import forward_flops, train_step_flops
 from c2ftrain.model import AST, ASTConfig, Replaced
 from c2ftrain.recipe import ModelSpec, Phase
 
@@ -60,6 +60,10 @@ class Resolution:
     def train_flops_per_sample(self, cfg: ASTConfig) -> int:
         """Training FLOPs of one sample at this resolution (3 x forward, see flops.py)."""
         return train_step_flops(cfg, self.frames, self.time_patch, self.time_stride)
+
+    def eval_flops_per_sample(self, cfg: ASTConfig) -> int:
+        """Evaluation FLOPs of one sample at this resolution (a forward pass)."""
+        return forward_flops(cfg, self.frames, self.time_patch, self.time_stride)
 
     def apply(self, model: AST, spec: ModelSpec) -> list[Replaced]:
         """Set `model` to this resolution; returns the parameters it replaced."""

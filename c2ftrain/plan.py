@@ -5,7 +5,14 @@ tokens, learning rate at the epoch's first step and training FLOPs, the totals, 
 (unless told not to) an estimated training time on this machine from a few measured train steps
 per resolution. The numbers come from the trainer's own pieces (phases.resolution,
 schedule.spans / lr_at, the loader's batches per epoch), so the plan is what `run` will do.
-A mixed-resolution phase is planned at its expected FLOPs (weights over its factors).
+A mixed-resolution phase is planned at its expected FLOPs (weights over its factors); a phase
+that may end at a plateau, at its longest.
+
+Evaluation is planned apart (forward passes over the eval split, never in the training FLOPs
+that the comparisons use): after the epochs that the trainer evaluates, at full resolution and,
+in a coarse phase, at the phase's resolution too; at the end, the extra eval splits and the
+weight average. Where the eval split is as large as the training split, the full-resolution
+passes of coarse phases can cost more than their training (`eval.full_resolution_during_coarse`).
 """
 
 from __future__ import annotations
@@ -16,8 +23,15 @@ from pathlib import Path
 
 import torch
 
+from c2fdata.reader import StoreReader
 from c2ftrain.model import AST
-from c2ftrain.phases import Resolution, factor_shares, flops_per_sample, resolution
+from c2ftrain.phases import (
+    Resolution,
+    factor_shares,
+    flops_per_sample,
+    full_resolution,
+    resolution,
+)
 from c2ftrain.recipe import Phase, Recipe
 from c2ftrain.schedule import Span, lr_at
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
@@ -27,6 +41,8 @@ MEASURE_STEPS = 3  # timed train steps per resolution (after one untimed warm-up
 
 def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> list[dict]:
     cfg, rows = trainer.cfg, []
+    n_eval = len(trainer.eval_reader)
+    full_eval = n_eval * full_resolution(cfg).eval_flops_per_sample(cfg)
     for i, span in enumerate(run_spans):
         phase, res = span.phase, resolution(cfg, span.phase)
         batch = phase.batch_size or recipe.data.batch_size
@@ -34,13 +50,30 @@ def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> 
         for e in range(span.epochs):
             first = span.first_step + e * span.steps_per_epoch
             steps = min(span.steps_per_epoch, span.steps - e * span.steps_per_epoch)
+            last = e + 1 == span.epochs
+            evaluated = last or (e + 1) % recipe.eval.every_epochs == 0
+            full = evaluated and (last or not phase.coarse or recipe.eval.full_resolution_during_coarse)
+            own = evaluated and phase.coarse
             rows.append({
                 "epoch": span.first_epoch + e + 1, "phase": i, "method": phase.method, "factor": phase.factor,
                 "label": phase.label, "frames": res.frames, "tokens": res.tokens, "steps": steps,
                 "lr": lr_at(recipe.optim, run_spans, i, first, span.first_epoch + e),
                 "flops": round(per_sample * steps * batch),
+                "eval_flops": round(full * full_eval + own * n_eval * res.eval_flops_per_sample(cfg)),
+                # what skipping the full-resolution pass here would save (eval.full_resolution_during_coarse)
+                "coarse_full_eval_flops": round(full * full_eval) if phase.coarse and not last else 0,
             })
     return rows
+
+
+def final_eval_flops(recipe: Recipe, trainer: PhaseTrainer) -> int:
+    """The evaluations after the last epoch: the extra eval splits and the weight average, at
+    full resolution."""
+    per_sample = full_resolution(trainer.cfg).eval_flops_per_sample(trainer.cfg)
+    clips = sum(len(StoreReader(recipe.store, s)) for s in recipe.data.extra_eval_splits)
+    if recipe.eval.average_epochs:
+        clips += len(trainer.eval_reader)
+    return round(clips * per_sample)
 
 
 def seconds_per_step(trainer: PhaseTrainer, res: Resolution, batch: int) -> float:
@@ -94,7 +127,9 @@ def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step
     try:
         run_spans = trainer.spans()
         rows = epoch_rows(recipe, trainer, run_spans)
-        run = {"epochs": rows, "steps": sum(s.steps for s in run_spans), "flops": sum(r["flops"] for r in rows)}
+        run = {"epochs": rows, "steps": sum(s.steps for s in run_spans), "flops": sum(r["flops"] for r in rows),
+               "eval_flops": sum(r["eval_flops"] for r in rows) + final_eval_flops(recipe, trainer),
+               "coarse_full_eval_flops": sum(r["coarse_full_eval_flops"] for r in rows)}
         if measure:
             est = 0.0
             for span in run_spans:

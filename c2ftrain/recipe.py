@@ -58,7 +58,7 @@ class Phase:
                 raise RecipeError("a phase with until = \"budget\" takes its length from budget_full_epochs: "
                                   "remove its epochs/steps")
             return self._check_method()
-        if self.until == "plateau" and (self.epochs is None or self.full_resolution or self.factors):
+        if self.until == "plateau" and (self.epochs is None or not self.coarse):
             raise RecipeError("until = \"plateau\" is for a coarse phase (factor > 1, not mixed) with "
                               "epochs = the most it may last")
         if self.patience < 1:
@@ -100,6 +100,12 @@ class Phase:
     @property
     def full_resolution(self) -> bool:
         return self.factor == 1
+
+    @property
+    def coarse(self) -> bool:
+        """One coarse resolution for the whole phase (factor > 1, not mixed): the model trains at
+        fewer tokens and can be evaluated as it trains."""
+        return not self.full_resolution and not self.mixed
 
     @property
     def label(self) -> str:
@@ -287,8 +293,17 @@ class EvalSpec:
     # run epochs first..last, 1-based and inclusive (AST: balanced AudioSet [6, 25], full [1, 5]),
     # evaluated beside the final model ("averaged/..." metrics, final_averaged.pt). [] = off.
     average_epochs: tuple[int, ...] = ()
+    # A coarse phase's evaluations measure the model twice: at the phase's own resolution (what
+    # until = "plateau" watches) and as a full-resolution copy (how well it would transfer). The
+    # second costs a full-resolution forward pass over the eval split, more than a coarse
+    # training epoch where the eval split is as large as the training split (balanced AudioSet).
+    # False: only the phase's last evaluation also runs at full resolution.
+    full_resolution_during_coarse: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.full_resolution_during_coarse, bool):
+            raise RecipeError(f"eval.full_resolution_during_coarse must be true or false, got "
+                              f"{self.full_resolution_during_coarse!r}")
         if self.average_epochs and (len(self.average_epochs) != 2 or not 1 <= self.average_epochs[0]
                                     <= self.average_epochs[1]):
             raise RecipeError(f"eval.average_epochs must be [first, last] with 1 <= first <= last, "

@@ -30,10 +30,18 @@ def _run_summary(runs: list) -> dict:
             "eval_curve": eval_curve(runs)}
 
 
+def full_resolution_evals(outcome) -> list[dict]:
+    """The run's evaluations at full resolution: all of them, unless coarse phases were only
+    evaluated at their own resolution along the way (eval.full_resolution_during_coarse)."""
+    return [h for h in outcome.history if "metrics" in h]
+
+
 def eval_curve(runs: list) -> list[float]:
-    """The headline metric at each evaluation (as many as every seed has), mean over seeds."""
-    n = min(len(o.history) for o in runs)
-    return [mean([o.history[i]["metrics"][o.metric_name] for o in runs]) for i in range(n)]
+    """The headline metric at each full-resolution evaluation (as many as every seed has), mean
+    over seeds."""
+    hists = [full_resolution_evals(o) for o in runs]
+    n = min(len(h) for h in hists)
+    return [mean([h[i]["metrics"][o.metric_name] for o, h in zip(runs, hists)]) for i in range(n)]
 
 
 def _saving(c2f, base, key: str) -> float:
@@ -84,11 +92,12 @@ STYLES = {"c2f": ("tab:blue", "coarse-to-fine"), "baseline": ("tab:gray", "basel
 
 def _curves(runs: list, name: str, scale: float):
     """Per evaluation: mean cumulative FLOPs and wall time, mean / min / max metric over seeds."""
-    n = min(len(o.history) for o in runs)
-    pick = lambda key, i: [o.history[i][key] for o in runs]  # noqa: E731
+    hists = [full_resolution_evals(o) for o in runs]
+    n = min(len(h) for h in hists)
+    pick = lambda key, i: [h[i][key] for h in hists]  # noqa: E731
     flops = [mean(pick("cum_flops", i)) / 1e12 for i in range(n)]
     wall = [mean(pick("cum_wall_s", i)) / 60 for i in range(n)]
-    ys = [[o.history[i]["metrics"][name] * scale for o in runs] for i in range(n)]
+    ys = [[h[i]["metrics"][name] * scale for h in hists] for i in range(n)]
     return flops, wall, [mean(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys]
 
 
@@ -112,7 +121,7 @@ def plot_report(path: Path, report: dict, per_seed: list[dict]) -> None:
             if len(runs) > 1:
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
         if label == "c2f":  # phase boundaries
-            hist = runs[0].history
+            hist = full_resolution_evals(runs[0])
             for i, (h, nxt) in enumerate(zip(hist, hist[1:])):
                 if nxt["phase"] != h["phase"] and i < len(flops):
                     axes[0].axvline(flops[i], color=color, ls=":", lw=1)

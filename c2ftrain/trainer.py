@@ -308,21 +308,26 @@ class PhaseTrainer:
         full_resolution(self.cfg).apply(full, self.recipe.model)
         return evaluate_loader(full, loader, self.multi_label, self.device, self.dist)
 
-    def _eval_entry(self, model: AST, eval_loader, phase: Phase, state: RunState) -> dict:
+    def _eval_entry(self, model: AST, eval_loader, phase: Phase, state: RunState, full: bool = True) -> dict:
+        """One evaluation: of a coarse phase, also as the coarse model sees the data (whether
+        the phase learns, apart from how well it transfers to full resolution); `full=False`
+        leaves the full-resolution pass out (`add_full_resolution` can add it later)."""
         p = state.progress
-        metrics = self.evaluate_full_resolution(model, eval_loader)
-        state.record.metric = float(metrics[self.metric_name])
         entry = {"event": "eval", "run": self.label, "phase": p.phase, "phase_label": phase.label,
-                 "epoch": p.epoch, "step": p.global_step, "metrics": metrics,
+                 "epoch": p.epoch, "step": p.global_step,
                  "cum_flops": sum(r.flops for r in state.records), "cum_wall_s": sum(r.wall_s for r in state.records)}
-        if not phase.full_resolution and not phase.mixed:
-            # also as the coarse model sees the data: shows whether the coarse phase learns,
-            # apart from how well it transfers to full resolution
+        if full or not phase.coarse:
+            self.add_full_resolution(entry, model, eval_loader, state)
+        if phase.coarse:
             eval_loader.set_phase(*loader_phase(phase))
             entry["metrics_at_phase_resolution"] = evaluate_loader(
                 model, eval_loader, self.multi_label, self.device, self.dist)
             eval_loader.set_phase("none", 1)
         return entry
+
+    def add_full_resolution(self, entry: dict, model: AST, eval_loader, state: RunState) -> None:
+        entry["metrics"] = self.evaluate_full_resolution(model, eval_loader)
+        state.record.metric = float(entry["metrics"][self.metric_name])
 
     # -- checkpoints and logs ----------------------------------------------------------------
     @property
@@ -391,7 +396,8 @@ class PhaseTrainer:
                 else:
                     state.begin_phase(pi, phase, res)
                 self._train_phase(model, optimizer, loader, eval_loader, run_spans, state, res)
-            final = state.history[-1]["metrics"] if state.history else self.evaluate_full_resolution(model, eval_loader)
+            final = state.history[-1].get("metrics") if state.history else None
+            final = final or self.evaluate_full_resolution(model, eval_loader)
             final = {**final, **self._extra_eval_splits(model), **self._averaged_metrics(model, eval_loader, state)}
         finally:
             self._count_skipped(eval_loader)
@@ -444,8 +450,13 @@ class PhaseTrainer:
             p.epoch, p.batch = p.epoch + 1, 0
             last = p.epoch == span.epochs or p.phase_step >= span.steps
             if last or p.epoch % self.recipe.eval.every_epochs == 0:
-                entry = self._eval_entry(model, eval_loader, span.phase, state)
+                # without full-resolution evaluations along a coarse phase, its end still gets
+                # one: known only once the phase-resolution metric has decided on a plateau
+                full = last or self.recipe.eval.full_resolution_during_coarse
+                entry = self._eval_entry(model, eval_loader, span.phase, state, full=full)
                 state.history.append(entry)
+                if "metrics" not in entry and self._plateaued(span.phase, state):
+                    self.add_full_resolution(entry, model, eval_loader, state)
                 self._log(entry)
             if last:
                 state.record.ended = "length"

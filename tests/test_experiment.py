@@ -1,16 +1,17 @@
 """Experiments over seeds (report.json's spread and paired deltas) and sweeps (shared baselines,
 resumable), on the toy store of test_trainer."""
 
+import dataclasses
 import json
 
 import pytest
 from click.testing import CliRunner
+from test_trainer import toy_recipe, toy_store  # noqa: F401  (fixture)
 
 from c2ftrain.cli import main
 from c2ftrain.experiment import run_experiment
 from c2ftrain.stats import ci95
 from c2ftrain.sweep import load_grid, run_sweep
-from test_trainer import toy_recipe, toy_store  # noqa: F401  (fixture)
 
 
 def test_seeds_report_spread_and_paired_deltas(toy_store, tmp_path):  # noqa: F811
@@ -134,18 +135,36 @@ def test_plan_matches_what_the_trainer_does(toy_store, tmp_path, monkeypatch):  
     """The plan's FLOPs, steps and learning rate at each epoch's first step, against a real run
     (the rate the optimiser really had, recorded inside train_step)."""
     import c2ftrain.trainer as tr
+    from c2ftrain.flops import forward_flops
     from c2ftrain.plan import plan_experiment
+    from c2ftrain.recipe import Phase
 
     recipe = toy_recipe(toy_store)
     plan = plan_experiment(recipe, measure=True, device="cpu")
     seen, real_step = [], tr.train_step
+    evaluated, real_evaluate = [], tr.evaluate_loader
 
     def recording_step(net, optimizer, *args, **kwargs):
         seen.append(optimizer.param_groups[0]["lr"])
         return real_step(net, optimizer, *args, **kwargs)
 
+    def recording_evaluate(model, loader, *args, **kwargs):  # the forward FLOPs of the clips served
+        clips = sum(len(b["labels"]) for b in loader)
+        evaluated.append(clips * forward_flops(model.cfg, **model.resolution_state()))
+        return real_evaluate(model, loader, *args, **kwargs)
+
     monkeypatch.setattr(tr, "train_step", recording_step)
+    monkeypatch.setattr(tr, "evaluate_loader", recording_evaluate)
     report = run_experiment(recipe, tmp_path / "run", device="cpu")
+    assert sum(evaluated) == sum(plan["runs"][k]["eval_flops"] for k in ("c2f", "baseline", "equal_flops"))
+    # two coarse epochs: the first one's full-resolution pass is what the setting leaves out
+    longer = dataclasses.replace(recipe, phases=(Phase(method="pool-avg", factor=4, epochs=2), Phase(epochs=1)))
+    both = plan_experiment(longer, measure=False, device="cpu")["runs"]["c2f"]
+    own = plan_experiment(dataclasses.replace(longer, eval=dataclasses.replace(
+        recipe.eval, full_resolution_during_coarse=False)), measure=False, device="cpu")["runs"]["c2f"]
+    full_pass = both["epochs"][-1]["eval_flops"]  # the full-resolution epoch's evaluation
+    assert both["coarse_full_eval_flops"] == full_pass == both["eval_flops"] - own["eval_flops"]
+    assert [e["eval_flops"] for e in own["epochs"]][1:] == [e["eval_flops"] for e in both["epochs"]][1:]
     for label in ("c2f", "baseline", "equal_flops"):
         planned = plan["runs"][label]
         assert planned["flops"] == report[label]["flops"], label
@@ -164,8 +183,6 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     """Shared runs are found by key: settings that change nothing in a run (the mask value
     without masks, mixup's partner and domain without mixup, the cv folds) keep the key that
     runs trained before those settings existed have."""
-    import dataclasses
-
     from c2ftrain.experiment import run_key
     from c2ftrain.recipe import CvSpec, load_recipe
 
@@ -175,6 +192,10 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     inert = dataclasses.replace(demo, data=dataclasses.replace(demo.data, mask_value="zero", mixup_partner="batch"),
                                 cv=CvSpec(folds=2, store="s{fold}"))
     assert run_key(inert, demo.baseline_phases) == key
+    assert run_key(demo, demo.phases) == "0829d51a527f"  # the demo's c2f key before eval.full_resolution_during_coarse
+    coarse_only = dataclasses.replace(demo, eval=dataclasses.replace(demo.eval, full_resolution_during_coarse=False))
+    assert run_key(coarse_only, demo.baseline_phases) == key  # no coarse phase: nothing changes
+    assert run_key(coarse_only, demo.phases) != run_key(demo, demo.phases)  # its history differs
     masked = dataclasses.replace(demo, data=dataclasses.replace(demo.data, freq_mask_bins=8))
     assert run_key(masked, demo.baseline_phases) != run_key(
         dataclasses.replace(masked, data=dataclasses.replace(masked.data, mask_value="zero")), demo.baseline_phases)

@@ -370,6 +370,46 @@ def test_plateau_ends_a_coarse_phase_and_the_budget_gives_the_rest(toy_store, tm
         recipe_from_dict({**d, "baseline": {}})
 
 
+def test_coarse_phases_evaluated_at_their_own_resolution_only(toy_store, tmp_path):
+    """eval.full_resolution_during_coarse = false: a coarse phase's evaluations skip the
+    full-resolution pass except at the phase's end (a fixed length, or a plateau known only after
+    the phase-resolution evaluation); training, the phase-resolution metrics, the phase ends and
+    the final metrics are those of the run that evaluates everything."""
+    from c2ftrain.cli import _printer
+    from c2ftrain.report import build_report, eval_curve, write_report
+
+    d = toy_recipe(toy_store).to_dict()
+    d["eval"]["checkpoint_every_steps"] = 0
+    d["budget_full_epochs"] = 3.0
+    d["phases"] = [{"method": "fshift", "factor": 2, "epochs": 3},
+                   {"method": "pool-avg", "factor": 4, "epochs": 6, "until": "plateau", "patience": 1,
+                    "min_delta": 2.0},
+                   {"method": "none", "factor": 1, "until": "budget"}]
+    d["baseline"] = {"phases": [{"method": "none", "factor": 1, "epochs": 3}]}
+    everything = recipe_from_dict(d)
+    d["eval"]["full_resolution_during_coarse"] = False
+    own = recipe_from_dict(d)
+    ref = PhaseTrainer(everything, everything.phases, tmp_path / "ref", "c2f", device="cpu").run()
+    out = PhaseTrainer(own, own.phases, tmp_path / "own", "c2f", device="cpu", on_event=_printer({})).run()
+
+    assert [(r.epochs, r.steps, r.ended) for r in out.records] == [(r.epochs, r.steps, r.ended) for r in ref.records]
+    assert [r.ended for r in out.records] == ["length", "plateau", "length"]
+    assert len(out.history) == len(ref.history) == 3 + 2 + 1
+    for mine, theirs in zip(out.history, ref.history):
+        assert mine.get("metrics_at_phase_resolution") == theirs.get("metrics_at_phase_resolution")
+    # full resolution: the last evaluation of each coarse phase, and every full-resolution one
+    assert [("metrics" in h) for h in out.history] == [False, False, True, False, True, True]
+    assert all(h["metrics"] == ref.history[i]["metrics"] for i, h in enumerate(out.history) if "metrics" in h)
+    assert [r.metric for r in out.records] == [r.metric for r in ref.records]
+    assert out.metrics == ref.metrics
+    # the curves of the report follow the full-resolution evaluations
+    assert eval_curve([out]) == [ref.history[i]["metrics"]["accuracy"] for i in (2, 4, 5)]
+    write_report(tmp_path / "own", build_report(own, [{"c2f": out}], [3]), [{"c2f": out}])
+    assert (tmp_path / "own" / "report.png").stat().st_size > 10_000
+    with pytest.raises(RecipeError, match="full_resolution_during_coarse must be true or false"):
+        recipe_from_dict({**d, "eval": {"full_resolution_during_coarse": "no"}})
+
+
 def test_mixup_partner_decides_who_mixes(toy_store):
     """"dataset" (AST's): the loader mixes, the trainer does not; "batch": the trainer mixes the
     served features and the loader serves them unmixed; "power" needs the loader's partner."""
