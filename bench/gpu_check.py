@@ -264,6 +264,8 @@ def history_gaps(run: dict, reference: dict) -> dict[str, float]:
     gaps = {f"final {k}": v for k, v in metric_gaps(run["metrics"], reference["metrics"]).items()}
     for i, (a, b) in enumerate(zip(run["history"], reference["history"])):
         for key, where in (("metrics", ""), ("metrics_at_phase_resolution", " at phase resolution")):
+            if (key in a) != (key in b):  # an evaluation one run made and the other did not
+                raise ValueError(f"evaluation {i + 1} ({a['phase_label']}) has {key} in only one of the two runs")
             gaps.update({f"eval {i + 1} ({a['phase_label']}{where}) {k}": v
                          for k, v in metric_gaps(a.get(key, {}), b.get(key, {})).items()})
     return gaps

@@ -211,9 +211,9 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
 @click.option("--no-measure", is_flag=True, help="Skip the few timed train steps (no time estimate).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def plan(recipe, overrides, as_json, no_measure, device):
-    """Without training: every epoch's phase, resolution, learning rate and FLOPs for
-    coarse-to-fine, the baseline and the equal-FLOPs control, the saving, and an estimated
-    training time on this machine (from a few measured steps)."""
+    """Without training: every epoch's phase, resolution, learning rate, training FLOPs and
+    evaluation FLOPs for coarse-to-fine, the baseline and the equal-FLOPs control, the saving,
+    and an estimated training time on this machine (from a few measured steps)."""
     from rich.table import Table
 
     from c2fdata.store import StoreFormatError
@@ -234,7 +234,9 @@ def plan(recipe, overrides, as_json, no_measure, device):
     for label, run in result["runs"].items():
         t = Table(title=f"{label}: {run['steps']} steps, {run['flops'] / 1e12:.2f} TFLOPs"
                         + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else "")
-                        + f"; evaluation {run['eval_flops'] / 1e12:.2f} TFLOPs")
+                        + f"; evaluation {run['eval_flops'] / 1e12:.2f} TFLOPs"
+                        + (f" ({run['final_eval_flops'] / 1e12:.2f} of them after the last epoch)"
+                           if run["final_eval_flops"] else ""))
         for c in ("epoch", "phase", "frames", "tokens", "steps", "lr at start", "TFLOPs", "eval TFLOPs"):
             t.add_column(c, justify="right")
         for e in run["epochs"]:
@@ -248,7 +250,8 @@ def plan(recipe, overrides, as_json, no_measure, device):
     console.print(line)
     c2f = result["runs"]["c2f"]
     if c2f["coarse_full_eval_flops"] > 0.1 * c2f["flops"]:
-        console.print(f"[yellow]evaluating the coarse phases at full resolution too costs "
+        upto = "up to " if any(p.until == "plateau" for p in rec.phases) else ""
+        console.print(f"[yellow]evaluating the coarse phases at full resolution too costs {upto}"
                       f"{c2f['coarse_full_eval_flops'] / 1e12:.2f} TFLOPs, {c2f['coarse_full_eval_flops'] / c2f['flops']:.0%} "
                       f"of coarse-to-fine's training: --set eval.full_resolution_during_coarse=false keeps only "
                       f"each coarse phase's last one[/]")

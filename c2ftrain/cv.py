@@ -8,8 +8,9 @@ over folds its mean and spread:
 
 - "mean": the final models' metric, mean over folds (what a held-out score should be);
 - "at_best_evaluation": AST's number (its `get_esc_result.py`): the metric curve (one value per
-  evaluation) averaged over folds, its best evaluation, and the folds' metrics there. The
-  evaluation is chosen on the held-out folds themselves, so this number leans optimistic.
+  full-resolution evaluation, report.eval_curve) averaged over folds, its best evaluation, and
+  the folds' metrics there. The evaluation is chosen on the held-out folds themselves, so this
+  number leans optimistic.
 
 Layout: RUN_DIR/cv.json (recipe, folds, seeds, baseline), RUN_DIR/fold-K/ (an experiment
 directory, as `c2ftrain run` makes), RUN_DIR/report.json. Resumable: with resume, finished
@@ -146,7 +147,8 @@ def cv_report(recipe: Recipe, reports: dict[int, dict]) -> dict:
 
 def best_evaluation(curves: list[list[float]]) -> dict:
     """AST's summary of a cross-validation: the per-evaluation metric averaged over folds, its
-    best evaluation (0-based index), and each fold's metric there."""
+    best evaluation (0-based index among the full-resolution evaluations), and each fold's
+    metric there."""
     n = min(len(c) for c in curves)
     if n == 0:
         return {}

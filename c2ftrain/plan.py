@@ -12,7 +12,10 @@ Evaluation is planned apart (forward passes over the eval split, never in the tr
 that the comparisons use): after the epochs that the trainer evaluates, at full resolution and,
 in a coarse phase, at the phase's resolution too; at the end, the extra eval splits and the
 weight average. Where the eval split is as large as the training split, the full-resolution
-passes of coarse phases can cost more than their training (`eval.full_resolution_during_coarse`).
+passes of coarse phases can cost more than their training; with
+`eval.full_resolution_during_coarse = false` only each coarse phase's last one is planned (and
+run). A phase that may end at a plateau is planned at its longest, so its evaluations are an
+upper bound and those of the budget phase after it a lower one.
 """
 
 from __future__ import annotations
@@ -66,12 +69,13 @@ def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> 
     return rows
 
 
-def final_eval_flops(recipe: Recipe, trainer: PhaseTrainer) -> int:
-    """The evaluations after the last epoch: the extra eval splits and the weight average, at
-    full resolution."""
+def final_eval_flops(recipe: Recipe, trainer: PhaseTrainer, rows: list[dict]) -> int:
+    """The evaluations after the last epoch, at full resolution: the extra eval splits, and the
+    weight average where the run reaches an epoch of eval.average_epochs."""
     per_sample = full_resolution(trainer.cfg).eval_flops_per_sample(trainer.cfg)
     clips = sum(len(StoreReader(recipe.store, s)) for s in recipe.data.extra_eval_splits)
-    if recipe.eval.average_epochs:
+    span = recipe.eval.average_epochs
+    if span and any(span[0] <= r["epoch"] <= span[1] for r in rows):
         clips += len(trainer.eval_reader)
     return round(clips * per_sample)
 
@@ -128,8 +132,9 @@ def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step
         run_spans = trainer.spans()
         rows = epoch_rows(recipe, trainer, run_spans)
         run = {"epochs": rows, "steps": sum(s.steps for s in run_spans), "flops": sum(r["flops"] for r in rows),
-               "eval_flops": sum(r["eval_flops"] for r in rows) + final_eval_flops(recipe, trainer),
+               "final_eval_flops": final_eval_flops(recipe, trainer, rows),
                "coarse_full_eval_flops": sum(r["coarse_full_eval_flops"] for r in rows)}
+        run["eval_flops"] = sum(r["eval_flops"] for r in rows) + run["final_eval_flops"]
         if measure:
             est = 0.0
             for span in run_spans:

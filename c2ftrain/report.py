@@ -4,7 +4,8 @@ their spread and the paired differences that decide the claim.
 
 report.json keeps the first seed's view under the plain keys (`c2f.metric`, `savings`, ...) and
 adds, per run, `metric_per_seed`, `metric_mean`, `metric_std`, `eval_curve` (the metric at each
-evaluation, mean over seeds: what cross-validation averages over folds), and at the top `seeds` and
+full-resolution evaluation, mean over seeds: what cross-validation averages over folds; with
+eval.full_resolution_during_coarse = false a coarse phase has one, its last), and at the top `seeds` and
 `paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
 difference and its 95% interval (Student's t over seeds). Savings are averaged over seeds.
 """

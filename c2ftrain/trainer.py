@@ -326,6 +326,8 @@ class PhaseTrainer:
         return entry
 
     def add_full_resolution(self, entry: dict, model: AST, eval_loader, state: RunState) -> None:
+        """The full-resolution metrics into `entry`; they are also the phase's metric so far
+        (its row in the report)."""
         entry["metrics"] = self.evaluate_full_resolution(model, eval_loader)
         state.record.metric = float(entry["metrics"][self.metric_name])
 
@@ -449,18 +451,20 @@ class PhaseTrainer:
             state.record.epochs += 1
             p.epoch, p.batch = p.epoch + 1, 0
             last = p.epoch == span.epochs or p.phase_step >= span.steps
+            plateau = False
             if last or p.epoch % self.recipe.eval.every_epochs == 0:
-                # without full-resolution evaluations along a coarse phase, its end still gets
-                # one: known only once the phase-resolution metric has decided on a plateau
                 full = last or self.recipe.eval.full_resolution_during_coarse
                 entry = self._eval_entry(model, eval_loader, span.phase, state, full=full)
                 state.history.append(entry)
-                if "metrics" not in entry and self._plateaued(span.phase, state):
+                plateau = not last and self._plateaued(span.phase, state)
+                # without full-resolution evaluations along a coarse phase, its end still gets
+                # one: at a plateau, known only once the phase-resolution metric has decided
+                if plateau and "metrics" not in entry:
                     self.add_full_resolution(entry, model, eval_loader, state)
                 self._log(entry)
             if last:
                 state.record.ended = "length"
-            elif self._plateaued(span.phase, state):
+            elif plateau:
                 state.record.ended = "plateau"
             self._accumulate_average(model, state)
             self.save(model, optimizer, state)

@@ -155,6 +155,10 @@ def test_runs_agree_within_the_tolerance_at_every_evaluation(tmp_path):
     with pytest.raises(ValueError, match="2 evaluations against 3"):
         gc.history_gaps(json.loads((outcome(tmp_path / "short", [0.5, 0.75]) / "c2f" / "outcome.json").read_text()),
                         gc.outcome_of(ref))
+    lacking = gc.outcome_of(outcome(tmp_path / "lacking", [0.5, 0.75, 0.875]))
+    del lacking["history"][1]["metrics"]  # an evaluation at the phase's resolution only
+    with pytest.raises(ValueError, match="evaluation 2 \\(phase 1\\) has metrics in only one of the two runs"):
+        gc.history_gaps(lacking, gc.outcome_of(ref))
     assert gc.train_outcome(ref) == (True, "accuracy 0.875 after 3 evaluations")
     assert not gc.train_outcome(outcome(tmp_path / "two", [0.5], methods=("pool-avg", "none")))[0]
 

@@ -406,6 +406,28 @@ def test_coarse_phases_evaluated_at_their_own_resolution_only(toy_store, tmp_pat
     assert eval_curve([out]) == [ref.history[i]["metrics"]["accuracy"] for i in (2, 4, 5)]
     write_report(tmp_path / "own", build_report(own, [{"c2f": out}], [3]), [{"c2f": out}])
     assert (tmp_path / "own" / "report.png").stat().st_size > 10_000
+
+    # killed right after the checkpoint of the plateau phase's first epoch, then resumed: the
+    # same evaluations (which ones ran at full resolution included) and the same end
+    class Killed(Exception):
+        pass
+
+    class KilledAfterFourCheckpoints(PhaseTrainer):
+        saved = 0
+
+        def save(self, *args):
+            super().save(*args)
+            KilledAfterFourCheckpoints.saved += 1
+            if KilledAfterFourCheckpoints.saved == 4:  # 3 epochs of phase 1, 1 of phase 2
+                raise Killed
+
+    with pytest.raises(Killed):
+        KilledAfterFourCheckpoints(own, own.phases, tmp_path / "killed", "c2f", device="cpu").run()
+    resumed = PhaseTrainer(own, own.phases, tmp_path / "killed", "c2f", device="cpu").run(resume=True)
+    untimed = lambda hist: [{k: v for k, v in h.items() if k != "cum_wall_s"} for h in hist]  # noqa: E731
+    assert untimed(resumed.history) == untimed(out.history)
+    assert [r.ended for r in resumed.records] == ["length", "plateau", "length"]
+    assert resumed.metrics == out.metrics
     with pytest.raises(RecipeError, match="full_resolution_during_coarse must be true or false"):
         recipe_from_dict({**d, "eval": {"full_resolution_during_coarse": "no"}})
 
