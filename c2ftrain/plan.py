@@ -54,8 +54,8 @@ def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> 
             first = span.first_step + e * span.steps_per_epoch
             steps = min(span.steps_per_epoch, span.steps - e * span.steps_per_epoch)
             last = e + 1 == span.epochs
-            evaluated = last or (e + 1) % recipe.eval.every_epochs == 0
-            full = evaluated and (last or not phase.coarse or recipe.eval.full_resolution_during_coarse)
+            evaluated = recipe.eval.evaluates(e + 1, last)
+            full = evaluated and recipe.eval.at_full_resolution(phase, last)
             own = evaluated and phase.coarse
             rows.append({
                 "epoch": span.first_epoch + e + 1, "phase": i, "method": phase.method, "factor": phase.factor,

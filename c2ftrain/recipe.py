@@ -300,6 +300,15 @@ class EvalSpec:
     # False: only the phase's last evaluation also runs at full resolution.
     full_resolution_during_coarse: bool = True
 
+    def evaluates(self, phase_epoch: int, last: bool) -> bool:
+        """Whether the trainer evaluates after epoch `phase_epoch` (1-based, within its phase)."""
+        return last or phase_epoch % self.every_epochs == 0
+
+    def at_full_resolution(self, phase: Phase, last: bool) -> bool:
+        """Whether such an evaluation has its full-resolution pass (a coarse phase that ends at a
+        plateau gets it too, once the plateau is known)."""
+        return last or not phase.coarse or self.full_resolution_during_coarse
+
     def __post_init__(self):
         if not isinstance(self.full_resolution_during_coarse, bool):
             raise RecipeError(f"eval.full_resolution_during_coarse must be true or false, got "

@@ -316,7 +316,7 @@ class PhaseTrainer:
         entry = {"event": "eval", "run": self.label, "phase": p.phase, "phase_label": phase.label,
                  "epoch": p.epoch, "step": p.global_step,
                  "cum_flops": sum(r.flops for r in state.records), "cum_wall_s": sum(r.wall_s for r in state.records)}
-        if full or not phase.coarse:
+        if full:
             self.add_full_resolution(entry, model, eval_loader, state)
         if phase.coarse:
             eval_loader.set_phase(*loader_phase(phase))
@@ -452,8 +452,8 @@ class PhaseTrainer:
             p.epoch, p.batch = p.epoch + 1, 0
             last = p.epoch == span.epochs or p.phase_step >= span.steps
             plateau = False
-            if last or p.epoch % self.recipe.eval.every_epochs == 0:
-                full = last or self.recipe.eval.full_resolution_during_coarse
+            if self.recipe.eval.evaluates(p.epoch, last):
+                full = self.recipe.eval.at_full_resolution(span.phase, last)
                 entry = self._eval_entry(model, eval_loader, span.phase, state, full=full)
                 state.history.append(entry)
                 plateau = not last and self._plateaued(span.phase, state)
