@@ -208,13 +208,20 @@ def test_the_loader_comparison_runs_on_the_cpu_backend(tmp_path):
 
 
 # -- install.sh --check-gpu -----------------------------------------------------------------------
-def check_gpu(tmp_path, smi_output=None):
-    """install.sh's GPU check with a stand-in nvidia-smi printing smi_output (None: no nvidia-smi)."""
+def check_gpu(tmp_path, smi_output=None, torch_state=None):
+    """install.sh's GPU check with a stand-in nvidia-smi printing smi_output (None: no nvidia-smi)
+    and, where torch_state is given, a stand-in python printing it as torch's "version cuda
+    available" (so that every branch is checked whatever torch this machine has)."""
     smi = tmp_path / "nvidia-smi"
     if smi_output is not None:
         smi.write_text(f"#!/bin/sh\n{smi_output}\n")
         smi.chmod(0o755)
-    env = {**os.environ, "NVIDIA_SMI": str(smi), "PYTHON": sys.executable}
+    python = sys.executable
+    if torch_state is not None:
+        python = tmp_path / "python"
+        python.write_text(f"#!/bin/sh\necho '{torch_state}'\n")
+        python.chmod(0o755)
+    env = {**os.environ, "NVIDIA_SMI": str(smi), "PYTHON": str(python)}
     return subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--check-gpu"], capture_output=True,
                           text=True, env=env, timeout=120)
 
@@ -225,17 +232,37 @@ def test_install_check_is_silent_without_an_nvidia_driver(tmp_path):
 
 
 def test_install_check_names_an_old_driver(tmp_path):
-    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 570.86.15'")
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 570.86.15'", "2.13.0+cu130 13.0 True")
     assert proc.returncode == 0
     assert "NVIDIA driver 570.86.15 (NVIDIA H100 80GB HBM3) is too old" in proc.stderr and "580 or later" in proc.stderr
     proc = check_gpu(tmp_path, "exit 9")  # a driver that lists no GPU
     assert proc.returncode == 0 and "lists no GPU" in proc.stderr
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the warning given by a CPU-only torch")
 def test_install_check_gives_the_pip_command_for_a_cuda_torch(tmp_path):
-    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 580.65.06'")
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 580.65.06'", "2.11.0+cpu None False")
     assert proc.returncode == 0 and "too old" not in proc.stderr
-    release = torch.__version__.split("+")[0]
-    assert f"torch {torch.__version__} is a CPU-only build" in proc.stderr
-    assert f'-m pip install "torch=={release}+cu130" --index-url https://download.pytorch.org/whl/cu130' in proc.stderr
+    assert "torch 2.11.0+cpu is a CPU-only build" in proc.stderr
+    assert '-m pip install "torch==2.11.0+cu130" --index-url https://download.pytorch.org/whl/cu130' in proc.stderr
+
+
+def test_install_check_names_a_cuda_torch_that_sees_no_gpu(tmp_path):
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H200, 580.65.06'", "2.11.0+cu130 13.0 False")
+    assert proc.returncode == 0 and "CPU-only" not in proc.stderr
+    assert "torch 2.11.0+cu130 is built for CUDA 13.0 but" in proc.stderr and "CUDA_VISIBLE_DEVICES" in proc.stderr
+
+
+def test_install_check_is_silent_when_torch_sees_the_gpu(tmp_path):
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H200, 580.65.06'", "2.11.0+cu130 13.0 True")
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == ""
+
+
+def test_install_check_with_this_machines_torch(tmp_path):
+    """The real torch's answer reaches the check: whatever build is installed here, the GPU is
+    either used (silent) or the warning names this torch's version."""
+    proc = check_gpu(tmp_path, "echo 'NVIDIA H100 80GB HBM3, 580.65.06'")
+    assert proc.returncode == 0
+    if torch.cuda.is_available():
+        assert proc.stderr == ""
+    else:
+        assert f"torch {torch.__version__} " in proc.stderr and "will be SKIPPED" in proc.stderr
