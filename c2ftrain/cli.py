@@ -1,5 +1,6 @@
 """c2ftrain command line: `run` (coarse-to-fine + baseline + control -> report), `cv` (the same per
-held-out fold, mean over folds), `plan`, `sweep` and `eval`.
+held-out fold, mean over folds), `plan`, `sweep`, `report` (run directories' seeds pooled) and
+`eval`.
 
 Thin: parse -> recipe -> one library call -> rich output."""
 
@@ -322,6 +323,44 @@ def _device(choice: str) -> str | None:
 
 def _less(saving: float, less: str, more: str) -> str:
     return f"{saving:.0%} {less}" if saving >= 0 else f"{-saving:.0%} {more}"
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the pooled report.json and report.png here.")
+@click.option("--finished-only", is_flag=True,
+              help="Leave out (and name) seeds whose runs have not all finished, instead of stopping.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def report_cmd(run_dirs, out_dir, finished_only, as_json):
+    """The report of finished run directories: one directory's again, or the seeds of several
+    directories of one experiment pooled (e.g. `run --seeds 2 --set seed=3` on one machine and
+    `--set seed=5` on another), with the paired differences over all of them."""
+    from c2ftrain.pool import PoolError, pool
+
+    try:
+        pooled = pool(list(run_dirs), finished_only=finished_only)
+    except PoolError as err:
+        fail(str(err))
+    report = pooled.report()
+    if out_dir:
+        from c2ftrain.report import write_report
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(out_dir, report, pooled.per_seed)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for seed, missing in sorted(pooled.left_out.items()):
+        console.print(f"[yellow]seed {seed} left out: not finished ({missing} is missing)[/]")
+    if pooled.dropped_labels:
+        console.print(f"[yellow]left out {', '.join(pooled.dropped_labels)}: not every directory has it "
+                      f"(one was run with --no-baseline?)[/]")
+    console.print(f"recipe [bold]{pooled.recipe.name}[/], seeds {pooled.seeds} from {len(run_dirs)} "
+                  f"director{'y' if len(run_dirs) == 1 else 'ies'}")
+    print_outcome(report)
+    if out_dir:
+        console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.png'}")
 
 
 @main.command("eval")

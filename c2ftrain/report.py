@@ -7,7 +7,8 @@ adds, per run, `metric_per_seed`, `metric_mean`, `metric_std`, `eval_curve` (the
 full-resolution evaluation, mean over seeds: what cross-validation averages over folds; with
 eval.full_resolution_during_coarse = false a coarse phase has one, its last), and at the top `seeds` and
 `paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
-difference and its 95% interval (Student's t over seeds). Savings are averaged over seeds.
+difference and its 95% interval (Student's t over seeds), its median, and on how many seeds
+coarse-to-fine is ahead. Savings are averaged over seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from pathlib import Path
 
 from c2ftrain.recipe import Recipe
-from c2ftrain.stats import ci95, mean, std
+from c2ftrain.stats import ci95, mean, median, std
 
 PAIRS = (("c2f", "baseline"), ("c2f", "equal_flops"))
 
@@ -77,6 +78,7 @@ def build_report(recipe: Recipe, per_seed: list[dict], seeds: list[int]) -> dict
             if b in report:
                 diffs = [s[a].metric - s[b].metric for s in per_seed]
                 report["paired"][f"{a}-{b}"] = {"mean": mean(diffs), "std": std(diffs), "ci95": ci95(diffs),
+                                                "median": median(diffs), "ahead": sum(x > 0 for x in diffs),
                                                 "per_seed": diffs}
     return report
 
@@ -171,6 +173,11 @@ def paired_lines(report: dict) -> list[str]:
     out = []
     for key, p in report.get("paired", {}).items():
         lo, hi = p["ci95"]
+        n = len(p["per_seed"])
+        # median and "ahead" (reports written before they existed lack them): one or two seeds
+        # can carry a mean, which these show
+        more = (f", median {p['median'] * scale:+.2f}, {key.split('-')[0]} ahead on {p['ahead']} of {n}"
+                if "median" in p else "")
         out.append(f"{key}: {p['mean'] * scale:+.2f}{unit} (95% interval {lo * scale:+.2f} .. {hi * scale:+.2f}, "
-                   f"{len(p['per_seed'])} seeds)")
+                   f"{n} seeds{more})")
     return out

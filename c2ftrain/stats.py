@@ -14,6 +14,12 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
 def std(values: list[float]) -> float:
     """Sample standard deviation (n - 1); 0.0 for a single value."""
     if len(values) < 2:

@@ -30,3 +30,15 @@ def test_ci95_by_hand():
 def test_t_quantile_rejects_nonsense():
     with pytest.raises(ValueError):
         t_quantile(0.3, 2)
+
+
+def test_median_matches_the_standard_library():
+    import random
+    import statistics
+
+    from c2ftrain.stats import median
+
+    rng = random.Random(0)
+    for n in (1, 2, 3, 8, 9):
+        values = [rng.uniform(-3, 3) for _ in range(n)]
+        assert median(values) == statistics.median(values)

@@ -1,0 +1,144 @@
+"""Pooling run directories (`c2ftrain report`): seeds trained in two directories give the report
+one run of all the seeds gives; directories that are not comparable, repeated seeds, unfinished
+and corrupt runs are refused with the directory or file named."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from test_trainer import toy_recipe, toy_store  # noqa: F401  (fixture)
+
+from c2ftrain.cli import main
+from c2ftrain.experiment import run_experiment
+from c2ftrain.pool import PoolError, pool
+from c2ftrain.stats import ci95
+
+# figures that depend on how fast the machine was, not on what was trained
+TIMED = ("wall_s", "wall_s_mean", "data_loading_share")
+
+
+def untimed(x):
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in TIMED and k != "wall"}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
+    return x
+
+
+@pytest.fixture(scope="module")
+def runs(toy_store, tmp_path_factory):  # noqa: F811
+    """Seeds 3 and 4 in one directory, seed 5 in another, and 3, 4, 5 in one run (the reference)."""
+    root = tmp_path_factory.mktemp("pool")
+    recipe = toy_recipe(toy_store)
+    run_experiment(recipe, root / "a", seeds=[3, 4], device="cpu")
+    run_experiment(dataclasses.replace(recipe, seed=5), root / "b", device="cpu")  # one seed: flat layout
+    reference = run_experiment(recipe, root / "all", seeds=[3, 4, 5], device="cpu")
+    return root, reference
+
+
+def test_two_directories_pool_to_the_report_of_one_run(runs):
+    root, reference = runs
+    pooled = pool([root / "b", root / "a"])  # order given does not matter: seeds ascending
+    assert pooled.seeds == [3, 4, 5] and pooled.sources == {3: root / "a", 4: root / "a", 5: root / "b"}
+    report = pooled.report()
+    assert report["sources"] == {"3": str(root / "a"), "4": str(root / "a"), "5": str(root / "b")}
+    assert untimed({k: v for k, v in report.items() if k != "sources"}) == untimed(reference)
+    # the paired figures, recomputed here from the outcome files themselves
+    metric = {(s, run): json.loads((root / "all" / f"seed-{s}" / run / "outcome.json").read_text())["metric"]
+              for s in (3, 4, 5) for run in ("c2f", "baseline")}
+    diffs = [metric[s, "c2f"] - metric[s, "baseline"] for s in (3, 4, 5)]
+    paired = report["paired"]["c2f-baseline"]
+    assert paired["per_seed"] == pytest.approx(diffs) and paired["ci95"] == pytest.approx(ci95(diffs))
+    assert paired["median"] == pytest.approx(sorted(diffs)[1]) and paired["ahead"] == sum(d > 0 for d in diffs)
+
+
+def text(result) -> str:
+    """The CLI's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_cli_prints_and_writes_the_pooled_report(runs, tmp_path):
+    root, _ = runs
+    result = CliRunner().invoke(main, ["report", str(root / "a"), str(root / "b"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert "seeds [3, 4, 5] from 2 directories" in text(result) and "3 seeds, median" in text(result)
+    written = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert written["seeds"] == [3, 4, 5] and (tmp_path / "p" / "report.png").stat().st_size > 10_000
+    as_json = CliRunner().invoke(main, ["report", str(root / "a"), str(root / "b"), "--json"])
+    assert untimed(json.loads(as_json.output)) == untimed(written)
+
+
+def copy(root, name, to):
+    shutil.copytree(root / name, to)
+    return to
+
+
+def edit_config(run_dir, change):
+    path = run_dir / "config.json"
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+def test_a_different_recipe_is_refused_with_the_keys_named(runs, tmp_path):
+    root, _ = runs
+    other = copy(root, "b", tmp_path / "other")
+    edit_config(other, lambda d: d["recipe"]["optim"].update(lr=1.0))
+    with pytest.raises(PoolError, match=r"other is not the same experiment .*optim\.lr: .* vs 1\.0"):
+        pool([root / "a", other])
+    # name, description and seed are not compared
+    renamed = copy(root, "b", tmp_path / "renamed")
+    edit_config(renamed, lambda d: d["recipe"].update(name="x", description="y"))
+    assert pool([root / "a", renamed]).seeds == [3, 4, 5]
+
+
+def test_a_seed_is_pooled_once(runs):
+    root, _ = runs
+    with pytest.raises(PoolError, match="seed 3 is in both"):
+        pool([root / "a", root / "all"])
+
+
+def test_unfinished_seeds_stop_the_report_or_are_left_out_by_name(runs, tmp_path):
+    root, _ = runs
+    part = copy(root, "a", tmp_path / "part")
+    (part / "seed-4" / "baseline" / "outcome.json").unlink()
+    with pytest.raises(PoolError, match=r"seed 4 in .*part has not finished .*--resume .*--finished-only"):
+        pool([part, root / "b"])
+    pooled = pool([part, root / "b"], finished_only=True)
+    assert pooled.seeds == [3, 5] and pooled.left_out == {4: part / "seed-4" / "baseline" / "outcome.json"}
+    assert pooled.report()["left_out"] == {"4": str(part / "seed-4" / "baseline" / "outcome.json")}
+    result = CliRunner().invoke(main, ["report", str(part), str(root / "b"), "--finished-only"])
+    assert result.exit_code == 0 and "seed 4 left out: not finished" in text(result)
+
+
+def test_a_corrupt_outcome_is_never_pooled(runs, tmp_path):
+    root, _ = runs
+    bad = copy(root, "b", tmp_path / "bad")
+    (bad / "c2f" / "outcome.json").write_text('{"label": "c2f", "metric": ')
+    with pytest.raises(PoolError, match=r"bad/c2f/outcome.json is not a valid outcome"):
+        pool([root / "a", bad])
+    result = CliRunner().invoke(main, ["report", str(root / "a"), str(bad)])
+    assert result.exit_code == 2 and "is not a valid outcome" in text(result)
+
+
+def test_runs_that_not_every_directory_has_are_left_out(runs, tmp_path):
+    root, _ = runs
+    solo = copy(root, "b", tmp_path / "solo")
+    edit_config(solo, lambda d: d.update(baseline=False))  # as `run --no-baseline` records it
+    pooled = pool([root / "a", solo])
+    assert pooled.dropped_labels == ("baseline", "equal_flops") and "paired" not in pooled.report()
+    assert set(pooled.per_seed[0]) == {"c2f"}
+
+
+def test_directories_that_are_not_run_directories(tmp_path):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "cv.json").write_text("{}")
+    with pytest.raises(PoolError, match="cross-validation directory"):
+        pool([tmp_path / "cv"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PoolError, match="config.json not found: .*empty is not a directory written by"):
+        pool([tmp_path / "empty"])
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "config.json not found" in text(result)
