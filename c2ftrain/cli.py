@@ -328,7 +328,7 @@ def _less(saving: float, less: str, more: str) -> str:
 @main.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the pooled report.json and report.png here.")
+              help="Write the pooled report.json and report.png here (not into one of RUN_DIRS).")
 @click.option("--finished-only", is_flag=True,
               help="Leave out (and name) seeds whose runs have not all finished, instead of stopping.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -336,27 +336,30 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
     """The report of finished run directories: one directory's again, or the seeds of several
     directories of one experiment pooled (e.g. `run --seeds 2 --set seed=3` on one machine and
     `--set seed=5` on another), with the paired differences over all of them."""
+    from rich.markup import escape
+
     from c2ftrain.pool import PoolError, pool
 
+    if out_dir and any(out_dir.resolve() == Path(d).resolve() for d in run_dirs):
+        fail(f"--out {out_dir} is one of the directories pooled: its own report.json would be replaced; "
+             f"give another directory")
     try:
         pooled = pool(list(run_dirs), finished_only=finished_only)
     except PoolError as err:
         fail(str(err))
-    report = pooled.report()
-    if out_dir:
-        from c2ftrain.report import write_report
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_report(out_dir, report, pooled.per_seed)
+    report = pooled.write(out_dir) if out_dir else pooled.report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     for seed, missing in sorted(pooled.left_out.items()):
-        console.print(f"[yellow]seed {seed} left out: not finished ({missing} is missing)[/]")
-    if pooled.dropped_labels:
-        console.print(f"[yellow]left out {', '.join(pooled.dropped_labels)}: not every directory has it "
-                      f"(one was run with --no-baseline?)[/]")
-    console.print(f"recipe [bold]{pooled.recipe.name}[/], seeds {pooled.seeds} from {len(run_dirs)} "
+        console.print(f"[yellow]seed {seed} left out: not finished ({escape(str(missing))} is missing)[/]")
+    for seed, dirs in sorted(pooled.passed_over.items()):
+        console.print(f"[yellow]seed {seed}: taken from {escape(str(pooled.sources[seed]))}; not finished in "
+                      f"{escape(', '.join(map(str, dirs)))}[/]")
+    for label, dirs in pooled.runs_left_out.items():
+        console.print(f"[yellow]{label} left out: not trained in {escape(', '.join(map(str, dirs)))} "
+                      f"(run with --no-baseline)[/]")
+    console.print(f"recipe [bold]{escape(pooled.recipe.name)}[/], seeds {pooled.seeds} from {len(run_dirs)} "
                   f"director{'y' if len(run_dirs) == 1 else 'ies'}")
     print_outcome(report)
     if out_dir:

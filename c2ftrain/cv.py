@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.recipe import Recipe, RecipeError, recipe_from_dict
+from c2ftrain.report import RUNS
 from c2ftrain.stats import mean, std
 
-RUNS = ("c2f", "baseline", "equal_flops")
 
 
 def fold_list(recipe: Recipe, n_folds: int | None = None) -> list[int]:

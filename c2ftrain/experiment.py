@@ -26,6 +26,18 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def seed_dir(run_dir: Path, seeds: list[int], seed: int) -> Path:
+    """Where a seed's runs live: the run directory itself for a single seed, else seed-S/."""
+    return Path(run_dir) if len(seeds) == 1 else Path(run_dir) / f"seed-{seed}"
+
+
+def run_labels(recipe: Recipe, baseline: bool) -> tuple[str, ...]:
+    """The runs an experiment trains per seed (as _one_seed trains them)."""
+    if not baseline:
+        return ("c2f",)
+    return ("c2f", "baseline", "equal_flops") if recipe.baseline.equal_flops else ("c2f", "baseline")
+
+
 def seed_list(recipe: Recipe, n_seeds: int) -> list[int]:
     """`n_seeds` consecutive seeds from the recipe's own."""
     if n_seeds < 1:
@@ -72,13 +84,14 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     seeds = seeds or [recipe.seed]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.to_dict(), "seeds": seeds,
-                                                         "baseline": baseline}, indent=2))
+        config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline}
+        if shared_runs is not None:  # a sweep's cell: its baselines live there, not in run_dir
+            config["shared_runs"] = str(shared_runs)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     per_seed = []
     for seed in seeds:
-        out = run_dir if len(seeds) == 1 else run_dir / f"seed-{seed}"
-        per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), out, baseline, d, dev, resume, on_event,
-                                  shared_runs))
+        per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), seed_dir(run_dir, seeds, seed), baseline, d,
+                                  dev, resume, on_event, shared_runs))
     report = build_report(recipe, per_seed, seeds)
     if d.is_main:
         write_report(run_dir, report, per_seed)

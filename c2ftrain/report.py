@@ -8,7 +8,7 @@ full-resolution evaluation, mean over seeds: what cross-validation averages over
 eval.full_resolution_during_coarse = false a coarse phase has one, its last), and at the top `seeds` and
 `paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
 difference and its 95% interval (Student's t over seeds), its median, and on how many seeds
-coarse-to-fine is ahead. Savings are averaged over seeds.
+coarse-to-fine is ahead and behind (the rest are level: a small eval split ties often). Savings are averaged over seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from c2ftrain.recipe import Recipe
 from c2ftrain.stats import ci95, mean, median, std
 
+# the runs of an experiment, in the order they train and are shown
+RUNS = ("c2f", "baseline", "equal_flops")
 PAIRS = (("c2f", "baseline"), ("c2f", "equal_flops"))
 
 
@@ -66,7 +68,7 @@ def build_report(recipe: Recipe, per_seed: list[dict], seeds: list[int]) -> dict
             for r in c2f.records
         ],
     }
-    for label in ("c2f", "baseline", "equal_flops"):
+    for label in RUNS:
         if label in per_seed[0]:
             report[label] = _run_summary([s[label] for s in per_seed])
     if "baseline" in report:
@@ -79,6 +81,7 @@ def build_report(recipe: Recipe, per_seed: list[dict], seeds: list[int]) -> dict
                 diffs = [s[a].metric - s[b].metric for s in per_seed]
                 report["paired"][f"{a}-{b}"] = {"mean": mean(diffs), "std": std(diffs), "ci95": ci95(diffs),
                                                 "median": median(diffs), "ahead": sum(x > 0 for x in diffs),
+                                                "behind": sum(x < 0 for x in diffs),
                                                 "per_seed": diffs}
     return report
 
@@ -157,7 +160,7 @@ def report_table(report: dict):
     for p in report["phases"]:
         t.add_row("c2f", p["label"], str(p["tokens"]), str(p["epochs"]), f"{p['flops'] / 1e12:.2f}",
                   f"{p['wall_s']:.0f}", f"{p['data_loading_share']:.0%}", fmt(p["metric"]) if p["metric"] is not None else "")
-    for label in ("c2f", "baseline", "equal_flops"):
+    for label in RUNS:
         if label in report:
             r = report[label]
             value = f"{fmt(r['metric_mean'])} ± {fmt(r['metric_std'])}" if many else fmt(r["metric"])
@@ -176,8 +179,11 @@ def paired_lines(report: dict) -> list[str]:
         n = len(p["per_seed"])
         # median and "ahead" (reports written before they existed lack them): one or two seeds
         # can carry a mean, which these show
-        more = (f", median {p['median'] * scale:+.2f}, {key.split('-')[0]} ahead on {p['ahead']} of {n}"
-                if "median" in p else "")
+        more = ""
+        if "median" in p:
+            level = n - p["ahead"] - p["behind"]
+            more = (f", median {p['median'] * scale:+.2f}, {key.split('-')[0]} ahead on {p['ahead']}, behind on "
+                    f"{p['behind']}" + (f", level on {level}" if level else ""))
         out.append(f"{key}: {p['mean'] * scale:+.2f}{unit} (95% interval {lo * scale:+.2f} .. {hi * scale:+.2f}, "
                    f"{n} seeds{more})")
     return out

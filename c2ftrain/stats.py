@@ -15,6 +15,7 @@ def mean(values: list[float]) -> float:
 
 
 def median(values: list[float]) -> float:
+    """The middle value (the mean of the two middle ones for an even count)."""
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

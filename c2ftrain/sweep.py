@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.recipe import RecipeError, load_recipe
+from c2ftrain.report import RUNS
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
 def summary_row(cell: Cell, report: dict) -> dict:
     row = {"cell": cell.name, "overrides": cell.overrides, "metric_name": report["metric_name"],
            "seeds": report["seeds"], "phases": [p["label"] for p in report["phases"]]}
-    for run in ("c2f", "baseline", "equal_flops"):
+    for run in RUNS:
         if run in report:
             r = report[run]
             row[run] = {"mean": r["metric_mean"], "std": r["metric_std"], "per_seed": r["metric_per_seed"]}
@@ -135,7 +136,7 @@ def summary_table(summary: dict):
             lo, hi = p["ci95"]
             return f"{p['mean'] * scale:+.2f} [{lo * scale:+.2f}, {hi * scale:+.2f}]"
 
-        t.add_row(r["cell"], *(fmt(r[k]["mean"], r[k]["std"]) if k in r else "" for k in ("c2f", "baseline", "equal_flops")),
+        t.add_row(r["cell"], *(fmt(r[k]["mean"], r[k]["std"]) if k in r else "" for k in RUNS),
                   delta("c2f-baseline"), delta("c2f-equal_flops"),
                   f"{r['savings'].get('flops', 0):.0%}", f"{r['savings'].get('wall', 0):.0%}")
     return t

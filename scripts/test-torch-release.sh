@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The test suite against another torch release, in a virtual environment of its own, so that the
 # floor pyproject.toml declares (torch >= 2.5) stays true:
-#   bash scripts/test-torch-release.sh 2.5.1 [VENV_DIR] [pytest args...]
-# torch and torchaudio are installed at that release from the package index (a CUDA build from
-# PyPI is fine on a machine without a GPU: the CUDA tests skip), then this checkout with its test
-# extras. The environment is kept (default /tmp/c2f-torch-RELEASE), so a rerun installs nothing.
+#   bash scripts/test-torch-release.sh 2.5.1 [pytest args...]
+#   C2F_TORCH_VENV=DIR bash scripts/test-torch-release.sh 2.11.0 tests/test_trainer.py
+# torch and torchaudio are installed at that release from the package index (PyPI's CUDA builds
+# work on a machine without a GPU: the CUDA tests then skip), then this checkout with its test
+# extras and scipy. The environment is kept (default /tmp/c2f-torch-RELEASE): a rerun installs
+# only the checkout again.
 set -euo pipefail
-release=${1:?usage: bash scripts/test-torch-release.sh TORCH_RELEASE [VENV_DIR] [pytest args...]}
-venv=${2:-/tmp/c2f-torch-$release}
-shift $(( $# >= 2 ? 2 : 1 ))
+release=${1:?usage: bash scripts/test-torch-release.sh TORCH_RELEASE [pytest args...]}
+shift
+if ! [[ $release =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]]; then
+    echo "error: '$release' is not a torch release such as 2.5.1 (no local tag like +cpu:" \
+         "PyPI serves the plain release)" >&2
+    exit 2
+fi
+venv=$(realpath -m "${C2F_TORCH_VENV:-/tmp/c2f-torch-$release}")  # before the cd below
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
@@ -19,8 +26,7 @@ if [ "$have" != "$release" ]; then
     pip_install "torch==$release" "torchaudio==$release"
 fi
 "$venv/bin/python" -c "import tinysoundfont" 2>/dev/null || pip_install --no-deps tinysoundfont
-# --no-build-isolation would need setuptools in the venv; a normal build is quick.
-# Installed, not editable, so that the checkout's own editable install elsewhere is left alone.
+# a plain (not editable) install: nothing is written into the checkout but pip's build files
 pip_install ".[test]" scipy
 "$venv/bin/python" -c "import torch; print(f'testing with torch {torch.__version__}')"
-exec "$venv/bin/python" -m pytest -q "$@"
+exec "$venv/bin/python" -m pytest -q ${@+"$@"}

@@ -89,6 +89,11 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
     # the baseline is shared, so its figures are identical across cells
     assert len({json.dumps(r["baseline"]) for r in rows.values()}) == 1
     assert json.loads((tmp_path / "sw" / "summary.json").read_text())["cells"][0]["cell"] == cells[0].name
+    # a cell records where its baselines live (so that `c2ftrain report` knows it is not a plain run)
+    from c2ftrain.sweep import cell_dir
+
+    config = json.loads((tmp_path / "sw" / "cells" / cell_dir(cells[0].name) / "config.json").read_text())
+    assert config["shared_runs"] == str(tmp_path / "sw" / "shared")
 
 
 def test_grid_file_errors(tmp_path):

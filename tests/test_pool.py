@@ -52,6 +52,14 @@ def test_two_directories_pool_to_the_report_of_one_run(runs):
     paired = report["paired"]["c2f-baseline"]
     assert paired["per_seed"] == pytest.approx(diffs) and paired["ci95"] == pytest.approx(ci95(diffs))
     assert paired["median"] == pytest.approx(sorted(diffs)[1]) and paired["ahead"] == sum(d > 0 for d in diffs)
+    assert paired["behind"] == sum(d < 0 for d in diffs)
+
+
+def test_one_directory_gives_its_own_report_again(runs):
+    root, _ = runs
+    report = pool([root / "a"]).report()
+    assert report.pop("sources") == {"3": str(root / "a"), "4": str(root / "a")}
+    assert report == json.loads((root / "a" / "report.json").read_text())
 
 
 def text(result) -> str:
@@ -94,10 +102,20 @@ def test_a_different_recipe_is_refused_with_the_keys_named(runs, tmp_path):
     assert pool([root / "a", renamed]).seeds == [3, 4, 5]
 
 
-def test_a_seed_is_pooled_once(runs):
+def test_a_seed_is_pooled_once(runs, tmp_path):
     root, _ = runs
-    with pytest.raises(PoolError, match="seed 3 is in both"):
+    with pytest.raises(PoolError, match=r"seed 3 has finished in both .*a and .*all"):
         pool([root / "a", root / "all"])
+    with pytest.raises(PoolError, match=r"given twice"):
+        pool([root / "a", root / "b", root / "a" / ".." / "a"])
+    # a copy that has not finished is passed over where another directory has the seed finished
+    part = copy(root, "all", tmp_path / "part")
+    (part / "seed-5" / "equal_flops" / "outcome.json").unlink()
+    pooled = pool([part, root / "b"])
+    assert pooled.seeds == [3, 4, 5] and pooled.sources[5] == root / "b" and pooled.passed_over == {5: [part]}
+    assert pooled.report()["passed_over"] == {"5": [str(part)]}
+    result = CliRunner().invoke(main, ["report", str(part), str(root / "b")])
+    assert result.exit_code == 0 and "seed 5: taken from" in text(result), result.output
 
 
 def test_unfinished_seeds_stop_the_report_or_are_left_out_by_name(runs, tmp_path):
@@ -110,7 +128,7 @@ def test_unfinished_seeds_stop_the_report_or_are_left_out_by_name(runs, tmp_path
     assert pooled.seeds == [3, 5] and pooled.left_out == {4: part / "seed-4" / "baseline" / "outcome.json"}
     assert pooled.report()["left_out"] == {"4": str(part / "seed-4" / "baseline" / "outcome.json")}
     result = CliRunner().invoke(main, ["report", str(part), str(root / "b"), "--finished-only"])
-    assert result.exit_code == 0 and "seed 4 left out: not finished" in text(result)
+    assert result.exit_code == 0 and "seed 4 left out: not finished" in text(result), result.output
 
 
 def test_a_corrupt_outcome_is_never_pooled(runs, tmp_path):
@@ -128,8 +146,17 @@ def test_runs_that_not_every_directory_has_are_left_out(runs, tmp_path):
     solo = copy(root, "b", tmp_path / "solo")
     edit_config(solo, lambda d: d.update(baseline=False))  # as `run --no-baseline` records it
     pooled = pool([root / "a", solo])
-    assert pooled.dropped_labels == ("baseline", "equal_flops") and "paired" not in pooled.report()
+    assert pooled.runs_left_out == {"baseline": [solo], "equal_flops": [solo]}
+    report = pooled.report()
+    assert "paired" not in report and "baseline" not in report
+    assert report["runs_left_out"] == {"baseline": [str(solo)], "equal_flops": [str(solo)]}
     assert set(pooled.per_seed[0]) == {"c2f"}
+    result = CliRunner().invoke(main, ["report", str(root / "a"), str(solo)])
+    assert "baseline left out: not trained in" in text(result), result.output
+    # a seed that lacks only a run left out anyway counts as finished
+    part = copy(root, "a", tmp_path / "part")
+    (part / "seed-4" / "baseline" / "outcome.json").unlink()
+    assert pool([part, solo]).seeds == [3, 4, 5]
 
 
 def test_directories_that_are_not_run_directories(tmp_path):
@@ -142,3 +169,23 @@ def test_directories_that_are_not_run_directories(tmp_path):
         pool([tmp_path / "empty"])
     result = CliRunner().invoke(main, ["report", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "config.json not found" in text(result)
+    (tmp_path / "empty" / "config.json").write_text("[]")
+    with pytest.raises(PoolError, match="config.json cannot be read"):
+        pool([tmp_path / "empty"])
+
+
+def test_sweep_cells_and_overwriting_a_source_are_refused(runs, tmp_path):
+    root, _ = runs
+    cell = copy(root, "a", tmp_path / "cell")
+    edit_config(cell, lambda d: d.update(shared_runs=str(tmp_path / "shared")))  # as a sweep writes it
+    with pytest.raises(PoolError, match="is a cell of a sweep"):
+        pool([cell])
+    (tmp_path / "sw" / "cells").mkdir(parents=True)
+    (tmp_path / "sw" / "sweep.json").write_text("{}")
+    old_cell = copy(root, "a", tmp_path / "sw" / "cells" / "x")  # a sweep from before shared_runs was written
+    with pytest.raises(PoolError, match="is a cell of a sweep"):
+        pool([old_cell])
+    with pytest.raises(PoolError, match="is a sweep directory"):
+        pool([tmp_path / "sw"])
+    result = CliRunner().invoke(main, ["report", str(root / "a"), str(root / "b"), "--out", str(root / "b")])
+    assert result.exit_code == 2 and "is one of the directories pooled" in text(result)
