@@ -31,7 +31,6 @@ from c2ftrain.report import RUNS
 from c2ftrain.stats import mean, std
 
 
-
 def fold_list(recipe: Recipe, n_folds: int | None = None) -> list[int]:
     """Folds 1..n (default: all of the recipe's)."""
     if not recipe.cv.folds:

@@ -32,7 +32,7 @@ def seed_dir(run_dir: Path, seeds: list[int], seed: int) -> Path:
 
 
 def run_labels(recipe: Recipe, baseline: bool) -> tuple[str, ...]:
-    """The runs an experiment trains per seed (as _one_seed trains them)."""
+    """The runs an experiment trains per seed, in order (_one_seed trains these)."""
     if not baseline:
         return ("c2f",)
     return ("c2f", "baseline", "equal_flops") if recipe.baseline.equal_flops else ("c2f", "baseline")
@@ -105,12 +105,13 @@ def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, r
             return out / label
         return Path(shared_runs) / f"{label}-seed{recipe.seed}-{run_key(recipe, phases)}"
 
+    labels = run_labels(recipe, baseline)
     outcomes = {"c2f": _one_run(recipe, recipe.phases, where("c2f", recipe.phases), "c2f", d, device, resume,
                                 on_event)}
-    if baseline:
+    if "baseline" in labels:
         outcomes["baseline"] = _one_run(recipe, recipe.baseline_phases, where("baseline", recipe.baseline_phases),
                                         "baseline", d, device, resume or shared_runs is not None, on_event)
-        if recipe.baseline.equal_flops:
+        if "equal_flops" in labels:
             phases = equal_flops_phases(recipe, outcomes["c2f"])
             outcomes["equal_flops"] = _one_run(recipe, phases, where("equal_flops", phases), "equal_flops", d,
                                                device, resume or shared_runs is not None, on_event)

@@ -8,7 +8,8 @@ full-resolution evaluation, mean over seeds: what cross-validation averages over
 eval.full_resolution_during_coarse = false a coarse phase has one, its last), and at the top `seeds` and
 `paired`: for "c2f-baseline" and "c2f-equal_flops", the mean over seeds of the per-seed
 difference and its 95% interval (Student's t over seeds), its median, and on how many seeds
-coarse-to-fine is ahead and behind (the rest are level: a small eval split ties often). Savings are averaged over seeds.
+coarse-to-fine is ahead and behind (the rest are level: a small eval split ties often). Savings
+are averaged over seeds.
 """
 
 from __future__ import annotations
