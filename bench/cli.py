@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import describe
+from bench.throughput import COMPILE_MODES
 
 # Wide enough for the throughput table when the output goes to a file or a pipe (docs, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -71,6 +72,32 @@ def store(clips, read_clips, blocks, n_reads, repeats, json_path):
                       f"{r['zarr']['median'] / reads['mmap']['median']:.2f}", "", "")
     console.print(t)
     write_json(json_path, {"machine": m, "build": build, "reads": reads})
+
+
+@main.command("stand-in-store")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", "splits", multiple=True, default=("balanced_train=2000", "eval=64"), show_default=True,
+              help="NAME=CLIPS (repeatable): the splits a recipe reads, e.g. audioset_balanced's.")
+@click.option("--classes", default=527, show_default=True, help="Class folders (AudioSet has 527).")
+@click.option("--seconds", default=10.0, show_default=True, help="Clip length (10 s: 1,024 frames).")
+@click.option("--workers", default=2, show_default=True, help="Build worker processes.")
+def stand_in_store(out, splits, classes, seconds, workers):
+    """Build a store of a dataset's shape from noisy tones, to benchmark a recipe (`bench throughput
+    --recipe audioset_balanced --store OUT`) where the dataset is out of reach. Rates of the
+    model are those of the real shape; the loader's, of content that compresses unlike audio."""
+    from bench.store import build_stand_in
+
+    parsed = {}
+    for item in splits:
+        name, _, n = item.partition("=")
+        if not name or not n.isdigit() or int(n) < 1:
+            raise click.BadParameter(f"{item!r}: expected NAME=CLIPS, e.g. balanced_train=2000", param_hint="--split")
+        parsed[name] = int(n)
+    try:
+        res = build_stand_in(out, parsed, classes, seconds, workers)
+    except (FileExistsError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    console.print(f"built {res['built_clips']:,} clips ({res['failed']} failed) into {out} in {res['build_s']:.1f} s")
 
 
 @main.command("codecs")
@@ -174,6 +201,11 @@ def concurrent_table(result: dict, cores: int) -> Table:
 @click.option("--loader", "backend", type=click.Choice(["dali", "torch"]),
               help="Loader backend (default: the recipe's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=int, help="Every phase's batch size instead of the recipe's.")
+@click.option("--set", "overrides", multiple=True,
+              help="Override a recipe key, as c2ftrain run does, e.g. --set optim.fused=true (TOML value).")
+@click.option("--compile", "compile_mode", type=click.Choice(COMPILE_MODES),
+              help="torch.compile each phase's model in this mode (compiled in the warm-up round).")
 @click.option("--repeats", default=5, show_default=True,
               help="Timed rounds (every phase once per round); median and spread over them.")
 @click.option("--warmup", default=1, show_default=True, help="Untimed rounds before them.")
@@ -181,21 +213,23 @@ def concurrent_table(result: dict, cores: int) -> Table:
 @click.option("--loader-batches", default=50, show_default=True, help="Batches per repeat of the loader alone.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Draw the split into FILE.png.")
-def throughput(phase_numbers, all_phases, recipe, store, backend, device, repeats, warmup, batches,
-               loader_batches, json_path, plot_path):
+def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_size, overrides, compile_mode,
+               repeats, warmup, batches, loader_batches, json_path, plot_path):
     """Per phase: samples/s of the loader alone, the model's train step alone (synthetic input of
     the phase's shape) and both together; data-loading share; speed-ups against C = 1."""
     from bench.throughput import ThroughputSettings, bench_throughput
+    from c2ftrain.cli import parse_overrides
     from c2ftrain.recipe import load_recipe
 
     try:
-        rec = load_recipe(recipe)
+        rec = load_recipe(recipe, parse_overrides(overrides))
         numbers = list(range(1, len(rec.phases) + 1)) if all_phases else list(phase_numbers or [1])
         settings = ThroughputSettings(repeats=repeats, warmup=warmup, batches=batches, loader_batches=loader_batches)
         console.print(machine_line(describe()))
         with console.status("measuring (warm-up excluded)..."):
-            result = bench_throughput(rec, numbers, store=store, backend=backend, device=device, settings=settings)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+            result = bench_throughput(rec, numbers, store=store, backend=backend, device=device,
+                                      batch_size=batch_size, compile_mode=compile_mode, settings=settings)
+    except (ValueError, FileNotFoundError, ImportError) as err:  # RecipeError is a ValueError
         raise click.ClickException(str(err)) from None
     console.print(throughput_table(result))
     write_json(json_path, result)
@@ -210,16 +244,19 @@ def throughput_table(result: dict) -> Table:
     t = Table(title=(f"{result['recipe']}: samples/s per phase, median of {result['settings']['repeats']} "
                      f"(± half-range); {ld['backend']} loader ({ld['num_workers']} workers) on {ld['device']}, "
                      f"model on {result['device']}; speed-ups vs phase {result['reference_phase']} (C = 1)"))
+    gpu = result["phases"][0].get("gpu_busy") is not None  # measured on CUDA only
     for c in ("phase", "frames", "tokens", "loader", "model", "end to end", "data share",
-              "loader x", "model x", "end-to-end x", "FLOPs x"):
+              *(("GPU busy", "NVML") if gpu else ()), "loader x", "model x", "end-to-end x", "FLOPs x"):
         t.add_column(c, justify="right")
     for r in result["phases"]:
         sp, up = r["spread"], r["speedup"]
+        nvml = r.get("gpu_utilization_nvml")
         t.add_row(
             f"{r['phase']}: {r['label']}", str(r["frames"]), str(r["tokens"]),
             f"{r['loader_samples_per_s']:,.0f} ±{sp['loader']:.0%}",
             f"{r['model_samples_per_s']:,.0f} ±{sp['model']:.0%}",
             f"{r['end_to_end_samples_per_s']:,.0f} ±{sp['end_to_end']:.0%}", f"{r['data_loading_share']:.1%}",
+            *((f"{r['gpu_busy']:.1%}", "-" if nvml is None else f"{nvml:.0%}") if gpu else ()),
             f"{up['loader']:.2f}", f"{up['model']:.2f}", f"{up['end_to_end']:.2f}", f"{up['flops']:.2f}",
         )
     la = result["load_average"]

@@ -12,7 +12,9 @@ and JSON for the record); logs and outputs stay in the work directory:
   f  torchrun    d under torchrun, one process in an NCCL group: d's metrics
   g  resume      d killed (SIGKILL) after its first checkpoint, then --resume: d's metrics
 
-Without CUDA it says so in one line and exits 2, running nothing; --dry-run prints every command
+`--loader torch` serves steps c-g with the torch loader instead of DALI: the trainer's GPU paths
+on a machine without DALI (step b still needs it). Without CUDA it says so in one line and exits 2,
+running nothing; --dry-run prints every command
 (anywhere, CUDA or not). Exit 0: every step passed; 1: some did not.
 """
 
@@ -38,14 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]  # commands run here: the demo recipe
 PY = sys.executable
 METHOD_FACTORS = (("none", 1),) + tuple((m, c) for m in ("fshift", "pool-avg", "pool-max") for c in (1, 2, 4))
 RUN_METHODS = ("fshift", "pool-avg", "pool-max", "patch", "none")  # step d's phases, in order
+LOADERS = ("dali", "torch")  # what serves steps c-g (--loader)
 TOY_SPLITS = {"train": 128, "eval": 64, "eval_extra": 32}  # clips; 128 = 8 full batches of 16
 # Runs d, f and g train the same recipe on the same batches, with bf16 autocast on the GPU, where
 # some kernels (attention's backward) add in an order that can change between runs: the metrics
 # may then differ by a clip or two. Allowed: 3 of the 64 eval clips.
 METRIC_TOLERANCE = 3 / 64
-# Per-step limits, about twice what each is expected to take on one H100 (not yet measured);
-# --timeout-scale stretches them all.
-TIMEOUTS_S = {"a": 120, "b": 90, "c": 150, "d": 120, "e": 45, "f": 120, "g": 150}
+# Per-step limits, about twice what each took on one H200 (a 25 s, b 79, c 60, d 88, e 13; f and g,
+# not yet measured, are d's run once and d's run twice); --timeout-scale stretches them all. Most
+# of b, d, f and g is building DALI pipelines, about 7 s each on that machine (reader processes).
+TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 45, "f": 180, "g": 300}
 
 Outcome = tuple[bool, str]  # passed, one line of detail
 
@@ -78,8 +82,12 @@ class Step:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0) -> list[Step]:
-    """Every step, with its commands, for work directory `work` (nothing is run or written)."""
+def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str = "dali") -> list[Step]:
+    """Every step, with its commands, for work directory `work` (nothing is run or written).
+    loader: what serves steps c-g (dali, the default, or torch: the trainer's GPU paths without
+    DALI); step b always compares DALI with torch."""
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {', '.join(LOADERS)}, got {loader!r}")
 
     def c2ftrain(*args) -> tuple[str, ...]:
         return (PY, "-m", "c2ftrain", *map(str, args))
@@ -101,12 +109,13 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0) -> list[Step
         Step("b", "loaders", "DALI on the GPU == torch on the CPU, every method and C, epochs 0 and 1",
              (Command((PY, "-m", "bench.gpu_check", "compare-loaders", str(work / "b-loaders"))),),
              timeout("b"), check=lambda: loaders_outcome(work / "b-loaders" / "result.json")),
-        Step("c", "throughput", "bench throughput trains the demo's phase 1 on CUDA with the DALI GPU loader",
+        Step("c", "throughput", f"bench throughput trains the demo's phase 1 on CUDA with the {loader} loader",
              build + (Command((PY, "-m", "bench.cli", "throughput", "--phase", "1", "--device", "cuda",
-                               "--recipe", "demo", "--repeats", "2", "--json", str(throughput_json))),),
+                               "--recipe", "demo", "--loader", loader, "--repeats", "2",
+                               "--json", str(throughput_json))),),
              timeout("c"), check=lambda: throughput_outcome(throughput_json)),
         Step("d", "train", "a bf16 run through " + " -> ".join(RUN_METHODS) + " trains, evaluates, saves",
-             (Command((PY, "-m", "bench.gpu_check", "toy-run", str(toy))),
+             (Command((PY, "-m", "bench.gpu_check", "toy-run", str(toy), "--loader", loader)),
               Command(c2ftrain("run", recipe, "--no-baseline", "--out", run_d))),
              timeout("d"), check=lambda: train_outcome(run_d)),
         Step("e", "eval", "c2ftrain eval of final.pt reproduces the run's final metric",
@@ -156,6 +165,13 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
         proc.wait()
         if cmd.stdout:
             out.close()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a scheduler's limit) becomes SystemExit, so that run_command's cleanup
+    kills the running step's process group: its processes sit in sessions of their own, which a
+    signal to this process's group does not reach, and would run on."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run_step(step: Step, work: Path, cwd: Path = ROOT) -> dict:
@@ -303,9 +319,9 @@ def toy_split(n: int, seed: int, frames: int = 64, n_mels: int = 128, classes: i
                 ids=[f"{seed}-{i}" for i in range(n)])
 
 
-def toy_recipe(store: Path) -> str:
+def toy_recipe(store: Path, loader: str = "dali") -> str:
     """Step d's recipe: a tiny AST through every method (patch included), a few steps each,
-    checkpoints every 2 steps (step g kills the run at the first), the DALI GPU loader with
+    checkpoints every 2 steps (step g kills the run at the first), the GPU loader (`loader`) with
     every augmentation, mixup and an extra evaluation split."""
     from c2ftrain.recipe import DataSpec
 
@@ -327,6 +343,7 @@ num_heads = 2
 patch_stride = [16, 16]
 
 [data]
+backend = "{loader}"
 batch_size = 16
 eval_split = "eval"
 extra_eval_splits = ["eval_extra"]
@@ -349,7 +366,7 @@ checkpoint_every_steps = 2
 {phases}"""
 
 
-def write_toy_run(out: Path) -> Path:
+def write_toy_run(out: Path, loader: str = "dali") -> Path:
     """The toy store and step d's recipe under `out`; the recipe's path."""
     from c2fdata.store import create_store_from_arrays
     from c2fdata.vocab import Vocabulary
@@ -362,7 +379,7 @@ def write_toy_run(out: Path) -> Path:
         create_store_from_arrays(store, dataset="gpu-check", vocabulary=classes, multi_label=False, block_clips=16,
                                  splits=splits)
     recipe = out / "recipe.toml"
-    recipe.write_text(toy_recipe(store))
+    recipe.write_text(toy_recipe(store, loader))
     return recipe
 
 
@@ -462,14 +479,16 @@ def main() -> None:
               help="Logs, stores and runs (default: a new temporary folder, kept).")
 @click.option("--only", default="", help="Run only these steps, e.g. 'b,e' (reuses --workdir outputs).")
 @click.option("--timeout-scale", default=1.0, show_default=True, help="Multiply every step's timeout.")
+@click.option("--loader", type=click.Choice(LOADERS), default="dali", show_default=True,
+              help="What serves steps c-g: torch proves the trainer's GPU paths where DALI is missing.")
 @click.option("--dry-run", is_flag=True, help="Print every step's commands; run nothing (works without CUDA).")
-def run(json_path, workdir, only, timeout_scale, dry_run):
+def run(json_path, workdir, only, timeout_scale, loader, dry_run):
     """Run every GPU step (a-g) with its own timeout; a pass/fail table; exit 0 when all pass."""
     from rich.console import Console
 
     console = Console()
     work = (workdir or Path(tempfile.gettempdir()) / f"c2f-gpu-check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    steps = plan(work, timeout_scale=timeout_scale)
+    steps = plan(work, timeout_scale=timeout_scale, loader=loader)
     keys = [k.strip() for k in only.split(",") if k.strip()]
     unknown = set(keys) - {s.key for s in steps}
     if unknown:
@@ -487,18 +506,33 @@ def run(json_path, workdir, only, timeout_scale, dry_run):
         sys.exit(2)
     from bench.machine import describe
 
+    exit_on_sigterm()
     work.mkdir(parents=True, exist_ok=True)
     machine = describe()
     console.print(f"GPU check on {machine['gpu']}, torch {machine['torch']}, DALI {machine['dali']}; work dir {work}")
     start = time.monotonic()
-    results = run_all(steps, work, on_result=lambda r: console.print(
-        f"  {r['key']} {r['name']}: {'PASS' if r['passed'] else 'FAIL'} in {r['seconds']:.0f} s  {r['detail']}"))
-    passed = all(r["passed"] for r in results)
+    done: list[dict] = []
+
+    def write(final: bool) -> bool:
+        """The JSON so far: rewritten after every step, so that a check stopped from outside
+        (a time limit) keeps the steps it finished ("finished": false until the last)."""
+        passed = final and all(r["passed"] for r in done)
+        payload = {"passed": passed, "finished": final, "seconds": round(time.monotonic() - start, 1),
+                   "machine": machine, "loader": loader, "workdir": str(work),
+                   "metric_tolerance": METRIC_TOLERANCE, "steps": done}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2))
+        return passed
+
+    def on_result(r: dict) -> None:
+        console.print(f"  {r['key']} {r['name']}: {'PASS' if r['passed'] else 'FAIL'} in {r['seconds']:.0f} s  "
+                      f"{r['detail']}")
+        done.append(r)
+        write(final=False)
+
+    results = run_all(steps, work, on_result=on_result)
     console.print(results_table(results))
-    payload = {"passed": passed, "seconds": round(time.monotonic() - start, 1), "machine": machine,
-               "workdir": str(work), "metric_tolerance": METRIC_TOLERANCE, "steps": results}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=2))
+    passed = write(final=True)
     console.print(f"{'all steps passed' if passed else 'FAILED'}; wrote {json_path}")
     sys.exit(0 if passed else 1)
 
@@ -514,9 +548,10 @@ def compare_loaders_cmd(out, device):
 
 @main.command("toy-run", hidden=True)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-def toy_run_cmd(out):
+@click.option("--loader", type=click.Choice(LOADERS), default="dali", show_default=True)
+def toy_run_cmd(out, loader):
     """Step d's store and recipe."""
-    click.echo(write_toy_run(out))
+    click.echo(write_toy_run(out, loader))
 
 
 if __name__ == "__main__":

@@ -12,18 +12,39 @@ import numpy as np
 from bench.timing import measure
 
 
-def write_clips(root: Path, n: int, seconds: float = 10.0, sr: int = 16000) -> Path:
-    """n distinct noisy-tone WAV clips in folder-dataset layout (ROOT/train/<class>/x.wav)."""
+def write_clips(root: Path, n: int, seconds: float = 10.0, sr: int = 16000, split: str = "train",
+                classes: int = 4, seed: int = 0) -> Path:
+    """n distinct noisy-tone WAV clips in folder-dataset layout (ROOT/<split>/c<k>/x.wav), clip i
+    in class i % classes."""
     import soundfile as sf
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     for i in range(n):
-        d = root / "train" / f"c{i % 4}"
+        d = root / split / f"c{i % classes}"
         d.mkdir(parents=True, exist_ok=True)
         x = 0.3 * np.sin(2 * np.pi * (100 + 7 * i) * t) + 0.05 * rng.standard_normal(t.size)
         sf.write(d / f"{i:05d}.wav", x.astype(np.float32), sr, subtype="PCM_16")
     return root
+
+
+def build_stand_in(out: Path, splits: dict[str, int], classes: int, seconds: float = 10.0,
+                   workers: int = 1) -> dict:
+    """A store of a dataset's shape (clip length, split names, class count) from noisy tones, for
+    benchmarks where the dataset itself is out of reach: the same build (WAV -> Kaldi fbank ->
+    codec -> shards) and the same reads, but content that compresses unlike real audio."""
+    from c2fdata.build import BuildConfig, build_store
+
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it or choose another --out")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "audio"
+        for k, (split, n) in enumerate(splits.items()):
+            write_clips(root, n, seconds, split=split, classes=classes, seed=k)
+        t0 = time.perf_counter()
+        res = build_store(BuildConfig(dataset="folder", root=root, out=out, workers=workers))
+    return {"store": str(out), "splits": splits, "classes": classes, "seconds": seconds,
+            "built_clips": res.computed, "failed": res.failed, "build_s": time.perf_counter() - t0}
 
 
 def bench_build(clips: int = 200, workers=(1, 2), seconds: float = 10.0, block_clips: int | None = None) -> dict:

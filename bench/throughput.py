@@ -7,6 +7,9 @@ Per phase, three rates in samples/s, all in one run:
   synthetic input of the phase's shape, no loader alive;
 - end to end: real batches into real train steps, with the time spent waiting in `next()` on
   the loader giving the data-loading share of step time (as the trainer's own `data_s`).
+  On CUDA also the GPU-busy share: the time the GPU spent inside train steps (CUDA events around
+  each step, so a step whose launch waited for data does not count its wait) over the wall time
+  of the end-to-end run, and NVML's utilisation sampled meanwhile (nvidia-smi's figure).
 Each speed-up is against the recipe's full-resolution phase (C = 1) measured in the same run;
 the FLOPs ratio is printed beside them as the ideal.
 
@@ -25,10 +28,12 @@ import dataclasses
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import torch
 
@@ -53,6 +58,14 @@ TARGETS = {
     "end_to_end_vs_model_speedup_min": 0.85,  # end-to-end speed-up within 15% of model-only
     "data_loading_share_max": 0.10,  # in every phase
 }
+# On a GPU the model step is far cheaper, so the loader must hide better (AST base, 1024 frames).
+GPU_TARGETS = {
+    "data_loading_share_max": 0.05,  # in every phase
+    "gpu_busy_min": 0.90,  # in every phase: the GPU inside train steps for >= 90% of the wall time
+    "end_to_end_speedup_at_c4_min": 3.0,
+}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+NVML_SAMPLE_S = 0.05  # NVML averages over its own window (1/6 s to 1 s); finer sampling adds nothing
 
 
 def endless(loader) -> Iterator[dict]:
@@ -89,6 +102,7 @@ class _Phase:
     model: AST
     opt: torch.optim.Optimizer
     rates: dict[str, list[float]] = field(default_factory=dict)  # per figure, one value per round
+    net: torch.nn.Module | None = None  # what the step calls: the model, or torch.compile's wrapper of it
 
     @property
     def frames(self) -> int:
@@ -114,10 +128,13 @@ class _Steps:
         self.x, self.y = _synthetic_batch(trainer, p)
         self.batches: Iterator[dict] | None = None
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
+        self.busy_s = 0.0  # GPU time inside train steps during the last end-to-end run (CUDA)
+        self.nvml: list[float] = []  # NVML utilisation samples (0-1) during the last end-to-end run
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         t = self.trainer  # the trainer's own step, so that the bench times what training runs
-        train_step(self.p.model, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
+        net = self.p.model if self.p.net is None else self.p.net  # (a compiled module has no truth value)
+        train_step(net, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
 
     def model(self) -> int:
         for _ in range(self.s.batches):
@@ -133,14 +150,25 @@ class _Steps:
     def end_to_end(self) -> int:
         n, self.wait_s = 0, 0.0
         device = self.trainer.device
-        for _ in range(self.s.batches):
-            t = time.perf_counter()
-            batch = next(self.batches)
-            x = batch["features"].to(device, non_blocking=True)  # (B, T/C, F)
-            y = batch["labels"].to(device, non_blocking=True)
-            self.wait_s += time.perf_counter() - t
-            self.step(x, y)
-            n += x.shape[0]
+        cuda = device.type == "cuda"
+        events = []
+        with NvmlSampler(device if cuda else None) as nvml:
+            for _ in range(self.s.batches):
+                t = time.perf_counter()
+                batch = next(self.batches)
+                x = batch["features"].to(device, non_blocking=True)  # (B, T/C, F)
+                y = batch["labels"].to(device, non_blocking=True)
+                self.wait_s += time.perf_counter() - t
+                if cuda:
+                    events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                    events[-1][0].record()
+                self.step(x, y)
+                if cuda:
+                    events[-1][1].record()
+                n += x.shape[0]
+            sync()
+        self.nvml = nvml.samples
+        self.busy_s = sum(a.elapsed_time(b) for a, b in events) / 1000
         return n
 
     def prime(self) -> None:
@@ -177,10 +205,49 @@ def _round(steps: list[_Steps], timed: bool) -> None:
             _timed(st, "loader", st.loader, timed)
             t0 = time.perf_counter()
             _timed(st, "end_to_end", st.end_to_end, timed)
+            wall = time.perf_counter() - t0
             if timed:  # the share of the end-to-end run spent waiting in next()
-                st.p.rates.setdefault("data_loading_share", []).append(st.wait_s / (time.perf_counter() - t0))
+                st.p.rates.setdefault("data_loading_share", []).append(st.wait_s / wall)
+                if st.trainer.device.type == "cuda":
+                    st.p.rates.setdefault("gpu_busy", []).append(st.busy_s / wall)
+                    if st.nvml:
+                        st.p.rates.setdefault("gpu_utilization_nvml", []).append(statistics.fmean(st.nvml))
         finally:
             st.close_loader()
+
+
+class NvmlSampler:
+    """NVML's GPU utilisation (what nvidia-smi shows), sampled from a thread while the block runs.
+    `samples` stays empty without CUDA or without NVML (pip package nvidia-ml-py)."""
+
+    def __init__(self, device: torch.device | None, every_s: float = NVML_SAMPLE_S):
+        self.device, self.every_s = device, every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        if self.device is not None and self._read() is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _read(self) -> float | None:
+        try:
+            return torch.cuda.utilization(self.device) / 100
+        except Exception:  # noqa: BLE001  no NVML (nvidia-ml-py missing) or no driver: no samples, no failure
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            value = self._read()
+            if value is not None:
+                self.samples.append(value)
 
 
 def _timed(st: _Steps, key: str, run, timed: bool) -> None:
@@ -197,11 +264,23 @@ def _paired_speedup(p: _Phase, ref: _Phase, key: str) -> float:
 
 
 def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
-                     backend: str | None = None, device: str = "cpu",
-                     settings: ThroughputSettings = ThroughputSettings()) -> dict:
+                     backend: str | None = None, device: str = "cpu", batch_size: int | None = None,
+                     compile_mode: str | None = None, settings: ThroughputSettings = ThroughputSettings()) -> dict:
     """Figures of the phases `phase_numbers` (1-based) of `recipe` and of its full-resolution
-    phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys)."""
+    phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys).
+    batch_size: every phase's batch instead of the recipe's (how the split moves with the batch).
+    compile_mode: torch.compile's mode for each phase's model ("default", "reduce-overhead": CUDA
+    graphs, ...); compiling happens in the warm-up round, which must then be kept (warmup >= 1)."""
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    if compile_mode is not None and settings.warmup < 1:
+        raise ValueError("--compile needs --warmup >= 1: the first round compiles, and must not be timed")
     n = len(recipe.phases)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batch_size=batch_size),
+                                     phases=tuple(dataclasses.replace(p, batch_size=None) for p in recipe.phases))
     for k in phase_numbers:
         if not 1 <= k <= n:
             raise ValueError(f"--phase {k}: recipe {recipe.name!r} has phases 1..{n}")
@@ -232,6 +311,8 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
                                  make_optimizer(recipe, model, lr)))
         for p in phases:
             p.model.train()
+            if compile_mode is not None:  # the optimizer keeps the model's own parameters
+                p.net = torch.compile(p.model, mode=compile_mode)
         steps = [_Steps(trainer, p, settings) for p in phases]
         for r in range(settings.warmup + settings.repeats):
             _round(steps, timed=r >= settings.warmup)
@@ -246,9 +327,11 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         "loader": {"backend": loader_backend, "device": trainer.base.device,
                    "num_workers": trainer.base.num_workers, "num_threads": trainer.base.num_threads},
         "settings": dataclasses.asdict(settings),
+        "compile": compile_mode, "optim_fused": recipe.optim.fused,
         "reference_phase": ref_number,
         "phases": rows,
         "targets": _targets(rows, ref_number),
+        "gpu_targets": _gpu_targets(rows) if trainer.device.type == "cuda" else None,
     }
 
 
@@ -263,6 +346,8 @@ def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
         "model_samples_per_s": m["model"].median,
         "end_to_end_samples_per_s": m["end_to_end"].median,
         "data_loading_share": m["data_loading_share"].median,
+        "gpu_busy": m["gpu_busy"].median if "gpu_busy" in m else None,  # CUDA only
+        "gpu_utilization_nvml": m["gpu_utilization_nvml"].median if "gpu_utilization_nvml" in m else None,
         "speedup": {**{k: _paired_speedup(p, ref, k) for k in FIGURES}, "flops": ref_flops / flops},
         "train_step_flops_per_sample": flops,
         "spread": {k: m[k].spread for k in FIGURES},
@@ -283,4 +368,17 @@ def _targets(rows: list[dict], ref_number: int) -> dict:
         },
         "data_loading_share_le_10pct": {r["phase"]: r["data_loading_share"] <= t["data_loading_share_max"]
                                         for r in rows},
+    }
+
+
+def _gpu_targets(rows: list[dict]) -> dict:
+    """The GPU_TARGETS, checked (a run on the GPU only)."""
+    t = GPU_TARGETS
+    c4 = [r for r in rows if r["factor"] == 4]
+    return {
+        "data_loading_share_le_5pct": {r["phase"]: r["data_loading_share"] <= t["data_loading_share_max"]
+                                       for r in rows},
+        "gpu_busy_ge_90pct": {r["phase"]: r["gpu_busy"] >= t["gpu_busy_min"] for r in rows},
+        "end_to_end_speedup_at_c4_ge_3": (all(r["speedup"]["end_to_end"] >= t["end_to_end_speedup_at_c4_min"]
+                                              for r in c4) if c4 else None),
     }

@@ -70,7 +70,11 @@ class LazyProgress:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # unwrapped (the terminal wraps): a path cut at the console's width could not be copied, and
+    # "[...]" in a path or value is text, not markup
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(2)
 
 

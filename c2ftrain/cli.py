@@ -20,7 +20,8 @@ console = Console()
 def fail(message: str) -> None:
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")  # "[cv]" is text, not markup
+    # "[cv]" is text, not markup; unwrapped, so that a long path stays one piece to copy
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(2)
 
 

@@ -267,8 +267,14 @@ class OptimSpec:
     step_decay_every: int = 1
     step_decay: float = 0.5
     clip_grad_norm: float | None = 1.0  # 0: no clipping (AST clips nothing)
+    # torch's fused Adam(W): the whole update in one kernel instead of a few per parameter group.
+    # Fewer kernel launches on a GPU, where a small coarse step is launch-bound (docs/GPU.md); the
+    # same update up to rounding. Off by default until measured to help.
+    fused: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.fused, bool):
+            raise RecipeError(f"optim.fused must be true or false, got {self.fused!r}")
         if self.decay not in ("matrices", "all"):
             raise RecipeError(f"optim.decay must be \"matrices\" or \"all\", got {self.decay!r}")
         if self.schedule not in SCHEDULES:

@@ -170,7 +170,7 @@ def make_optimizer(recipe: Recipe, model: torch.nn.Module, lr: float) -> torch.o
     o = recipe.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, betas=tuple(o.betas))
+    return cls(groups, lr=lr, betas=tuple(o.betas), fused=True if o.fused else None)  # None: torch's default
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, alpha: float, n_classes: int, gen: torch.Generator):

@@ -127,6 +127,38 @@ def test_throughput_one_phase_adds_the_reference(tiny_recipe, tmp_path):
     assert [r["phase"] for r in json.loads(out.read_text())["phases"]] == [1, 2]
 
 
+def test_throughput_batch_size_overrides_every_phase(tiny_recipe, tmp_path):
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--batch-size", "4", "--repeats", "1",
+         "--warmup", "0", "--batches", "1", "--loader-batches", "1", "--json", str(out)])
+    assert [r["batch_size"] for r in json.loads(out.read_text())["phases"]] == [4, 4]
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--batch-size", "0"])
+    assert result.exit_code != 0 and "--batch-size must be >= 1" in result.output
+
+
+def test_throughput_set_and_compile_reach_the_step(tiny_recipe, tmp_path, monkeypatch):
+    """--set edits the recipe as `c2ftrain run --set` does; --compile wraps each phase's model
+    (torch.compile itself is stood in for: compiling on this CPU takes minutes)."""
+    compiled = []
+
+    def fake_compile(model, mode=None):
+        compiled.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--set", "optim.fused=true", "--compile",
+         "reduce-overhead", "--repeats", "1", "--warmup", "1", "--batches", "1", "--loader-batches", "1",
+         "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert (d["compile"], d["optim_fused"]) == ("reduce-overhead", True) and compiled == ["reduce-overhead"] * 2
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--compile", "default",
+                                       "--warmup", "0"])
+    assert result.exit_code != 0 and "--warmup >= 1" in result.output
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--set", "optim.fused=7"])
+    assert result.exit_code != 0 and "optim.fused must be true or false" in result.output
+
+
 def test_throughput_refuses_a_missing_phase(tiny_recipe):
     result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--phase", "3"])
     assert result.exit_code != 0 and "phases 1..2" in result.output
@@ -175,3 +207,53 @@ def test_throughput_on_cuda(tiny_recipe, tmp_path):
     d = json.loads(out.read_text())
     assert d["machine"]["gpu"] and d["loader"]["device"] == "gpu"
     assert all(positive(r["end_to_end_samples_per_s"]) for r in d["phases"])
+    assert all(0 < r["gpu_busy"] <= 1 for r in d["phases"])  # CUDA events inside the end-to-end wall time
+    assert set(d["gpu_targets"]) == {"data_loading_share_le_5pct", "gpu_busy_ge_90pct", "end_to_end_speedup_at_c4_ge_3"}
+
+
+def test_gpu_figures_are_absent_on_the_cpu(tiny_recipe, tmp_path):
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--repeats", "1", "--warmup", "0",
+         "--batches", "1", "--loader-batches", "1", "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert d["gpu_targets"] is None
+    assert all(r["gpu_busy"] is None and r["gpu_utilization_nvml"] is None for r in d["phases"])
+
+
+def test_nvml_sampler_reads_while_the_block_runs_and_never_fails(monkeypatch):
+    import time
+
+    from bench.throughput import NvmlSampler
+
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 40)
+    with NvmlSampler(torch.device("cuda"), every_s=0.01) as s:
+        time.sleep(0.1)
+    assert s.samples and set(s.samples) == {0.4}
+    with NvmlSampler(None, every_s=0.01) as s:  # not on CUDA: nothing read
+        time.sleep(0.05)
+    assert s.samples == []
+
+    def no_nvml(device=None):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    with NvmlSampler(torch.device("cuda"), every_s=0.01) as s:
+        time.sleep(0.05)
+    assert s.samples == []
+
+
+def test_stand_in_store_has_the_shape_asked_for(tmp_path):
+    from c2fdata.reader import StoreReader
+
+    out = tmp_path / "asb"
+    run(["stand-in-store", str(out), "--split", "balanced_train=6", "--split", "eval=3", "--classes", "5",
+         "--seconds", "2", "--workers", "1"])
+    train, ev = StoreReader(out, "balanced_train"), StoreReader(out, "eval")
+    assert (len(train.ids), len(ev.ids)) == (6, 3)
+    # 2 s at a 10 ms shift: 198 Kaldi frames (25 ms windows, snip edges), padded to AST's 1,024
+    assert train.features(0).shape == (1024, 128) and set(train.frames()) == {198}
+    assert train.n_classes == 5 and train.target_frames == 1024
+    result = CliRunner().invoke(main, ["stand-in-store", str(out)])
+    assert result.exit_code != 0 and "exists" in result.output
+    result = CliRunner().invoke(main, ["stand-in-store", str(tmp_path / "x"), "--split", "train"])
+    assert result.exit_code != 0 and "NAME=CLIPS" in result.output

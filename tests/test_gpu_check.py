@@ -32,18 +32,42 @@ def test_without_cuda_it_says_so_in_one_line_and_runs_nothing(tmp_path):
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "work").exists()
 
 
+def test_gpu_bench_refuses_bad_arguments_and_a_machine_without_cuda(tmp_path):
+    script = ROOT / "scripts" / "gpu-bench.sh"
+    for args, message in ((["--bogus"], "unknown argument --bogus"),
+                          (["--loader", "cupy"], "--loader must be dali, torch or both")):
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and message in proc.stderr
+    if not torch.cuda.is_available():
+        proc = subprocess.run(["bash", str(script), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 2 and "CUDA is not available here" in proc.stderr
+        assert not (tmp_path / "o").exists()
+
+
 def test_dry_run_prints_every_steps_commands_and_writes_nothing(tmp_path):
     proc = gpu_check("--dry-run", "--workdir", tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for key, name in STEPS.items():
         assert f"# {key} {name} (timeout " in out
-    for fragment in ("-m pytest -q -m gpu", "compare-loaders", "throughput --phase 1 --device cuda --recipe demo --repeats 2",
+    for fragment in ("-m pytest -q -m gpu", "compare-loaders", "throughput --phase 1 --device cuda --recipe demo --loader dali --repeats 2",
+                     "toy-run", "--loader dali",
                      "-m c2ftrain run", "--no-baseline", "-m c2ftrain eval", "d-run/c2f/final.pt",
                      "NCCL_DEBUG=INFO", "torch.distributed.run --standalone --nproc_per_node=1",
                      "SIGKILL once", "g-resume/c2f/checkpoints/last.pt", "run --resume"):
         assert fragment in out, fragment
     assert not (tmp_path / "work").exists()
+
+
+def test_loader_torch_serves_steps_c_to_g_and_b_still_tests_dali(tmp_path):
+    out = gpu_check("--dry-run", "--loader", "torch", "--workdir", tmp_path / "work").stdout
+    assert "--recipe demo --loader torch" in out and "toy-run" in out and "--loader torch" in out
+    assert "--loader dali" not in out and "compare-loaders" in out
+    recipe = gc.toy_recipe(Path("s"), "torch")
+    assert 'backend = "torch"' in recipe
+    with pytest.raises(ValueError, match="loader must be one of"):
+        gc.plan(tmp_path, loader="cupy")
 
 
 def test_only_and_timeout_scale(tmp_path):
@@ -89,6 +113,26 @@ def test_steps_pass_fail_time_out_and_skip_what_needs_a_failed_step(tmp_path):
     assert not results["f"]["passed"] and results["f"]["detail"].startswith("JSONDecodeError")
 
 
+def test_the_json_is_rewritten_after_every_step(tmp_path, monkeypatch):
+    """A check stopped from outside (a device's time limit) keeps the steps it finished."""
+    from click.testing import CliRunner
+
+    out = tmp_path / "r.json"
+    seen = []
+
+    def fake_plan(work, timeout_scale=1.0, loader="dali"):
+        check = lambda: (seen.append(json.loads(out.read_text())), (True, "ok"))[1]
+        return [python_step("a", "pass"), python_step("b", "pass", check=check)]
+
+    monkeypatch.setattr(gc, "plan", fake_plan)
+    monkeypatch.setattr(gc, "cuda_line", lambda: None)
+    result = CliRunner().invoke(gc.main, ["run", "--json", str(out), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert seen[0]["finished"] is False and [r["key"] for r in seen[0]["steps"]] == ["a"]  # while b ran
+    final = json.loads(out.read_text())
+    assert final["finished"] and final["passed"] and [r["key"] for r in final["steps"]] == ["a", "b"]
+
+
 def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
     child_pid = tmp_path / "child.pid"
     script = (f"import subprocess, sys, time, pathlib; p = subprocess.Popen([sys.executable, '-c', 'import time; "
@@ -102,6 +146,29 @@ def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the step's child process {pid} outlived it")
+
+
+def test_sigterm_kills_the_running_steps_processes(tmp_path):
+    """`timeout 300 gpu-check.sh` must not leave a step running on: its group is not ours."""
+    pid_file = tmp_path / "child.pid"
+    child_code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    runner = tmp_path / "runner.py"
+    runner.write_text(f"""import sys
+sys.path.insert(0, {str(ROOT)!r})
+from bench import gpu_check as gc
+gc.exit_on_sigterm()
+gc.run_command(gc.Command((sys.executable, "-c", {child_code!r})), sys.stdout, 60, {{}})
+""")
+    proc = subprocess.Popen([sys.executable, str(runner)])
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    proc.terminate()
+    assert proc.wait(timeout=10) == 128 + 15
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
 
 
 def test_a_run_is_killed_once_its_checkpoint_appears(tmp_path):
@@ -195,7 +262,8 @@ def test_the_training_recipe_goes_through_every_method(tmp_path):
     check_recipe_against_store(recipe)  # every phase fits the toy store's 64 frames
     assert tuple(p.method for p in recipe.phases) == gc.RUN_METHODS and recipe.phases[-1].full_resolution
     assert recipe.eval.checkpoint_every_steps == 2 and recipe.data.extra_eval_splits == ("eval_extra",)
-    assert recipe.data.backend == "auto" and recipe.data.mixup > 0  # DALI on the GPU, mixup on the GPU
+    assert recipe.data.backend == "dali" and recipe.data.mixup > 0  # DALI on the GPU, mixup on the GPU
+    assert load_recipe(gc.write_toy_run(tmp_path, "torch")).data.backend == "torch"
 
 
 @pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")

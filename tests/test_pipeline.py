@@ -552,7 +552,7 @@ def test_output_dtype_is_the_float32_batch_cast_once(store, reader, backend, dty
 @needs_dali
 @needs_cuda
 def test_gpu_loader_equals_cpu_loader(store, reader):
-    cfg = config(store, method="pool-avg", factor=2, shuffle=True, **TRAINING)
+    cfg = config(store, method="pool-avg", factor=2, **TRAINING)  # TRAINING shuffles
     cpu = make_loader(cfg.replace(backend="torch"), reader)
     with make_loader(cfg.replace(backend="dali", device="gpu"), reader) as gpu:
         for epoch in (0, 1, 0):  # one pipeline serves every epoch, on the GPU too

@@ -109,6 +109,27 @@ def test_cli_run_errors(tmp_path):
     assert r.exit_code == 2 and "shipped recipes are" in r.output
 
 
+def test_fused_adam_trains_as_the_default_adam(toy_store, tmp_path):
+    """optim.fused: torch's one-kernel update; a run through three phases (moments carried into
+    the second) and its checkpoints end where the default (for-each) update ends, up to rounding."""
+    import dataclasses
+
+    recipe = toy_recipe(toy_store)
+    # a strong weight decay (0.5 x lr 3e-3 x 12 steps ~ 2% of each weight), so that an update that
+    # dropped it, or a parameter group, would miss by far more than rounding does (up to ~3e-5)
+    recipe = dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, weight_decay=0.5))
+    fused = dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, fused=True))
+    ref = PhaseTrainer(recipe, recipe.phases, tmp_path / "ref", "c2f", device="cpu")
+    ref.run()
+    run = PhaseTrainer(fused, fused.phases, tmp_path / "fused", "c2f", device="cpu")
+    run.run()
+    a = load_checkpoint(tmp_path / "ref" / "final.pt")["model"]
+    b = load_checkpoint(tmp_path / "fused" / "final.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-4)
+
+
 def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
     from c2ftrain.model import AST, ast_config
     from c2ftrain.trainer import make_optimizer
