@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from numcodecs import LZ4, Zstd
 from numcodecs import blosc as _blosc
 from zarr.abc.codec import ArrayBytesCodec
@@ -63,6 +62,8 @@ def _to_float16(x: np.ndarray) -> np.ndarray:
     whole-clip cast wakes torch's thread pool, which in loader worker processes on a busy
     machine took 0.35-4 ms instead of ~40 us. With one thread (DataLoader workers set it), one
     call: each slice costs ~4 us of dispatch."""
+    import torch  # here, not at the top: DALI's spawned reader processes of float16 stores never pay its import
+
     out = np.empty(x.shape, np.float16)
     src, dst = torch.from_numpy(x.reshape(-1)), torch.from_numpy(out.reshape(-1))
     if torch.get_num_threads() == 1:
@@ -198,6 +199,8 @@ class QuantizedLogMel:
         r = out[:rows]
         r[...] = (z.view(np.int8) if self.residuals == "int8" else _zigzag_decode(z)).reshape(rows, f)
         r.reshape(-1)[pos] = vals
+        import torch  # (see _to_float16)
+
         base = torch.cumsum(torch.from_numpy(deltas.copy()), 0, dtype=torch.int16).numpy()  # (blocks, F)
         full = rows // b  # whole blocks: one broadcast add; a ragged last block: another
         r[: full * b].reshape(full, b, f)[...] += base[:full, None, :]

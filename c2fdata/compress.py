@@ -17,7 +17,10 @@ A phase's length is therefore `compressed_frames(target_frames, method, C) == ta
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the frame arithmetic below is imported where torch is not
+    import torch
 
 __all__ = ["METHODS", "frame_shift", "pool", "compress", "compressed_frames", "check_phase"]
 

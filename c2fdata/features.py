@@ -8,11 +8,12 @@ compatible, no energy, no dither). Stored features are this output in float16.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from c2fdata.torchaudio_compat import kaldi_fbank, resample
+if TYPE_CHECKING:  # torch is imported where features are computed: a store's readers (DALI's reader
+    import torch  # processes among them) only need FbankConfig, and spawned ones pay every import
 
 
 class BadClip(Exception):
@@ -101,6 +102,10 @@ def fbank(audio: np.ndarray, sample_rate: int, cfg: FbankConfig, source: str = "
     Resamples to cfg.sample_rate, removes the mean, runs Kaldi fbank. Raises BadClip for empty,
     non-finite, or too-short (< one window) audio; callers decide whether that is fatal.
     """
+    import torch
+
+    from c2fdata.torchaudio_compat import kaldi_fbank, resample
+
     audio = to_mono_float(audio, source)
     if audio.size == 0:
         raise BadClip("empty", f"{source}: zero-length audio")

@@ -126,12 +126,14 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     either way), the mask value without masks, the mixup partner and domain without mixup, the
     FLOPs budget of a run without a budget phase (keyed as unset), whether coarse phases are
     also evaluated at full resolution (when they are, as before the setting, or the run has no
-    coarse phase)."""
+    coarse phase), and the fused optimizer update when off (the default, as before it existed)."""
     d = recipe.to_dict()
     for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
     if len(phases) == 1:
         d["optim"].pop("lr_scope")
+    if not d["optim"]["fused"]:
+        d["optim"].pop("fused")
     data = d["data"]
     if not (data["freq_mask_bins"] or data["time_mask_frames"]):
         data.pop("mask_value")

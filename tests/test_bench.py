@@ -242,6 +242,18 @@ def test_nvml_sampler_reads_while_the_block_runs_and_never_fails(monkeypatch):
     assert s.samples == []
 
 
+@pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
+def test_pipeline_build_times_spawned_and_forked_readers(tmp_path):
+    out = tmp_path / "b.json"
+    for method in ("spawn", "fork"):
+        run(["pipeline-build", "--workers", "1", "--repeats", "2", "--start-method", method, "--json", str(out)])
+        d = json.loads(out.read_text())
+        assert d["start_method"] == method and len(d["seconds"]) == 2 and all(positive(s) for s in d["seconds"])
+    from c2fdata.pipeline import dali
+
+    assert dali._start_method(False) in ("fork", "spawn") and dali._start_method(True) == "spawn"  # restored
+
+
 def test_stand_in_store_has_the_shape_asked_for(tmp_path):
     from c2fdata.reader import StoreReader
 

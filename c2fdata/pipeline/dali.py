@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import re
-import struct
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 
-import numpy as np
 import torch
 from nvidia.dali import backend as dali_backend
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from c2fdata.pipeline.dali_source import DaliSource, PassState
 from c2fdata.pipeline.loader import OUTPUTS, Loader, mask_fill
-from c2fdata.pipeline.sampling import BatchSource, record_skipped
+from c2fdata.pipeline.sampling import record_skipped
 from c2fdata.shard_io import CorruptClipError
 
 __all__ = ["DaliLoader", "DaliSource", "PassState", "c2f_pipeline", "crop", "compress", "normalize", "mask",
@@ -110,103 +106,6 @@ def transform(x, cfg, mean, std, crop_start=None, offset=None):
 
 
 # -- source and pipeline ---------------------------------------------------------------------------
-class PassState:
-    """The pass a pipeline serves, (epoch, first batch), in 16 bytes of shared memory.
-
-    The loader writes it in the main process before a pass starts; the source reads it at every
-    call, in whichever process runs it: forked reader processes inherit the mapping, spawned ones
-    attach to it by name when the source is unpickled (a multiprocessing.Value would not pickle
-    there: DALI pickles its sources before starting the processes). DALI's own epoch counter only
-    counts up, so it cannot say that an evaluation wants epoch 0 again.
-    """
-
-    _FORMAT = "qq"  # epoch, start: int64 each
-
-    def __init__(self, name: str | None = None):
-        size = struct.calcsize(self._FORMAT)
-        self._shm = shared_memory.SharedMemory(name=name, create=name is None, size=size)
-        # on close() or garbage collection: unmap; the creating process also removes the segment
-        # (readers only ever map it; a forked reader inherits this finaliser but not the pid)
-        self._release = weakref.finalize(self, _release, self._shm, os.getpid() if name is None else None)
-
-    def __reduce__(self):
-        return PassState, (self._shm.name,)  # attach, never create, in the unpickling process
-
-    def set(self, epoch: int, start: int) -> None:
-        struct.pack_into(self._FORMAT, self._shm.buf, 0, int(epoch), int(start))
-
-    def get(self) -> tuple[int, int]:
-        return struct.unpack_from(self._FORMAT, self._shm.buf, 0)
-
-    def close(self) -> None:
-        self._release()
-
-
-def _release(shm: shared_memory.SharedMemory, owner_pid: int | None) -> None:
-    shm.close()
-    if owner_pid == os.getpid():
-        shm.unlink()
-
-
-class DaliSource(BatchSource):
-    """Batch-mode callable for `fn.external_source(parallel=True, batch=True, batch_info=True)`.
-
-    Batch mode (not sample mode) because DALI drops a partial last batch in sample mode; here
-    the last batch of an epoch is simply shorter. Which epoch, and from which batch, is read
-    from `passes` at every call (DALI's `info.iteration` counts from 0 in every pass): batches
-    DALI requests for a pass start only once the loader has set it (see DaliLoader._pipeline).
-    """
-
-    def __init__(self, reader, plan, cfg, passes: PassState):
-        super().__init__(reader, plan, cfg)
-        self.passes = passes
-        self._pid = os.getpid()  # the process that built the pipeline; reader processes differ
-
-    def _in_reader_process(self) -> None:
-        """In a DALI reader process, torch on one thread, as DataLoader sets in its workers: a
-        reader decodes one clip at a time, and waking torch's thread pool for each clip-sized
-        cast (q32 stores) costs more than the cast, on a machine whose cores are all busy."""
-        if self._pid != os.getpid():
-            torch.set_num_threads(1)
-            self._pid = os.getpid()
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Names of what __call__ returns: only what this phase's graph uses."""
-        cfg = self.cfg
-        names = ("stored", "labels", "index")
-        if cfg.random_crop or self.reader.target_frames != cfg.target_frames:
-            names += ("crop_start",)
-        if cfg.random_offset and cfg.method == "fshift" and cfg.factor > 1:  # at C = 1 the offset is 0
-            names += ("offset",)
-        if cfg.time_mask_frames or cfg.freq_mask_bins:
-            names += ("mask_anchor", "mask_shape")
-        return names
-
-    def __call__(self, info):
-        self._in_reader_process()
-        epoch, start = self.passes.get()
-        iteration = info.iteration + start
-        if iteration >= len(self.plan):
-            raise StopIteration
-        batch = self.read(epoch, iteration)
-        p = batch.params
-        n = len(batch.index)
-        out = {  # per output, a list of samples or one array whose first axis is the batch
-            "stored": batch.features,  # B x (T_store, F) float16
-            "labels": batch.labels,
-            "index": batch.index,  # (B,) int64
-            "crop_start": p.crop_start.astype(np.int32)[:, None],  # (B, 1)
-            "offset": p.offset.astype(np.int32)[:, None],  # (B, 1)
-        }
-        if "mask_anchor" in self.outputs:
-            zeros = np.zeros(n)
-            frames, bins = np.full(n, self.cfg.out_frames), np.full(n, self.n_mels)
-            out["mask_anchor"] = np.stack([p.time_start, zeros, zeros, p.freq_start], 1).astype(np.float32)
-            out["mask_shape"] = np.stack([p.time_width, bins, frames, p.freq_width], 1).astype(np.float32)
-        return tuple(out[name] for name in self.outputs)
-
-
 @pipeline_def
 def c2f_pipeline(source: DaliSource, mean: float | None, std: float | None, gpu: bool, parallel: bool):
     cfg = source.cfg
