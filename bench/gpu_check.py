@@ -521,7 +521,9 @@ def run(json_path, workdir, only, timeout_scale, loader, dry_run):
                    "machine": machine, "loader": loader, "workdir": str(work),
                    "metric_tolerance": METRIC_TOLERANCE, "steps": done}
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2))
+        partial = json_path.with_name(json_path.name + ".partial")
+        partial.write_text(json.dumps(payload, indent=2))
+        os.replace(partial, json_path)  # whole or not at all, even if a SIGTERM lands mid-write
         return passed
 
     def on_result(r: dict) -> None:

@@ -7,16 +7,18 @@
 #                             [--batch-size N] [--tag NAME] [-- BENCH-THROUGHPUT-OPTIONS...]
 # Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-<NAME>].json and .png (default DIR: results).
 # Options after -- go to `bench throughput` as they are, e.g.
-#   bash scripts/gpu-bench.sh --loader torch --tag graphs -- --compile reduce-overhead --set optim.fused=true On one H200 the
-# torch loader's run took about 60 s (store already built; building it, 20 s); DALI's takes longer
-# (each phase's pipeline is built once per round, about 7 s each there).
+#   bash scripts/gpu-bench.sh --loader torch --tag graphs -- --compile reduce-overhead --set optim.fused=true
+# On one H200 the torch loader's run took about 60 s (store already built; building it, 20 s).
+# Exit 0: every loader's run ended well; 1: one failed (the others still ran); 2: bad use or no CUDA.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's bench/, even if another is installed
 PY="${PYTHON:-python3}"
 loader=both out=results store=stores/audioset-stand-in repeats=3 batches=50 batch=() tag="" extra=()
+usage() { echo "gpu-bench.sh: $1 (see the header of $0)" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
+    --loader|--out|--store|--repeats|--batches|--batch-size|--tag) [[ $# -ge 2 ]] || usage "$1 needs a value" ;;&
     --loader) loader=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --store) store=$2; shift 2 ;;
@@ -25,21 +27,26 @@ while [[ $# -gt 0 ]]; do
     --batch-size) batch=(--batch-size "$2"); tag="-b$2$tag"; shift 2 ;;
     --tag) tag="$tag-$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) echo "gpu-bench.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    *) usage "unknown argument $1" ;;
   esac
 done
 case $loader in dali|torch) loaders=("$loader") ;; both) loaders=(dali torch) ;;
-  *) echo "gpu-bench.sh: --loader must be dali, torch or both, got $loader" >&2; exit 2 ;; esac
+  *) usage "--loader must be dali, torch or both, got $loader" ;; esac
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { echo "gpu-bench.sh: CUDA is not available here; this benchmark needs a GPU" >&2; exit 2; }
 cores=$(nproc)
 if [[ ! -d $store ]]; then  # audioset_balanced's splits; 2,000 clips = 166 batches of 12
-  "$PY" -m bench.cli stand-in-store "$store" --split balanced_train=2000 --split eval=64 --classes 527 \
+  # built aside and moved into place whole: a build stopped half-way is never benchmarked
+  rm -rf "$store.partial"
+  "$PY" -m bench.cli stand-in-store "$store.partial" --split balanced_train=2000 --split eval=64 --classes 527 \
     --workers $(( cores > 3 ? cores - 2 : 1 ))
+  mv "$store.partial" "$store"
 fi
 mkdir -p "$out"
-for l in "${loaders[@]}"; do
+rc=0
+for l in "${loaders[@]}"; do  # one loader failing (DALI missing, say) still lets the other run
   "$PY" -m bench.cli throughput --recipe audioset_balanced --store "$store" --all --device cuda --loader "$l" \
     --repeats "$repeats" --warmup 1 --batches "$batches" --loader-batches 50 "${batch[@]}" "${extra[@]}" \
-    --json "$out/throughput-asb-gpu-$l$tag.json" --plot "$out/throughput-asb-gpu-$l$tag.png"
+    --json "$out/throughput-asb-gpu-$l$tag.json" --plot "$out/throughput-asb-gpu-$l$tag.png" || rc=1
 done
+exit $rc

@@ -35,7 +35,8 @@ def test_without_cuda_it_says_so_in_one_line_and_runs_nothing(tmp_path):
 def test_gpu_bench_refuses_bad_arguments_and_a_machine_without_cuda(tmp_path):
     script = ROOT / "scripts" / "gpu-bench.sh"
     for args, message in ((["--bogus"], "unknown argument --bogus"),
-                          (["--loader", "cupy"], "--loader must be dali, torch or both")):
+                          (["--loader", "cupy"], "--loader must be dali, torch or both"),
+                          (["--batch-size"], "--batch-size needs a value")):
         proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and message in proc.stderr
     if not torch.cuda.is_available():
@@ -126,11 +127,13 @@ def test_the_json_is_rewritten_after_every_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gc, "plan", fake_plan)
     monkeypatch.setattr(gc, "cuda_line", lambda: None)
+    monkeypatch.setattr(gc, "exit_on_sigterm", lambda: None)  # not in pytest's own process
     result = CliRunner().invoke(gc.main, ["run", "--json", str(out), "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
     assert seen[0]["finished"] is False and [r["key"] for r in seen[0]["steps"]] == ["a"]  # while b ran
     final = json.loads(out.read_text())
     assert final["finished"] and final["passed"] and [r["key"] for r in final["steps"]] == ["a", "b"]
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith("r.json")] == ["r.json"]  # no temp left
 
 
 def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
