@@ -4,7 +4,7 @@ Per phase, three rates in samples/s, all in one run:
 - loader alone: batches pulled from the real pipeline (the trainer's own loader config) on the
   real store, nothing else running;
 - model alone: the real train step (forward, loss, backward, clip, optimizer step) on fixed
-  synthetic input of the phase's shape, no loader alive;
+  synthetic input of the phase's shape, no loader serving;
 - end to end: real batches into real train steps, with the time spent waiting in `next()` on
   the loader giving the data-loading share of step time (as the trainer's own `data_s`).
   On CUDA also the GPU-busy share: the time the GPU spent inside train steps (CUDA events around
@@ -14,12 +14,14 @@ Each speed-up is against the recipe's full-resolution phase (C = 1) measured in 
 the FLOPs ratio is printed beside them as the ideal.
 
 Order of work (what keeps the figures clean on a small, shared machine): the run goes in rounds
-(`warmup` untimed, then `repeats` timed); one round takes every phase once: model alone with no
-loader alive, then the phase's loader is opened and primed with train steps (untimed), timed
-alone, timed end to end, and closed before the next phase (an idle loader keeps refilling its
-prefetch queue, which would steal cores from the next phase). A speed-up is the median over
-rounds of the ratio of the same round's rates, so that a slow drift of the machine's load cancels
-out of it.
+(`warmup` untimed, then `repeats` timed); one round takes every phase once: model alone, then
+the phase's loader primed with train steps (untimed), timed alone, and timed end to end. Each
+phase has its own loader, built in its first round and kept to the end, as the trainer keeps one
+pipeline through a phase: building one costs seconds on a GPU (spawned reader processes), which
+every round would otherwise pay again. Between its rounds a loader only tops up its prefetch
+queue and then waits; the next phase's untimed priming steps cover that top-up, so nothing runs
+behind a timed figure. A speed-up is the median over rounds of the ratio of the same round's
+rates, so that a slow drift of the machine's load cancels out of it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class _Phase:
     opt: torch.optim.Optimizer
     rates: dict[str, list[float]] = field(default_factory=dict)  # per figure, one value per round
     net: torch.nn.Module | None = None  # what the step calls: the model, or torch.compile's wrapper of it
+    builds: int | None = None  # pipelines its loader built (DALI; None for the torch loader)
 
     @property
     def frames(self) -> int:
@@ -123,8 +126,10 @@ def _synthetic_batch(trainer: PhaseTrainer, p: _Phase) -> tuple[torch.Tensor, to
 class _Steps:
     """The three timed runs of one phase; each returns samples processed, as `measure` wants."""
 
-    def __init__(self, trainer: PhaseTrainer, p: _Phase, s: ThroughputSettings):
+    def __init__(self, trainer: PhaseTrainer, p: _Phase, s: ThroughputSettings, host: PhaseTrainer):
         self.trainer, self.p, self.s = trainer, p, s
+        self.host = host  # this phase's own trainer: its loader lives through every round
+        self.served_by = None  # that loader, once opened
         self.x, self.y = _synthetic_batch(trainer, p)
         self.batches: Iterator[dict] | None = None
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
@@ -184,36 +189,35 @@ class _Steps:
         sync()
 
     def open_loader(self) -> None:
-        """The trainer's own loader at this phase, started and primed (untimed)."""
-        self.batches = endless(self.trainer.train_loader(self.p.phase))
+        """The trainer's own loader at this phase, built on first use and kept (untimed), primed."""
+        if self.batches is None:
+            self.served_by = self.host.train_loader(self.p.phase)
+            self.batches = endless(self.served_by)
         self.prime()
 
     def close_loader(self) -> None:
-        self.batches.close()
-        self.trainer.close()  # stops the reader processes: nothing runs behind the next phase
-        self.batches = None
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+        self.host.close()  # stops the reader processes
 
 
 def _round(steps: list[_Steps], timed: bool) -> None:
-    """Every phase once: model alone (no loader alive), then loader alone and end to end on
-    the phase's own loader, closed before the next phase."""
+    """Every phase once: model alone, then loader alone and end to end on the phase's own loader."""
     for st in steps:
         st.prime()
         _timed(st, "model", st.model, timed)
         st.open_loader()
-        try:
-            _timed(st, "loader", st.loader, timed)
-            t0 = time.perf_counter()
-            _timed(st, "end_to_end", st.end_to_end, timed)
-            wall = time.perf_counter() - t0
-            if timed:  # the share of the end-to-end run spent waiting in next()
-                st.p.rates.setdefault("data_loading_share", []).append(st.wait_s / wall)
-                if st.trainer.device.type == "cuda":
-                    st.p.rates.setdefault("gpu_busy", []).append(st.busy_s / wall)
-                    if st.nvml:
-                        st.p.rates.setdefault("gpu_utilization_nvml", []).append(statistics.fmean(st.nvml))
-        finally:
-            st.close_loader()
+        _timed(st, "loader", st.loader, timed)
+        t0 = time.perf_counter()
+        _timed(st, "end_to_end", st.end_to_end, timed)
+        wall = time.perf_counter() - t0
+        if timed:  # the share of the end-to-end run spent waiting in next()
+            st.p.rates.setdefault("data_loading_share", []).append(st.wait_s / wall)
+            if st.trainer.device.type == "cuda":
+                st.p.rates.setdefault("gpu_busy", []).append(st.busy_s / wall)
+                if st.nvml:
+                    st.p.rates.setdefault("gpu_utilization_nvml", []).append(statistics.fmean(st.nvml))
 
 
 class NvmlSampler:
@@ -313,9 +317,16 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
             p.model.train()
             if compile_mode is not None:  # the optimizer keeps the model's own parameters
                 p.net = torch.compile(p.model, mode=compile_mode)
-        steps = [_Steps(trainer, p, settings) for p in phases]
-        for r in range(settings.warmup + settings.repeats):
-            _round(steps, timed=r >= settings.warmup)
+        steps = [_Steps(trainer, p, settings, PhaseTrainer(recipe, recipe.phases, Path(out_dir), "bench",
+                                                         device=device)) for p in phases]
+        try:
+            for r in range(settings.warmup + settings.repeats):
+                _round(steps, timed=r >= settings.warmup)
+        finally:
+            for st in steps:
+                st.close_loader()
+        for st in steps:  # DALI: one pipeline per phase, whatever the number of rounds
+            st.p.builds = getattr(st.served_by, "builds", None)
         loader_backend = resolve_backend(trainer.base)  # the backend that really served the batches
     ref = next(p for p in phases if p.number == ref_number)
     ref_flops = ref.resolution.train_flops_per_sample(trainer.cfg)
@@ -342,6 +353,7 @@ def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
         "phase": p.number, "method": p.phase.method, "factor": p.phase.factor, "label": p.phase.label,
         "frames": p.frames, "tokens": p.resolution.tokens,
         "batch_size": p.batch_size,
+        "pipeline_builds": p.builds,
         "loader_samples_per_s": m["loader"].median,
         "model_samples_per_s": m["model"].median,
         "end_to_end_samples_per_s": m["end_to_end"].median,

@@ -45,13 +45,21 @@ def seed_list(recipe: Recipe, n_seeds: int) -> list[int]:
     return [recipe.seed + i for i in range(n_seeds)]
 
 
-def check_recipe_against_store(recipe: Recipe) -> None:
+def check_recipe_against_store(recipe: Recipe) -> str | None:
     """RecipeError (or StoreFormatError) now, not after a run directory exists, when a phase's C
-    leaves less than one patch of the store's clips or a split is missing."""
+    leaves less than one patch of the store's clips or a split is missing. Returns the store's
+    fingerprint (its dataset, feature settings and every split's clip ids; None for a store
+    written before fingerprints), which says whether two paths hold the same store."""
     from c2fdata.reader import StoreReader
 
-    cfg = model_config(recipe, StoreReader(recipe.store, recipe.data.eval_split))
+    reader = StoreReader(recipe.store, recipe.data.eval_split)
+    cfg = model_config(recipe, reader)
     recipe.check_against(cfg.target_frames, cfg.n_mels, cfg.patch_size)
+    return reader.attrs.get("fingerprint")
+
+
+class StoreChangedError(ValueError):
+    """--resume against a store other than the one the run directory was started on."""
 
 
 def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
@@ -77,14 +85,17 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     that decides them (a sweep's cells that differ only in coarse-to-fine settings share them)."""
     import torch
 
-    check_recipe_against_store(recipe)  # before anything is written: no empty run directory on error
+    fingerprint = check_recipe_against_store(recipe)  # before anything is written: no empty run directory on error
+    run_dir = Path(run_dir)
+    if resume:
+        _check_same_store(run_dir, recipe, fingerprint)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
-    run_dir = Path(run_dir)
     seeds = seeds or [recipe.seed]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline}
+        config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,
+                  "store_fingerprint": fingerprint}
         if shared_runs is not None:  # a sweep's cell: its baselines live there, not in run_dir
             config["shared_runs"] = str(shared_runs)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -169,6 +180,18 @@ def outcome_to_json(o: RunOutcome) -> dict:
 def outcome_from_json(d: dict) -> RunOutcome:
     return RunOutcome(d["label"], d["metric_name"], d["metric"], d["metrics"],
                       [PhaseRecord(**r) for r in d["records"]], d["history"])
+
+
+def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> None:
+    """A resumed run must read the store it started on: finished seeds and checkpoints were
+    trained on that one, and mixing two would make one report of two datasets."""
+    cfg = run_dir / "config.json"
+    recorded = json.loads(cfg.read_text()).get("store_fingerprint") if cfg.is_file() else None
+    if recorded is not None and fingerprint is not None and recorded != fingerprint:
+        raise StoreChangedError(
+            f"{recipe.store} is not the store {run_dir} was started on (fingerprint {fingerprint[:12]} != "
+            f"{recorded[:12]} in {cfg}): it was rebuilt with other clips or settings since. Resume with the "
+            f"original store, or start a new run directory")
 
 
 def load_run_config(run_dir: Path) -> tuple[Recipe, list[int], bool]:

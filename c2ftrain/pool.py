@@ -5,7 +5,10 @@ there); the claim is then judged over all of them together.
 
 Nothing is pooled that is not comparable or not finished:
 - every directory's recipe must equal the first's except for the seed (the differing keys are
-  named otherwise; the store's path counts, so give every machine the same `--set store=`);
+  named otherwise). The store is compared by its fingerprint (dataset, features, clip ids), which
+  `c2ftrain run` records in config.json: the same store under another path on another machine
+  pools, and a store rebuilt differently under the same path does not. Directories written
+  before the fingerprint was recorded are compared by the store's path;
 - a seed is taken from one directory only: finished in two is an error, and a copy that has not
   finished is passed over (and named) where another directory has the seed finished;
 - a seed finished nowhere is an error, or with finished_only left out and named;
@@ -40,6 +43,7 @@ class Experiment:
     recipe: Recipe
     labels: tuple[str, ...]
     runs: dict[int, dict[str, RunOutcome | Path]] = field(default_factory=dict)
+    store_fingerprint: str | None = None  # as config.json recorded it (None: written before it was)
 
     def finished(self, seed: int, labels: tuple[str, ...]) -> bool:
         return all(isinstance(self.runs[seed][lb], RunOutcome) for lb in labels)
@@ -61,7 +65,8 @@ def load_experiment(run_dir: Path) -> Experiment:
     if not config.is_file():
         raise PoolError(f"{config} not found: {run_dir} is not a directory written by `c2ftrain run`")
     try:
-        shared = json.loads(config.read_text()).get("shared_runs")
+        recorded = json.loads(config.read_text())
+        shared, fingerprint = recorded.get("shared_runs"), recorded.get("store_fingerprint")
         recipe, seeds, baseline = load_run_config(run_dir)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise PoolError(f"{config} cannot be read ({type(err).__name__}: {err}); it is not a config.json written "
@@ -69,7 +74,7 @@ def load_experiment(run_dir: Path) -> Experiment:
     if shared is not None or (run_dir.parent.name == "cells" and (run_dir.parent.parent / "sweep.json").is_file()):
         # its baseline and control live in the sweep's shared/ folder, under keys of their own
         raise PoolError(f"{run_dir} is a cell of a sweep: the sweep's summary.json pools its seeds")
-    exp = Experiment(run_dir, recipe, run_labels(recipe, baseline))
+    exp = Experiment(run_dir, recipe, run_labels(recipe, baseline), store_fingerprint=fingerprint)
     for seed in seeds:
         runs = exp.runs[seed] = {}
         for label in exp.labels:
@@ -99,6 +104,18 @@ def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
     """`key: A vs B` for every setting (the seed, name and description apart) where b differs from a."""
     fa, fb = (_flat({k: v for k, v in r.to_dict().items() if k not in NOT_COMPARED}) for r in (a, b))
     return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def experiment_differences(a: Experiment, b: Experiment) -> list[str]:
+    """recipe_differences, with the store compared by fingerprint where both recorded one."""
+    diff = recipe_differences(a.recipe, b.recipe)
+    fa, fb = a.store_fingerprint, b.store_fingerprint
+    if fa is None or fb is None:
+        return diff
+    diff = [d for d in diff if not d.startswith("store: ")]
+    if fa != fb:
+        diff.insert(0, f"store fingerprint: {fa[:12]} ({a.recipe.store}) vs {fb[:12]} ({b.recipe.store})")
+    return diff
 
 
 @dataclass
@@ -142,7 +159,7 @@ def pool(run_dirs: list[Path], finished_only: bool = False) -> Pooled:
     exps = [load_experiment(d) for d in run_dirs]
     first = exps[0]
     for exp in exps[1:]:
-        diff = recipe_differences(first.recipe, exp.recipe)
+        diff = experiment_differences(first, exp)
         if diff:
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise PoolError(f"{exp.run_dir} is not the same experiment as {first.run_dir} ({shown}); pool only "

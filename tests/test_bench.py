@@ -83,7 +83,7 @@ def test_train_step_changes_the_weights():
 @pytest.mark.parametrize("loader", ["torch"] + (["dali"] if dali_available() else []))
 def test_throughput_writes_the_figures(tiny_recipe, tmp_path, loader):
     out, png = tmp_path / "t.json", tmp_path / "t.png"
-    run(["throughput", "--recipe", str(tiny_recipe), "--all", "--loader", loader, "--repeats", "1",
+    run(["throughput", "--recipe", str(tiny_recipe), "--all", "--loader", loader, "--repeats", "2",
          "--warmup", "0", "--batches", "1", "--loader-batches", "2", "--json", str(out), "--plot", str(png)])
     d = json.loads(out.read_text())
     assert MACHINE_KEYS <= set(d["machine"]) and d["reference_phase"] == 2
@@ -96,6 +96,8 @@ def test_throughput_writes_the_figures(tiny_recipe, tmp_path, loader):
             assert positive(r[key]), (key, r[key])
         assert 0 <= r["data_loading_share"] <= 1
         assert {"loader", "model", "end_to_end", "flops"} <= set(r["speedup"])
+        # each phase's pipeline is built once and kept across rounds (a GPU build costs seconds)
+        assert r["pipeline_builds"] == (1 if loader == "dali" else None)
     assert (rows[1]["factor"], rows[1]["frames"], rows[2]["frames"]) == (4, 16, 64)
     assert all(v == pytest.approx(1.0) for v in rows[2]["speedup"].values())  # C = 1 against itself
     assert rows[1]["speedup"]["flops"] > 1

@@ -189,3 +189,38 @@ def test_sweep_cells_and_overwriting_a_source_are_refused(runs, tmp_path):
         pool([tmp_path / "sw"])
     result = CliRunner().invoke(main, ["report", str(root / "a"), str(root / "b"), "--out", str(root / "b")])
     assert result.exit_code == 2 and "is one of the directories pooled" in text(result)
+
+
+def test_the_store_is_compared_by_fingerprint_not_by_path(runs, toy_store, tmp_path):  # noqa: F811
+    import zarr
+
+    root, _ = runs
+    recorded = json.loads((root / "a" / "config.json").read_text())["store_fingerprint"]
+    assert recorded == zarr.open_group(str(toy_store), mode="r").attrs["fingerprint"]  # the store's own
+    moved = copy(root, "b", tmp_path / "moved")  # the same store, mounted elsewhere on another machine
+    edit_config(moved, lambda d: d["recipe"].update(store="/mnt/elsewhere/toy"))
+    assert pool([root / "a", moved]).seeds == [3, 4, 5]
+    rebuilt = copy(root, "b", tmp_path / "rebuilt")  # the same path, rebuilt from other clips
+    edit_config(rebuilt, lambda d: d.update(store_fingerprint="f" * 64))
+    with pytest.raises(PoolError, match=r"rebuilt is not the same experiment .*\(store fingerprint: "
+                                        + recorded[:12] + r" .* vs ffffffffffff"):
+        pool([root / "a", rebuilt])
+    # directories written before fingerprints were recorded: the store's path decides, as it did
+    old = copy(root, "b", tmp_path / "old")
+    edit_config(old, lambda d: (d.pop("store_fingerprint"), d["recipe"].update(store="/mnt/elsewhere/toy")))
+    with pytest.raises(PoolError, match=r"old is not the same experiment .*\(store: "):
+        pool([root / "a", old])
+
+
+def test_resume_refuses_a_store_rebuilt_since(runs, tmp_path):
+    root, _ = runs
+    same = copy(root, "b", tmp_path / "same")
+    result = CliRunner().invoke(main, ["run", "--resume", str(same), "--device", "cpu"])
+    assert result.exit_code == 0, result.output  # finished runs are kept: nothing to train
+    rebuilt = copy(root, "b", tmp_path / "rebuilt")
+    edit_config(rebuilt, lambda d: d.update(store_fingerprint="f" * 64))
+    before = (rebuilt / "config.json").read_text()
+    result = CliRunner().invoke(main, ["run", "--resume", str(rebuilt), "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "is not the store" in text(result) and "was started on" in text(result) and "Resume with the" in text(result)
+    assert (rebuilt / "config.json").read_text() == before  # nothing rewritten
