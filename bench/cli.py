@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from bench.machine import describe
+from bench.machine import busy_warning, describe
 
 # Wide enough for the throughput table when the output goes to a file or a pipe (docs, CI logs).
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def machine_line(m: dict) -> str:
-    return (f"{m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']}, "
+    """The machine, and a warning on a second line if something else keeps its cores busy."""
+    line = (f"{m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']}, "
             f"DALI {m['dali'] or 'n/a'}")
+    warning = busy_warning(os.getloadavg()[0], m["cores"])
+    return line if warning is None else f"{line}\n[yellow]{escape(warning)}[/yellow]"
 
 
 def write_json(path: Path | None, payload: dict) -> None:

@@ -271,3 +271,15 @@ def test_stand_in_store_has_the_shape_asked_for(tmp_path):
     assert result.exit_code != 0 and "exists" in result.output
     result = CliRunner().invoke(main, ["stand-in-store", str(tmp_path / "x"), "--split", "train"])
     assert result.exit_code != 0 and "NAME=CLIPS" in result.output
+
+
+def test_a_busy_machine_is_warned_about_before_measuring(tiny_recipe, tmp_path, monkeypatch):
+    from bench.machine import busy_warning
+
+    assert busy_warning(2.0, 2) is None  # a benchmark that just ended leaves about its own load
+    assert "load average is 3.50 on 2 cores" in busy_warning(3.5, 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--repeats", "1", "--warmup", "0",
+                                       "--batches", "1", "--loader-batches", "1"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the 1-minute load average is 9.00" in " ".join(result.output.split())
