@@ -18,14 +18,16 @@ Order of work (what keeps the figures clean on a small, shared machine): the run
 the phase's loader primed with train steps (untimed), timed alone, and timed end to end. Each
 phase has its own loader, built in its first round and kept to the end, as the trainer keeps one
 pipeline through a phase: building one costs seconds on a GPU (spawned reader processes), which
-every round would otherwise pay again. Between its rounds a loader only tops up its prefetch
-queue and then waits; the next phase's untimed priming steps cover that top-up, so nothing runs
-behind a timed figure. A speed-up is the median over rounds of the ratio of the same round's
+every round would otherwise pay again. After its end-to-end run a loader tops up its prefetch
+queue (a few batches) and then waits, drawing nothing until its next round: the next phase's
+untimed priming steps (synthetic input) are there to absorb that top-up, which is not measured
+separately. A speed-up is the median over rounds of the ratio of the same round's
 rates, so that a slow drift of the machine's load cancels out of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -129,7 +131,7 @@ class _Steps:
     def __init__(self, trainer: PhaseTrainer, p: _Phase, s: ThroughputSettings, host: PhaseTrainer):
         self.trainer, self.p, self.s = trainer, p, s
         self.host = host  # this phase's own trainer: its loader lives through every round
-        self.served_by = None  # that loader, once opened
+        self.served: list = []  # every loader opened for this phase (one, unless something rebuilt it)
         self.x, self.y = _synthetic_batch(trainer, p)
         self.batches: Iterator[dict] | None = None
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
@@ -176,12 +178,14 @@ class _Steps:
         self.busy_s = sum(a.elapsed_time(b) for a, b in events) / 1000
         return n
 
-    def prime(self) -> None:
-        """A few untimed steps, on real batches when the loader is open. Starting or stopping
-        reader processes (fork) makes the next write to every page of the model, optimizer and
-        allocator a page fault; the trainer pays that once per phase, so it stays untimed here."""
+    def prime(self, real: bool = False) -> None:
+        """A few untimed steps: on synthetic input before the model alone (no batch is drawn, so
+        the loader has nothing to refill while the model is timed), on real batches after the
+        loader opens. Starting reader processes (fork) makes the next write to every page of
+        the model, optimizer and allocator a page fault; the trainer pays that once per phase,
+        so it stays untimed here."""
         for _ in range(PRIME_STEPS):
-            if self.batches is None:
+            if not real:
                 self.step(self.x, self.y)
             else:
                 batch = next(self.batches)
@@ -191,15 +195,22 @@ class _Steps:
     def open_loader(self) -> None:
         """The trainer's own loader at this phase, built on first use and kept (untimed), primed."""
         if self.batches is None:
-            self.served_by = self.host.train_loader(self.p.phase)
-            self.batches = endless(self.served_by)
-        self.prime()
+            loader = self.host.train_loader(self.p.phase)
+            self.served.append(loader)
+            self.batches = endless(loader)
+        self.prime(real=True)
 
     def close_loader(self) -> None:
         if self.batches is not None:
             self.batches.close()
             self.batches = None
         self.host.close()  # stops the reader processes
+
+    @property
+    def builds(self) -> int | None:
+        """Pipelines built for this phase by every loader it opened (DALI; None for torch)."""
+        counts = [loader.builds for loader in self.served if hasattr(loader, "builds")]
+        return sum(counts) if counts else None
 
 
 def _round(steps: list[_Steps], timed: bool) -> None:
@@ -319,14 +330,13 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
                 p.net = torch.compile(p.model, mode=compile_mode)
         steps = [_Steps(trainer, p, settings, PhaseTrainer(recipe, recipe.phases, Path(out_dir), "bench",
                                                          device=device)) for p in phases]
-        try:
+        with contextlib.ExitStack() as open_loaders:  # each closed even if another's close fails
+            for st in steps:
+                open_loaders.callback(st.close_loader)
             for r in range(settings.warmup + settings.repeats):
                 _round(steps, timed=r >= settings.warmup)
-        finally:
-            for st in steps:
-                st.close_loader()
         for st in steps:  # DALI: one pipeline per phase, whatever the number of rounds
-            st.p.builds = getattr(st.served_by, "builds", None)
+            st.p.builds = st.builds
         loader_backend = resolve_backend(trainer.base)  # the backend that really served the batches
     ref = next(p for p in phases if p.number == ref_number)
     ref_flops = ref.resolution.train_flops_per_sample(trainer.cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -87,22 +88,23 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
 
     fingerprint = check_recipe_against_store(recipe)  # before anything is written: no empty run directory on error
     run_dir = Path(run_dir)
-    if resume:
-        _check_same_store(run_dir, recipe, fingerprint)
+    # what config.json records: a resumed directory keeps what it recorded (None if it was written
+    # before fingerprints were), so that it never vouches for a store its finished seeds did not read
+    recorded = _check_same_store(run_dir, recipe, fingerprint) if resume else fingerprint
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     seeds = seeds or [recipe.seed]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,
-                  "store_fingerprint": fingerprint}
+                  "store_fingerprint": recorded}
         if shared_runs is not None:  # a sweep's cell: its baselines live there, not in run_dir
             config["shared_runs"] = str(shared_runs)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        write_json_atomic(run_dir / "config.json", config)
     per_seed = []
     for seed in seeds:
         per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), seed_dir(run_dir, seeds, seed), baseline, d,
-                                  dev, resume, on_event, shared_runs))
+                                  dev, resume, on_event, shared_runs, fingerprint))
     report = build_report(recipe, per_seed, seeds)
     if d.is_main:
         write_report(run_dir, report, per_seed)
@@ -110,7 +112,7 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
 
 
 def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, resume: bool,
-              on_event, shared_runs: Path | None) -> dict[str, RunOutcome]:
+              on_event, shared_runs: Path | None, fingerprint: str | None = None) -> dict[str, RunOutcome]:
     def where(label: str, phases) -> Path:
         if shared_runs is None or label == "c2f":
             return out / label
@@ -118,14 +120,15 @@ def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, r
 
     labels = run_labels(recipe, baseline)
     outcomes = {"c2f": _one_run(recipe, recipe.phases, where("c2f", recipe.phases), "c2f", d, device, resume,
-                                on_event)}
+                                on_event, fingerprint)}
     if "baseline" in labels:
         outcomes["baseline"] = _one_run(recipe, recipe.baseline_phases, where("baseline", recipe.baseline_phases),
-                                        "baseline", d, device, resume or shared_runs is not None, on_event)
+                                        "baseline", d, device, resume or shared_runs is not None, on_event,
+                                        fingerprint)
         if "equal_flops" in labels:
             phases = equal_flops_phases(recipe, outcomes["c2f"])
             outcomes["equal_flops"] = _one_run(recipe, phases, where("equal_flops", phases), "equal_flops", d,
-                                               device, resume or shared_runs is not None, on_event)
+                                               device, resume or shared_runs is not None, on_event, fingerprint)
     return outcomes
 
 
@@ -159,17 +162,36 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume: bool, on_event) -> RunOutcome:
+def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume: bool, on_event,
+             fingerprint: str | None = None) -> RunOutcome:
+    """One training run into `out`, or its outcome.json where it has finished (with resume). A
+    finished run records the store's fingerprint, so that one reused later (a sweep's shared
+    baseline, kept across cells added later) is refused if the store was rebuilt since."""
     done = out / "outcome.json"
     if resume and done.is_file():
-        return outcome_from_json(json.loads(done.read_text()))
+        found = json.loads(done.read_text())
+        was = found.get("store_fingerprint")
+        if was is not None and fingerprint is not None and was != fingerprint:
+            raise StoreChangedError(
+                f"{done} was trained on another store than {recipe.store} holds now (fingerprint {was[:12]}, "
+                f"now {fingerprint[:12]}): the store was rebuilt with other clips or settings since. Put the "
+                f"original store back at {recipe.store}, or train into a new directory (a sweep: a new --out)")
+        return outcome_from_json(found)
     trainer = PhaseTrainer(recipe, tuple(phases), out, label, dist=d, device=device, on_event=on_event)
     if on_event:
         on_event({"event": "start", "run": label, "seed": recipe.seed, "phases": [p.label for p in phases]})
     outcome = trainer.run(resume=resume)
     if d.is_main:
-        done.write_text(json.dumps(outcome_to_json(outcome), indent=2))
+        write_json_atomic(done, {**outcome_to_json(outcome), "store_fingerprint": fingerprint})
     return outcome
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Written whole or not at all: a process stopped mid-write leaves the previous file (or none),
+    never a truncated one that a resume would then fail to read."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
 
 
 def outcome_to_json(o: RunOutcome) -> dict:
@@ -182,16 +204,28 @@ def outcome_from_json(d: dict) -> RunOutcome:
                       [PhaseRecord(**r) for r in d["records"]], d["history"])
 
 
-def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> None:
+def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> str | None:
     """A resumed run must read the store it started on: finished seeds and checkpoints were
-    trained on that one, and mixing two would make one report of two datasets."""
+    trained on that one, and mixing two would make one report of two datasets. Returns the
+    fingerprint config.json recorded (None: written before fingerprints were), or this store's
+    where there is no config.json yet (a sweep's new cell)."""
     cfg = run_dir / "config.json"
-    recorded = json.loads(cfg.read_text()).get("store_fingerprint") if cfg.is_file() else None
-    if recorded is not None and fingerprint is not None and recorded != fingerprint:
+    if not cfg.is_file():
+        return fingerprint
+    try:
+        recorded = json.loads(cfg.read_text())
+        was = recorded.get("store_fingerprint")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); it is written by `c2ftrain run`: "
+                         f"restore it, or train into a new directory") from None
+    if was is not None and was != fingerprint:
+        now = "has no fingerprint" if fingerprint is None else f"has fingerprint {fingerprint[:12]}"
         raise StoreChangedError(
-            f"{recipe.store} is not the store {run_dir} was started on (fingerprint {fingerprint[:12]} != "
-            f"{recorded[:12]} in {cfg}): it was rebuilt with other clips or settings since. Resume with the "
-            f"original store, or start a new run directory")
+            f"{recipe.store} is not the store {run_dir} was started on: it {now}, and {cfg} recorded {was[:12]} "
+            f"(the store was rebuilt with other clips or settings since). --resume reads the store at the path "
+            f"in {cfg}: put the original store back at {recipe.store}, or train into a new directory (a sweep: "
+            f"a new --out)")
+    return was
 
 
 def load_run_config(run_dir: Path) -> tuple[Recipe, list[int], bool]:
@@ -200,6 +234,10 @@ def load_run_config(run_dir: Path) -> tuple[Recipe, list[int], bool]:
     cfg = Path(run_dir) / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: --resume needs a run directory made by `c2ftrain run`")
-    d = json.loads(cfg.read_text())
-    recipe = recipe_from_dict(d["recipe"])
+    try:
+        d = json.loads(cfg.read_text())
+        recipe = recipe_from_dict(d["recipe"])
+    except (ValueError, KeyError, TypeError) as err:  # RecipeError is a ValueError
+        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); it is written by `c2ftrain run`: "
+                         f"restore it, or train into a new directory") from None
     return recipe, d.get("seeds", [recipe.seed]), d.get("baseline", True)

@@ -67,10 +67,13 @@ def load_experiment(run_dir: Path) -> Experiment:
     try:
         recorded = json.loads(config.read_text())
         shared, fingerprint = recorded.get("shared_runs"), recorded.get("store_fingerprint")
-        recipe, seeds, baseline = load_run_config(run_dir)
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, AttributeError) as err:
         raise PoolError(f"{config} cannot be read ({type(err).__name__}: {err}); it is not a config.json written "
                         f"by this version of `c2ftrain run`") from None
+    try:
+        recipe, seeds, baseline = load_run_config(run_dir)
+    except ValueError as err:  # names the file already
+        raise PoolError(str(err)) from None
     if shared is not None or (run_dir.parent.name == "cells" and (run_dir.parent.parent / "sweep.json").is_file()):
         # its baseline and control live in the sweep's shared/ folder, under keys of their own
         raise PoolError(f"{run_dir} is a cell of a sweep: the sweep's summary.json pools its seeds")
@@ -163,7 +166,8 @@ def pool(run_dirs: list[Path], finished_only: bool = False) -> Pooled:
         if diff:
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise PoolError(f"{exp.run_dir} is not the same experiment as {first.run_dir} ({shown}); pool only "
-                            f"directories of one recipe with the same overrides, seeds apart")
+                            f"directories of one recipe with the same overrides on one store (under any path), "
+                            f"seeds apart")
     labels = tuple(lb for lb in RUNS if all(lb in e.labels for e in exps))
     runs_left_out = {lb: [e.run_dir for e in exps if lb not in e.labels]
                      for lb in RUNS if lb not in labels and any(lb in e.labels for e in exps)}

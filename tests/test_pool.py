@@ -222,5 +222,39 @@ def test_resume_refuses_a_store_rebuilt_since(runs, tmp_path):
     before = (rebuilt / "config.json").read_text()
     result = CliRunner().invoke(main, ["run", "--resume", str(rebuilt), "--device", "cpu"])
     assert result.exit_code != 0
-    assert "is not the store" in text(result) and "was started on" in text(result) and "Resume with the" in text(result)
+    assert "is not the store" in text(result) and "was started on" in text(result)
+    assert "put the original store back at" in text(result)
     assert (rebuilt / "config.json").read_text() == before  # nothing rewritten
+
+
+def test_resume_keeps_what_config_json_recorded(runs, tmp_path):
+    """A directory written before fingerprints were recorded does not take on the store it is
+    resumed with (its finished seeds may have read another); a recorded one is kept."""
+    root, _ = runs
+    old = copy(root, "b", tmp_path / "old")
+    edit_config(old, lambda d: d.pop("store_fingerprint"))
+    assert CliRunner().invoke(main, ["run", "--resume", str(old), "--device", "cpu"]).exit_code == 0
+    assert json.loads((old / "config.json").read_text())["store_fingerprint"] is None
+    unreadable = copy(root, "b", tmp_path / "unreadable")
+    (unreadable / "config.json").write_text('{"recipe": ')  # cut short
+    result = CliRunner().invoke(main, ["run", "--resume", str(unreadable), "--device", "cpu"])
+    assert result.exit_code != 0 and "config.json" in text(result) and "Traceback" not in result.output
+
+
+def test_a_finished_shared_run_from_a_rebuilt_store_is_not_reused(runs, toy_store):  # noqa: F811
+    """A finished run records its store's fingerprint in outcome.json; reusing it (a sweep's shared
+    baseline) from another store is refused with the file named."""
+    import dataclasses as dc
+
+    from c2ftrain.distributed import Dist
+    from c2ftrain.experiment import StoreChangedError, _one_run
+
+    root, _ = runs
+    done = root / "b" / "baseline" / "outcome.json"
+    recorded = json.loads(done.read_text())["store_fingerprint"]
+    assert recorded == json.loads((root / "b" / "config.json").read_text())["store_fingerprint"]
+    recipe = dc.replace(toy_recipe(toy_store), seed=5)
+    again = _one_run(recipe, recipe.baseline_phases, done.parent, "baseline", Dist(), "cpu", True, None, recorded)
+    assert again.metric == json.loads(done.read_text())["metric"]
+    with pytest.raises(StoreChangedError, match=r"outcome\.json was trained on another store"):
+        _one_run(recipe, recipe.baseline_phases, done.parent, "baseline", Dist(), "cpu", True, None, "f" * 64)
