@@ -292,6 +292,9 @@ def throughput_table(result: dict) -> Table:
         )
     la = result["load_average"]
     t.caption = f"load average (1 min) before {la['before'][0]:.2f}, after {la['after'][0]:.2f}"
+    behind = [r["loader_cores_during_model"] for r in result["phases"] if r.get("loader_cores_during_model") is not None]
+    if behind:  # the bench keeps every phase's loader open: did any of them work while a model ran alone?
+        t.caption += f"; loader processes during model alone: at most {max(behind):.2f} cores (median over rounds)"
     return t
 
 

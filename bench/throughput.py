@@ -20,8 +20,8 @@ phase has its own loader, built in its first round and kept to the end, as the t
 pipeline through a phase: building one costs seconds on a GPU (spawned reader processes), which
 every round would otherwise pay again. After its end-to-end run a loader tops up its prefetch
 queue (a few batches) and then waits, drawing nothing until its next round: the next phase's
-untimed priming steps (synthetic input) are there to absorb that top-up, which is not measured
-separately. A speed-up is the median over rounds of the ratio of the same round's
+untimed priming steps (synthetic input) are there to absorb that top-up, and the CPU time of all
+loader processes during each model-alone run is recorded to show whether they did. A speed-up is the median over rounds of the ratio of the same round's
 rates, so that a slow drift of the machine's load cancels out of it.
 """
 
@@ -42,7 +42,7 @@ from typing import Self
 import torch
 
 from bench.machine import describe
-from bench.timing import Measurement, measure, sync
+from bench.timing import Measurement, descendants_cpu_s, measure, sync
 from c2fdata.pipeline import resolve_backend
 from c2fdata.storage import as_location
 from c2ftrain.model import AST
@@ -217,7 +217,11 @@ def _round(steps: list[_Steps], timed: bool) -> None:
     """Every phase once: model alone, then loader alone and end to end on the phase's own loader."""
     for st in steps:
         st.prime()
+        cpu0, t0 = descendants_cpu_s(), time.perf_counter()
         _timed(st, "model", st.model, timed)
+        wall, cpu1 = time.perf_counter() - t0, descendants_cpu_s()
+        if timed and cpu0 is not None and cpu1 is not None:  # what every loader's processes did behind it
+            st.p.rates.setdefault("loader_cores_during_model", []).append(max(0.0, cpu1 - cpu0) / wall)
         st.open_loader()
         _timed(st, "loader", st.loader, timed)
         t0 = time.perf_counter()
@@ -368,6 +372,9 @@ def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
         "model_samples_per_s": m["model"].median,
         "end_to_end_samples_per_s": m["end_to_end"].median,
         "data_loading_share": m["data_loading_share"].median,
+        # cores' worth of CPU that loader processes (every phase's) used while the model ran alone
+        "loader_cores_during_model": (m["loader_cores_during_model"].median
+                                      if "loader_cores_during_model" in m else None),
         "gpu_busy": m["gpu_busy"].median if "gpu_busy" in m else None,  # CUDA only
         "gpu_utilization_nvml": m["gpu_utilization_nvml"].median if "gpu_utilization_nvml" in m else None,
         "speedup": {**{k: _paired_speedup(p, ref, k) for k in FIGURES}, "flops": ref_flops / flops},

@@ -46,3 +46,31 @@ def measure(run: Callable[[], int], repeats: int = 5, warmup: int = 1) -> Measur
         sync()
         rates.append(n / (time.perf_counter() - t0))
     return Measurement(rates)
+
+
+def descendants_cpu_s(root: int | None = None) -> float | None:
+    """CPU seconds (user + system) spent so far by every live process below `root` (default:
+    this one): a loader's reader or worker processes. Read from /proc, so None where there is
+    none (not Linux). Threads inside this process (DALI's operator threads) are not included."""
+    import os
+
+    root = os.getpid() if root is None else root
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    parent, cpu = {}, {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # "pid (comm) state ppid ..." where comm may hold spaces or parentheses
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parent[pid] = int(fields[1])
+        cpu[pid] = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - below
+        below |= frontier
+    return sum(cpu[p] for p in below) / os.sysconf("SC_CLK_TCK")

@@ -98,6 +98,7 @@ def test_throughput_writes_the_figures(tiny_recipe, tmp_path, loader):
         assert {"loader", "model", "end_to_end", "flops"} <= set(r["speedup"])
         # each phase's pipeline is built once and kept across rounds (a GPU build costs seconds)
         assert r["pipeline_builds"] == (1 if loader == "dali" else None)
+        assert r["loader_cores_during_model"] >= 0
     assert (rows[1]["factor"], rows[1]["frames"], rows[2]["frames"]) == (4, 16, 64)
     assert all(v == pytest.approx(1.0) for v in rows[2]["speedup"].values())  # C = 1 against itself
     assert rows[1]["speedup"]["flops"] > 1
@@ -283,3 +284,33 @@ def test_a_busy_machine_is_warned_about_before_measuring(tiny_recipe, tmp_path, 
                                        "--batches", "1", "--loader-batches", "1"])
     assert result.exit_code == 0, result.output
     assert "warning: the 1-minute load average is 9.00" in " ".join(result.output.split())
+
+
+def test_descendants_cpu_counts_child_processes_only():
+    """Two forked children that spin for 0.6 s each add about 1.2 CPU seconds; a child that sleeps adds none."""
+    import multiprocessing
+    import time
+
+    from bench.timing import descendants_cpu_s
+
+    def spin(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+        time.sleep(5)  # stays alive (a reaped child leaves /proc) until terminated
+
+    ctx = multiprocessing.get_context("fork")
+    before = descendants_cpu_s()
+    kids = [ctx.Process(target=spin, args=(0.6,)) for _ in range(2)] + [ctx.Process(target=time.sleep, args=(5,))]
+    for k in kids:
+        k.start()
+    try:
+        deadline = time.monotonic() + 20
+        while descendants_cpu_s() - before < 1.15 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        used = descendants_cpu_s() - before
+    finally:
+        for k in kids:
+            k.terminate()
+            k.join()
+    assert 1.15 <= used <= 1.6, used
