@@ -169,8 +169,12 @@ def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume
     baseline, kept across cells added later) is refused if the store was rebuilt since."""
     done = out / "outcome.json"
     if resume and done.is_file():
-        found = json.loads(done.read_text())
-        was = found.get("store_fingerprint")
+        try:
+            found = json.loads(done.read_text())
+            was = found.get("store_fingerprint")
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{done} cannot be read ({type(err).__name__}: {err}); delete it, and --resume trains "
+                             f"this run again from its last checkpoint") from None
         if was is not None and fingerprint is not None and was != fingerprint:
             raise StoreChangedError(
                 f"{done} was trained on another store than {recipe.store} holds now (fingerprint {was[:12]}, "

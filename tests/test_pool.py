@@ -239,6 +239,16 @@ def test_resume_keeps_what_config_json_recorded(runs, tmp_path):
     (unreadable / "config.json").write_text('{"recipe": ')  # cut short
     result = CliRunner().invoke(main, ["run", "--resume", str(unreadable), "--device", "cpu"])
     assert result.exit_code != 0 and "config.json" in text(result) and "Traceback" not in result.output
+    cut = copy(root, "b", tmp_path / "cut")
+    (cut / "baseline" / "outcome.json").write_text('{"label": ')  # cut short (written before writes were atomic)
+    result = CliRunner().invoke(main, ["run", "--resume", str(cut), "--device", "cpu"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "baseline/outcome.json cannot be read" in text(result) and "delete it" in text(result)
+    (cut / "baseline" / "outcome.json").unlink()  # as the message says: the run is taken up again
+    result = CliRunner().invoke(main, ["run", "--resume", str(cut), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (json.loads((cut / "baseline" / "outcome.json").read_text())["metric"]
+            == json.loads((root / "b" / "baseline" / "outcome.json").read_text())["metric"])
 
 
 def test_a_finished_shared_run_from_a_rebuilt_store_is_not_reused(runs, toy_store):  # noqa: F811
