@@ -59,6 +59,9 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
     return reader.attrs.get("fingerprint")
 
 
+CONFIG_REMEDY = "it is written by `c2ftrain run`: restore it, or train into a new directory"
+
+
 class StoreChangedError(ValueError):
     """--resume against a store other than the one the run directory was started on."""
 
@@ -169,12 +172,8 @@ def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume
     baseline, kept across cells added later) is refused if the store was rebuilt since."""
     done = out / "outcome.json"
     if resume and done.is_file():
-        try:
-            found = json.loads(done.read_text())
-            was = found.get("store_fingerprint")
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"{done} cannot be read ({type(err).__name__}: {err}); delete it, and --resume trains "
-                             f"this run again from its last checkpoint") from None
+        found = read_json_object(done, "delete it, and --resume trains this run again from its last checkpoint")
+        was = found.get("store_fingerprint")
         if was is not None and fingerprint is not None and was != fingerprint:
             raise StoreChangedError(
                 f"{done} was trained on another store than {recipe.store} holds now (fingerprint {was[:12]}, "
@@ -198,6 +197,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_json_object(path: Path, remedy: str) -> dict:
+    """A JSON object this package wrote (config.json, outcome.json); a ValueError naming the file
+    and `remedy` if it is cut short, not JSON, or not an object."""
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); {remedy}") from None
+    if not isinstance(d, dict):  # a ValueError as the others: callers and the CLI catch that for bad files
+        raise ValueError(f"{path} cannot be read (it holds a {type(d).__name__}, not an object); {remedy}")  # noqa: TRY004
+    return d
+
+
 def outcome_to_json(o: RunOutcome) -> dict:
     return {"label": o.label, "metric_name": o.metric_name, "metric": o.metric, "metrics": o.metrics,
             "records": [asdict(r) for r in o.records], "history": o.history}
@@ -216,12 +227,7 @@ def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) ->
     cfg = run_dir / "config.json"
     if not cfg.is_file():
         return fingerprint
-    try:
-        recorded = json.loads(cfg.read_text())
-        was = recorded.get("store_fingerprint")
-    except (ValueError, AttributeError) as err:
-        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); it is written by `c2ftrain run`: "
-                         f"restore it, or train into a new directory") from None
+    was = read_json_object(cfg, CONFIG_REMEDY).get("store_fingerprint")
     if was is not None and was != fingerprint:
         now = "has no fingerprint" if fingerprint is None else f"has fingerprint {fingerprint[:12]}"
         raise StoreChangedError(
@@ -238,10 +244,9 @@ def load_run_config(run_dir: Path) -> tuple[Recipe, list[int], bool]:
     cfg = Path(run_dir) / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: --resume needs a run directory made by `c2ftrain run`")
+    d = read_json_object(cfg, CONFIG_REMEDY)
     try:
-        d = json.loads(cfg.read_text())
         recipe = recipe_from_dict(d["recipe"])
     except (ValueError, KeyError, TypeError) as err:  # RecipeError is a ValueError
-        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); it is written by `c2ftrain run`: "
-                         f"restore it, or train into a new directory") from None
+        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); {CONFIG_REMEDY}") from None
     return recipe, d.get("seeds", [recipe.seed]), d.get("baseline", True)
