@@ -21,7 +21,7 @@ from c2ftrain.distributed import Dist, init_distributed
 from c2ftrain.phases import full_resolution
 from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
-from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, model_config
+from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, check_same_store, model_config
 
 def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -60,10 +60,6 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
 
 
 CONFIG_REMEDY = "it is written by `c2ftrain run`: restore it, or train into a new directory"
-
-
-class StoreChangedError(ValueError):
-    """--resume against a store other than the one the run directory was started on."""
 
 
 def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
@@ -173,12 +169,7 @@ def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume
     done = out / "outcome.json"
     if resume and done.is_file():
         found = read_json_object(done, "delete it, and --resume trains this run again from its last checkpoint")
-        was = found.get("store_fingerprint")
-        if was is not None and fingerprint is not None and was != fingerprint:
-            raise StoreChangedError(
-                f"{done} was trained on another store than {recipe.store} holds now (fingerprint {was[:12]}, "
-                f"now {fingerprint[:12]}): the store was rebuilt with other clips or settings since. Put the "
-                f"original store back at {recipe.store}, or train into a new directory (a sweep: a new --out)")
+        check_same_store(done, found.get("store_fingerprint"), fingerprint, recipe.store)
         return outcome_from_json(found)
     trainer = PhaseTrainer(recipe, tuple(phases), out, label, dist=d, device=device, on_event=on_event)
     if on_event:
@@ -228,13 +219,7 @@ def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) ->
     if not cfg.is_file():
         return fingerprint
     was = read_json_object(cfg, CONFIG_REMEDY).get("store_fingerprint")
-    if was is not None and was != fingerprint:
-        now = "has no fingerprint" if fingerprint is None else f"has fingerprint {fingerprint[:12]}"
-        raise StoreChangedError(
-            f"{recipe.store} is not the store {run_dir} was started on: it {now}, and {cfg} recorded {was[:12]} "
-            f"(the store was rebuilt with other clips or settings since). --resume reads the store at the path "
-            f"in {cfg}: put the original store back at {recipe.store}, or train into a new directory (a sweep: "
-            f"a new --out)")
+    check_same_store(cfg, was, fingerprint, recipe.store)  # --resume reads the store at the path config.json names
     return was
 
 

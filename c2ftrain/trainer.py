@@ -40,6 +40,26 @@ LOG_EVERY_STEPS = 20  # a "step" event (loss, lr) for the console every so many 
 MIXUP_SEED_STRIDE = 1_000_003
 
 
+class StoreChangedError(ValueError):
+    """A run taken up again (a checkpoint, a finished run, a run directory) against a store other
+    than the one it was trained on."""
+
+
+def check_same_store(recorded_in: Path, was: str | None, now: str | None, store) -> None:
+    """StoreChangedError where `recorded_in` (config.json, outcome.json, a checkpoint) recorded the
+    fingerprint `was` and the store at `store` has another (`now`, None for a store written
+    before fingerprints: then it cannot be the recorded one). A record without one (written
+    before fingerprints were) vouches for nothing and is let through. Mixing two stores in one run
+    or one report would mix two datasets silently."""
+    if was is None or was == now:
+        return
+    has = "has no fingerprint" if now is None else f"has fingerprint {now[:12]}"
+    raise StoreChangedError(
+        f"{recorded_in} was written from another store than {store} holds now: the store {has}, and "
+        f"{Path(recorded_in).name} recorded {was[:12]} (the store was rebuilt with other clips or settings "
+        f"since). Put the original store back at {store}, or train into a new directory (a sweep: a new --out)")
+
+
 @dataclass
 class PhaseRecord:
     """What one phase cost and reached; kept in checkpoints and in report.json."""
@@ -247,6 +267,7 @@ class PhaseTrainer:
         self.base = pipeline_config(recipe, data.train_split or self.reader.split, dist, loader_device)
         self._loaders: dict[int, object] = {}
         self.skipped_clips = 0  # corrupt clips skipped by this process's loaders (never trained on)
+        self.store_fingerprint = self.eval_reader.attrs.get("fingerprint")  # the store, whatever its path
 
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(self, phase: Phase):
@@ -347,13 +368,16 @@ class PhaseTrainer:
             "model": model.state_dict(), "resolution": model.resolution_state(),
             "model_config": self.cfg.to_dict(), "optimizer": optimizer.state_dict(),
             **state.to_dict(), "rng": rng, "recipe": self.recipe.to_dict(),
-            "phases": [asdict(p) for p in self.phases],
+            "phases": [asdict(p) for p in self.phases], "store_fingerprint": self.store_fingerprint,
         })
 
     def _restore(self, model: AST) -> tuple[RunState, dict]:
         """Model weights, run state and RNG from the last checkpoint; the optimiser's state is
         returned, to load once the phase's optimiser exists."""
         ckpt = load_checkpoint(self.ckpt_path)  # on the CPU: RNG states must stay CPU tensors
+        # the weights were trained on the store the checkpoint recorded (a sweep's shared run is
+        # taken up by whichever cell comes to it first, with no run directory of its own to check)
+        check_same_store(self.ckpt_path, ckpt.get("store_fingerprint"), self.store_fingerprint, self.recipe.store)
         model.set_time_resolution(**ckpt["resolution"])
         model.load_state_dict(ckpt["model"])
         rng = ckpt["rng"] if isinstance(ckpt["rng"], dict) else {"cpu": ckpt["rng"]}

@@ -222,8 +222,8 @@ def test_resume_refuses_a_store_rebuilt_since(runs, tmp_path):
     before = (rebuilt / "config.json").read_text()
     result = CliRunner().invoke(main, ["run", "--resume", str(rebuilt), "--device", "cpu"])
     assert result.exit_code != 0
-    assert "is not the store" in text(result) and "was started on" in text(result)
-    assert "put the original store back at" in text(result)
+    assert f"{rebuilt / 'config.json'} was written from another store than" in text(result)
+    assert "recorded ffffffffffff" in text(result) and "Put the original store back at" in text(result)
     assert (rebuilt / "config.json").read_text() == before  # nothing rewritten
 
 
@@ -257,7 +257,8 @@ def test_a_finished_shared_run_from_a_rebuilt_store_is_not_reused(runs, toy_stor
     import dataclasses as dc
 
     from c2ftrain.distributed import Dist
-    from c2ftrain.experiment import StoreChangedError, _one_run
+    from c2ftrain.experiment import _one_run
+    from c2ftrain.trainer import StoreChangedError
 
     root, _ = runs
     done = root / "b" / "baseline" / "outcome.json"
@@ -266,5 +267,37 @@ def test_a_finished_shared_run_from_a_rebuilt_store_is_not_reused(runs, toy_stor
     recipe = dc.replace(toy_recipe(toy_store), seed=5)
     again = _one_run(recipe, recipe.baseline_phases, done.parent, "baseline", Dist(), "cpu", True, None, recorded)
     assert again.metric == json.loads(done.read_text())["metric"]
-    with pytest.raises(StoreChangedError, match=r"outcome\.json was trained on another store"):
+    with pytest.raises(StoreChangedError, match=r"outcome\.json was written from another store .* has fingerprint "
+                                                 r"ffffffffffff, and outcome\.json recorded " + recorded[:12]):
         _one_run(recipe, recipe.baseline_phases, done.parent, "baseline", Dist(), "cpu", True, None, "f" * 64)
+    with pytest.raises(StoreChangedError, match=r"the store has no fingerprint"):  # an old store: not the recorded one
+        _one_run(recipe, recipe.baseline_phases, done.parent, "baseline", Dist(), "cpu", True, None, None)
+
+
+def test_an_unfinished_run_is_not_taken_up_on_a_rebuilt_store(runs, toy_store, tmp_path):  # noqa: F811
+    """A checkpoint records its store's fingerprint: a run cut short (a sweep's shared baseline,
+    which no run directory of its own guards) is refused against another store, not continued."""
+    import dataclasses as dc
+
+    import torch
+
+    from c2ftrain.checkpoint import save_checkpoint
+    from c2ftrain.distributed import Dist
+    from c2ftrain.experiment import _one_run
+    from c2ftrain.trainer import StoreChangedError
+
+    root, _ = runs
+    recipe = dc.replace(toy_recipe(toy_store), seed=5)
+    cut = copy(root, "b", tmp_path / "cut") / "baseline"
+    (cut / "outcome.json").unlink()  # not finished: the run is taken up from its checkpoint
+    ckpt = cut / "checkpoints" / "last.pt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["store_fingerprint"] == json.loads((root / "b" / "config.json").read_text())["store_fingerprint"]
+    save_checkpoint(ckpt, {**saved, "store_fingerprint": "f" * 64})  # as if trained on a store since rebuilt
+    with pytest.raises(StoreChangedError, match=r"last\.pt was written from another store .* last\.pt recorded "
+                                                 r"ffffffffffff"):
+        _one_run(recipe, recipe.baseline_phases, cut, "baseline", Dist(), "cpu", True, None, saved["store_fingerprint"])
+    assert not (cut / "outcome.json").exists()
+    save_checkpoint(ckpt, {k: v for k, v in saved.items() if k != "store_fingerprint"})  # written before fingerprints
+    again = _one_run(recipe, recipe.baseline_phases, cut, "baseline", Dist(), "cpu", True, None, None)
+    assert again.metric == json.loads((root / "b" / "baseline" / "outcome.json").read_text())["metric"]
