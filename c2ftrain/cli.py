@@ -1,6 +1,6 @@
 """c2ftrain command line: `run` (coarse-to-fine + baseline + control -> report), `cv` (the same per
-held-out fold, mean over folds), `plan`, `sweep`, `report` (run directories' seeds pooled) and
-`eval`.
+held-out fold, mean over folds), `plan`, `sweep`, `report` (run directories' seeds pooled),
+`eval` (a checkpoint's metrics on a store split) and `predict` (its scores for audio files).
 
 Thin: parse -> recipe -> one library call -> rich output."""
 
@@ -387,6 +387,59 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     else:
         for k, v in metrics.items():
             console.print(f"{k:>10}: {v:.4f}")
+
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="classes shown per file")
+@click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="the training store, for a checkpoint saved before checkpoints recorded their inputs")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line and file")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def predict(checkpoint, audio, top_k, store, as_json, device):
+    """Score audio files (or every audio file under a folder) with a trained checkpoint: its best
+    classes per file. Files longer than the model's clips are scored in windows, averaged."""
+    import torch
+    from rich.markup import escape
+    from rich.progress import track
+    from rich.table import Table
+
+    from c2ftrain.predict import audio_files, load_predictor, predict_file
+
+    try:
+        files = audio_files(list(audio))
+        model, inputs = load_predictor(checkpoint, store)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    dev = torch.device(_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    results = [predict_file(model, inputs, f, dev) for f in
+               track(files, description="scoring", console=Console(stderr=True), transient=True, disable=as_json)]
+    vocab = inputs.vocabulary
+    if as_json:
+        for r in results:
+            row = {"path": r.path, "seconds": r.seconds, "windows": r.windows, "error": r.error}
+            row["top"] = r.top(vocab, top_k) if not r.error else []
+            click.echo(json.dumps(row))
+    else:
+        kind = "sigmoid, multi-label" if inputs.multi_label else "softmax"
+        t = Table(title=f"{checkpoint}: best {min(top_k, len(vocab))} of {len(vocab)} classes per file ({kind} "
+                        f"scores, averaged over {inputs.target_frames}-frame windows)")
+        for c in ("file", "seconds", "windows", "classes"):  # paths folded, never cut: they are to be found
+            t.add_column(c, justify="left" if c in ("file", "classes") else "right",
+                         overflow="fold" if c in ("file", "classes") else "ellipsis")
+        for r in results:
+            classes = (f"[red]{escape(r.error)}[/]" if r.error else
+                       escape(", ".join(f"{c['name']} {c['score']:.3f}" for c in r.top(vocab, top_k))))
+            t.add_row(escape(r.path), f"{r.seconds:.2f}", str(r.windows), classes)
+        console.print(t)
+    bad = [r for r in results if r.error]
+    if bad:
+        Console(stderr=True).print(f"[bold red]{len(bad)} of {len(results)} files could not be scored[/] "
+                                   "(their reasons are in the table)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from c2fdata.pipeline import PipelineConfig, make_loader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint
 from c2ftrain.distributed import Dist, gather_cat
+from c2ftrain.inputs import checkpoint_inputs
 from c2ftrain.metrics import compute_metrics
 from c2ftrain.model import AST, ASTConfig
 
@@ -38,25 +39,40 @@ def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device,
     return compute_metrics(s[order].numpy(), t[order].numpy(), multi_label)
 
 
-def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64,
-                        device: str | None = None) -> dict:
-    """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at the store's full
-    resolution on one split; a checkpoint saved on a GPU loads on a CPU-only machine."""
+def load_trained_model(path: Path) -> tuple[AST, dict]:
+    """The model a checkpoint (final.pt or checkpoints/last.pt) holds, on the CPU, at the
+    resolution it was saved at, and the checkpoint itself; a ValueError for another file."""
     state = load_checkpoint(path)
     if "model" not in state or "model_config" not in state:
         raise ValueError(f"{path}: not a c2f checkpoint (no model / model_config)")
-    cfg = ASTConfig.from_dict(state["model_config"])
-    reader = StoreReader(store, split)
-    if reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:
-        raise ValueError(f"{path} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; "
-                         f"{store} has {reader.n_classes} x {reader.n_mels}")
-    model = AST(cfg)
+    model = AST(ASTConfig.from_dict(state["model_config"]))
     model.set_time_resolution(**state["resolution"])
     model.load_state_dict(state["model"])
-    model.set_time_resolution(reader.target_frames)  # evaluate at the store's full resolution
+    return model, state
+
+
+def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64,
+                        device: str | None = None) -> dict:
+    """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
+    split of a store, fed as the model was trained (its clip length and normalisation, recorded
+    in the checkpoint); a ValueError for a store whose features or classes differ from the
+    training store's. A checkpoint saved on a GPU loads on a CPU-only machine."""
+    model, state = load_trained_model(path)
+    cfg = model.cfg
+    reader = StoreReader(store, split)
+    inputs, recorded = checkpoint_inputs(state, reader, cfg.target_frames)
+    if recorded:
+        inputs.check_store(reader, path, store)
+    if reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:  # what an older checkpoint allows checking
+        raise ValueError(f"{path} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; "
+                         f"{store} has {reader.n_classes} x {reader.n_mels}")
+    model.set_time_resolution(inputs.target_frames)  # full resolution: the length it was trained at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # as the trainer evaluates: the first target_frames of longer clips, its normalisation
     loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,
-                                        device="gpu" if device.type == "cuda" else "cpu"), reader)
+                                        target_frames=inputs.target_frames, norm_mean=inputs.norm_mean,
+                                        norm_std=inputs.norm_std, device="gpu" if device.type == "cuda" else "cpu"),
+                         reader)
     try:
         return evaluate_loader(model.to(device), loader, reader.multi_label, device)
     finally:

@@ -27,6 +27,7 @@ from c2ftrain.distributed import Dist, gather_cat
 from c2ftrain.evaluate import evaluate_loader
 from c2ftrain.metrics import metric_name
 from c2ftrain.init_weights import initialise
+from c2ftrain.inputs import ModelInputs
 from c2ftrain.model import AST, ASTConfig, ast_config
 from c2ftrain.phases import (Resolution, batch_factor, compress_batch, flops_per_sample, full_resolution,
                              loader_phase, resolution, start_phase)
@@ -263,6 +264,8 @@ class PhaseTrainer:
         self.metric_name = metric_name(self.multi_label)
         self.cfg = model_config(recipe, self.reader)
         recipe.check_against(self.cfg.target_frames, self.cfg.n_mels, self.cfg.patch_size)
+        # what the model is fed, recorded with its weights (for `c2ftrain eval` and `predict`)
+        self.inputs = ModelInputs.of_store(self.eval_reader, self.cfg.target_frames, data.norm_mean, data.norm_std)
         loader_device = data.device if data.device != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
         self.base = pipeline_config(recipe, data.train_split or self.reader.split, dist, loader_device)
         self._loaders: dict[int, object] = {}
@@ -366,7 +369,7 @@ class PhaseTrainer:
         save_checkpoint(self.ckpt_path, {
             "format": CHECKPOINT_FORMAT, "label": self.label,
             "model": model.state_dict(), "resolution": model.resolution_state(),
-            "model_config": self.cfg.to_dict(), "optimizer": optimizer.state_dict(),
+            "model_config": self.cfg.to_dict(), "inputs": self.inputs.to_dict(), "optimizer": optimizer.state_dict(),
             **state.to_dict(), "rng": rng, "recipe": self.recipe.to_dict(),
             "phases": [asdict(p) for p in self.phases], "store_fingerprint": self.store_fingerprint,
         })
@@ -432,7 +435,8 @@ class PhaseTrainer:
         final["skipped_clips"] = int(gather_cat(self.dist, torch.tensor([self.skipped_clips])).sum())
         if self.dist.is_main:
             save_checkpoint(self.out / "final.pt", {"model": model.state_dict(), "resolution": model.resolution_state(),
-                                                     "model_config": self.cfg.to_dict(), "store": str(self.recipe.store)})
+                                                     "model_config": self.cfg.to_dict(), "inputs": self.inputs.to_dict(),
+                                                     "store": str(self.recipe.store)})
         return RunOutcome(self.label, self.metric_name, float(final[self.metric_name]), final, state.records,
                           state.history)
 

@@ -98,6 +98,21 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output
 
 
+def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
+    """A recipe's own clip length (a crop of the store's clips) and normalisation are recorded in
+    the checkpoint: `c2ftrain eval` then reproduces the run's final metric, not the metric of the
+    store's full clips under the store's statistics."""
+    from c2ftrain.evaluate import evaluate_checkpoint
+
+    recipe = recipe_from_dict({**toy_recipe(toy_store, target_frames=T // 2, norm_mean=-2.0, norm_std=0.7).to_dict(),
+                               "phases": [{"method": "pool-avg", "factor": 2, "steps": 6},
+                                          {"method": "none", "factor": 1, "steps": 6}]})
+    outcome = PhaseTrainer(recipe, recipe.phases, tmp_path, "c2f", device="cpu").run()
+    inputs = load_checkpoint(tmp_path / "final.pt")["inputs"]
+    assert (inputs["target_frames"], inputs["norm_mean"], inputs["norm_std"]) == (T // 2, -2.0, 0.7)
+    assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {"accuracy": outcome.metric}
+
+
 def test_cli_run_errors(tmp_path):
     from click.testing import CliRunner
 

@@ -1,0 +1,124 @@
+"""Scores of a trained model for audio files: `c2ftrain predict final.pt clip.wav clips/ ...`.
+
+Each file is turned into features as the model's training store made them (c2fdata.features:
+mono, resampled to the store's rate, Kaldi fbank with the store's settings, recorded in the
+checkpoint), normalised as in training, and scored at full resolution. A file longer than the
+model's clip length is scored in consecutive windows of that length, the last one ending at the
+file's end, and the window scores are averaged (the usual way to tag a recording longer than
+the clips a tagger was trained on); a shorter file is zero-padded at the end, as the store pads.
+A file that cannot be read is reported and the others are still scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c2fdata.datasets.base import AUDIO_EXTENSIONS, FileSource
+from c2fdata.features import BadClip, fbank, pad_or_crop
+from c2fdata.pipeline.torch_loader import normalize
+from c2ftrain.evaluate import load_trained_model
+from c2ftrain.inputs import ModelInputs, checkpoint_inputs
+from c2ftrain.model import AST
+
+
+@dataclass
+class Prediction:
+    path: str
+    seconds: float = 0.0  # audio length
+    windows: int = 0  # clip-length windows scored (their scores averaged)
+    scores: np.ndarray | None = None  # (K,) float32: sigmoid (multi-label) or softmax, per class
+    error: str = ""  # why the file was not scored ("" when it was)
+
+    def top(self, vocabulary, k: int) -> list[dict]:
+        """The k best classes: index, id, name, score."""
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return [{"index": int(i), "id": vocabulary.ids[i], "name": vocabulary.names[i],
+                 "score": float(self.scores[i])} for i in order]
+
+
+def audio_files(paths: list[Path]) -> list[Path]:
+    """The files given, with each folder replaced by the audio files under it (sorted); a
+    ValueError naming a path that does not exist or a folder without audio."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under this folder")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    return out
+
+
+def window_starts(frames: int, window: int) -> list[int]:
+    """First frames of the windows that cover `frames`: consecutive, the last one ending at the
+    end (overlapping its neighbour where the length is not a multiple); [0] for a short file."""
+    if frames <= window:
+        return [0]
+    starts = list(range(0, frames - window + 1, window))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return starts
+
+
+def load_predictor(checkpoint: Path, store: Path | None = None) -> tuple[AST, ModelInputs]:
+    """The model at full resolution and what it must be fed. A checkpoint written before c2f
+    recorded its inputs takes them from `store` (the store it was trained on)."""
+    model, state = load_trained_model(checkpoint)
+    if "inputs" not in state:
+        if store is None:
+            raise ValueError(f"{checkpoint} was saved before c2f recorded a model's feature settings, classes and "
+                             "normalisation in its checkpoints: give the store it was trained on with --store")
+        from c2fdata.reader import StoreReader
+        from c2fdata.store import open_store
+
+        reader = StoreReader(store, open_store(store).attrs["train_split"])
+        if reader.n_classes != model.cfg.num_classes:
+            raise ValueError(f"{checkpoint} was trained for {model.cfg.num_classes} classes; {store} has "
+                             f"{reader.n_classes}: give the store it was trained on")
+        state = {**state, "inputs": checkpoint_inputs(state, reader, model.cfg.target_frames)[0].to_dict()}
+    inputs = ModelInputs.from_dict(state["inputs"])
+    model.set_time_resolution(inputs.target_frames)
+    return model.eval(), inputs
+
+
+@torch.no_grad()
+def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.device,
+                 batch_size: int = 16) -> Prediction:
+    """One file's scores, averaged over its windows; a Prediction with `error` set for a file that
+    cannot be read or is too short for one analysis window (never an exception for bad audio)."""
+    try:
+        audio, sr = FileSource(str(path))()
+        feats = fbank(audio, sr, inputs.features, source=str(path))  # (frames, n_mels) float32
+    except BadClip as err:
+        return Prediction(str(path), error=f"{err.reason}: {err.detail}")
+    except Exception as err:  # noqa: BLE001  (a decoder bug on one file must not lose the others' scores)
+        return Prediction(str(path), error=f"error: {type(err).__name__}: {err}")
+    seconds = float(np.shape(audio)[0]) / sr
+    window = inputs.target_frames
+    clips = torch.stack([pad_or_crop(feats[s:s + window], window)[0] for s in window_starts(len(feats), window)])
+    clips = normalize(clips, inputs.norm_mean, inputs.norm_std)
+    scores = []
+    for batch in clips.split(batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(batch.to(device))
+        logits = logits.float()  # scores in float32, as evaluation computes them
+        scores.append(torch.sigmoid(logits) if inputs.multi_label else torch.softmax(logits, -1))
+    return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy())
+
+
+def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | None = None,
+                  device: str | None = None) -> tuple[list[Prediction], ModelInputs]:
+    """Every file's Prediction (in order; folders expanded) and the model's inputs (its classes)."""
+    files = audio_files(paths)
+    model, inputs = load_predictor(checkpoint, store)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    return [predict_file(model, inputs, f, dev) for f in files], inputs

@@ -1,0 +1,164 @@
+"""`c2ftrain predict` and what checkpoints record of their inputs: audio files are scored as the
+store path scores the same clips (build -> store -> loader), long files window by window, bad
+files are reported without losing the others, and `c2ftrain eval` refuses a store whose features
+or classes differ from the training store's."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+from conftest import tone
+from test_trainer import toy_recipe
+
+from c2fdata.build import BuildConfig, build_store
+from c2fdata.features import FbankConfig, fbank
+from c2fdata.pipeline import PipelineConfig, make_loader
+from c2fdata.reader import StoreReader
+from c2fdata.store import create_store_from_arrays
+from c2fdata.vocab import Vocabulary
+from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
+from c2ftrain.cli import main
+from c2ftrain.evaluate import evaluate_checkpoint
+from c2ftrain.predict import load_predictor, predict_files, window_starts
+from c2ftrain.trainer import PhaseTrainer
+
+FRAMES = 128  # the store's clip length: 1.28 s
+NORM = (-6.0, 3.0)  # the recipe's normalisation, far from the store's own statistics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store built by `c2fdata build` from wav files (two classes: high and low tones, clips of
+    1.0 to 1.3 s), and a tiny model trained on it with the recipe's own normalisation."""
+    root = tmp_path_factory.mktemp("predict")
+    for split, n in (("train", 8), ("eval", 4)):
+        for name, base in (("high", 1500), ("low", 200)):
+            (root / "data" / split / name).mkdir(parents=True)
+            for k in range(n):
+                sf.write(root / "data" / split / name / f"{k}.wav",
+                         tone(1.0 + 0.1 * (k % 4), freq=base + 40 * k, seed=k), 16000)
+    store = root / "store"
+    build_store(BuildConfig(dataset="folder", root=root / "data", out=store, block_clips=4,
+                            options={"target_frames": FRAMES}))
+    assert abs(StoreReader(store, "train").mean - NORM[0]) > 2  # so that the wrong normalisation shows
+    recipe = toy_recipe(store, norm_mean=NORM[0], norm_std=NORM[1], batch_size=8)
+    PhaseTrainer(recipe, recipe.phases, root / "run", "c2f", device="cpu").run()
+    return root, store, root / "run"
+
+
+@torch.no_grad()
+def store_scores(checkpoint, store) -> dict[str, np.ndarray]:
+    """Clip id -> softmax scores through the store: features made by the build, kept as float16,
+    padded, cropped and normalised by the loader (the path evaluation takes)."""
+    model, _ = load_predictor(checkpoint)
+    reader = StoreReader(store, "eval")
+    loader = make_loader(PipelineConfig(store=store, split="eval", batch_size=64, target_frames=FRAMES,
+                                        norm_mean=NORM[0], norm_std=NORM[1]), reader)
+    out = {}
+    try:
+        loader.set_epoch(0)
+        for batch in loader:
+            scores = torch.softmax(model(batch["features"].float()), -1).numpy()
+            out.update({reader.ids[i]: s for i, s in zip(batch["index"].tolist(), scores)})
+    finally:
+        loader.close()
+    return out
+
+
+def test_files_are_scored_as_the_store_scores_them(trained):
+    root, store, run = trained
+    reference = store_scores(run / "final.pt", store)
+    results, inputs = predict_files(run / "final.pt", [root / "data" / "eval"], device="cpu")  # a folder
+    assert len(results) == len(reference) == 8 and inputs.vocabulary.names == ("high", "low")
+    assert (inputs.norm_mean, inputs.norm_std) == NORM and inputs.target_frames == FRAMES
+    spread = np.ptp(np.stack(list(reference.values()))[:, 0])
+    for r in results:
+        clip = "/".join(r.path.split("/")[-2:])[: -len(".wav")]  # <class>/<k>, the folder dataset's id
+        assert r.windows == 1 and not r.error
+        assert np.abs(r.scores - reference[clip]).max() < 0.01 * max(spread, 0.1), clip  # float16 storage
+        assert r.scores.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_long_file_is_scored_window_by_window(trained):
+    root, _, run = trained
+    long = np.concatenate([tone(1.5, freq=1600, seed=1), tone(1.2, freq=250, seed=2)])
+    sf.write(root / "long.wav", long, 16000)
+    [r], _ = predict_files(run / "final.pt", [root / "long.wav"], device="cpu")
+    feats = fbank(long, 16000, FbankConfig())  # 268 frames: windows at 0, 128 and 140 (the last ends at the end)
+    assert len(feats) == 268 and r.windows == 3 and r.seconds == pytest.approx(2.7)
+    model, _ = load_predictor(run / "final.pt")
+    with torch.no_grad():
+        x = torch.stack([feats[s:s + FRAMES] for s in (0, 128, 140)])
+        want = torch.softmax(model((x - NORM[0]) / (2 * NORM[1])), -1).mean(0).numpy()
+    np.testing.assert_allclose(r.scores, want, rtol=1e-5, atol=1e-6)
+
+
+def test_window_starts():
+    assert window_starts(90, 128) == [0]  # zero-padded
+    assert window_starts(128, 128) == [0]
+    assert window_starts(256, 128) == [0, 128]
+    assert window_starts(300, 128) == [0, 128, 172]
+
+
+def test_cli_reports_bad_files_and_scores_the_rest(trained):
+    root, _, run = trained
+    good = root / "data" / "eval" / "high" / "0.wav"
+    (root / "notes.wav").write_text("not audio")
+    sf.write(root / "blip.wav", tone(0.01), 16000)  # 160 samples: shorter than one 25 ms window
+    r = CliRunner().invoke(main, ["predict", str(run / "final.pt"), str(good), str(root / "notes.wav"),
+                                  str(root / "blip.wav"), "--json", "--top-k", "2", "--device", "cpu"])
+    assert r.exit_code == 1
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["path"] for row in rows] == [str(good), str(root / "notes.wav"), str(root / "blip.wav")]
+    assert [c["name"] for c in rows[0]["top"]] in (["high", "low"], ["low", "high"]) and rows[0]["error"] == ""
+    assert rows[1]["error"].startswith("unreadable: ") and str(root / "notes.wav") in rows[1]["error"]
+    assert rows[2]["error"].startswith("too-short: ") and rows[2]["top"] == []
+    assert "2 of 3 files could not be scored" in r.stderr
+    r = CliRunner().invoke(main, ["predict", str(run / "final.pt"), str(good), "--device", "cpu"])
+    assert r.exit_code == 0 and "best 2 of 2 classes" in r.stdout
+    first_column = "".join(line.split("│")[1].strip() for line in r.stdout.splitlines() if line.startswith("│"))
+    assert first_column == str(good)  # folded over lines, never cut short
+    r = CliRunner().invoke(main, ["predict", str(run / "final.pt"), str(root / "nowhere.wav")])
+    assert r.exit_code == 2 and "nowhere.wav: no such file or folder" in r.stderr
+
+
+def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
+    """last.pt holds the recipe: with the store named, its inputs are recovered in full."""
+    root, store, run = trained
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "inputs"})
+    with pytest.raises(ValueError, match="give the store it was trained on with --store"):
+        load_predictor(tmp_path / "old.pt")
+    _, inputs = load_predictor(tmp_path / "old.pt", store)
+    _, recorded = load_predictor(run / "checkpoints" / "last.pt")
+    assert inputs == recorded
+    wav = root / "data" / "eval" / "low" / "1.wav"
+    [old], _ = predict_files(tmp_path / "old.pt", [wav], store=store, device="cpu")
+    [new], _ = predict_files(run / "checkpoints" / "last.pt", [wav], device="cpu")
+    np.testing.assert_array_equal(old.scores, new.scores)
+
+
+def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
+    _, _, run = trained
+    rng = np.random.default_rng(0)
+
+    def other(name, classes, fb=None):
+        split = {"features": rng.normal(-5, 2, (4, FRAMES, 128)).astype(np.float32), "frames": np.full(4, FRAMES),
+                 "labels": [[classes[i % 2]] for i in range(4)], "ids": [str(i) for i in range(4)]}
+        create_store_from_arrays(tmp_path / name, dataset="x", vocabulary=Vocabulary.from_names(classes),
+                                 multi_label=False, splits={"train": split, "eval": split}, fbank=fb)
+        return tmp_path / name
+
+    same = other("same", ["high", "low"])
+    assert set(evaluate_checkpoint(run / "final.pt", same, device="cpu")) == {"accuracy"}
+    with pytest.raises(ValueError, match=r"has the same 2 classes in another order \(class 0 is 'low', trained "
+                                         r"as 'high'\)"):
+        evaluate_checkpoint(run / "final.pt", other("swapped", ["low", "high"]), device="cpu")
+    with pytest.raises(ValueError, match=r"has frame_shift_ms 20\.0 \(trained with 10\.0\)"):
+        evaluate_checkpoint(run / "final.pt", other("hop", ["high", "low"], FbankConfig(frame_shift_ms=20.0)),
+                            device="cpu")
+    with pytest.raises(ValueError, match=r"has other classes \(class 1 is 'quiet'"):
+        evaluate_checkpoint(run / "final.pt", other("renamed", ["high", "quiet"]), device="cpu")
