@@ -63,7 +63,7 @@ def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size
     inputs, recorded = checkpoint_inputs(state, reader, cfg.target_frames)
     if recorded:
         inputs.check_store(reader, path, store)
-    if reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:  # what an older checkpoint allows checking
+    elif reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:  # all an older checkpoint allows
         raise ValueError(f"{path} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; "
                          f"{store} has {reader.n_classes} x {reader.n_mels}")
     model.set_time_resolution(inputs.target_frames)  # full resolution: the length it was trained at

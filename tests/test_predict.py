@@ -162,3 +162,9 @@ def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
                             device="cpu")
     with pytest.raises(ValueError, match=r"has other classes \(class 1 is 'quiet'"):
         evaluate_checkpoint(run / "final.pt", other("renamed", ["high", "quiet"]), device="cpu")
+    # a checkpoint from before inputs were recorded: only the number of classes and mels can be checked
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {k: v for k, v in load_checkpoint(run / "final.pt").items() if k != "inputs"})
+    assert set(evaluate_checkpoint(old, tmp_path / "swapped", device="cpu")) == {"accuracy"}
+    with pytest.raises(ValueError, match=r"old\.pt was trained for 2 classes x 128 mels; .*three has 3 x 128"):
+        evaluate_checkpoint(old, other("three", ["a", "b", "c"]), device="cpu")
