@@ -1,4 +1,4 @@
-"""c2fdata command line: thin wrappers over build_store / store_info / verify_store."""
+"""c2fdata command line: thin wrappers over build_store / store_info / verify_store / export_audio."""
 
 from __future__ import annotations
 
@@ -129,6 +129,30 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
         except KeyboardInterrupt:
             fail(f"interrupted; finished blocks are kept: re-run the same command to resume {cfg.out}")
     _print_build(result)
+
+
+@main.command("export-audio")
+@click.option("--dataset", required=True, type=click.Choice(sorted(ADAPTERS)), help="Dataset adapter.")
+@click.option("--split", required=True, help="Which split's clips.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="As for build.")
+@click.option("--limit", type=int, help="Only the first N clips of the split.")
+@click.option("--fold", type=int, default=1, show_default=True, help="esc50: as for build.")
+@click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed (as for build).")
+def export_audio(dataset, split, out, root, limit, fold, seed):
+    """Write a split's clips as wav files with labels.csv (the embedded dataset has no audio on
+    disk: to listen to it, or to try `c2ftrain predict`)."""
+    from c2fdata.export import export_audio as export
+
+    with LazyProgress("audio", rate_unit="clips/s") as progress:
+        try:
+            result = export(dataset, split, out, root=root, limit=limit, progress=progress, fold=fold, seed=seed)
+        except ValueError as err:
+            fail(str(err))
+    console.print(f"wrote {len(result.written)} clips of {dataset}/{split} to {result.out} (labels in labels.csv)")
+    if result.problems:
+        console.print(f"[yellow]{len(result.problems)} clips could not be read[/]: reasons in "
+                      f"{result.out / 'problems.csv'}")
 
 
 def _print_build(result) -> None:

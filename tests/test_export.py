@@ -1,0 +1,44 @@
+"""`c2fdata export-audio`: a split's clips as wav files with their labels, the samples the build
+reads; an unreadable clip is listed in problems.csv and the others are written."""
+
+import csv
+
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+from conftest import tone
+
+from c2fdata.cli import main
+from c2fdata.datasets import prepare
+
+
+def test_the_embedded_dataset_is_written_as_the_build_reads_it(tmp_path):
+    r = CliRunner().invoke(main, ["export-audio", "--dataset", "instruments", "--split", "eval_seen", "--limit", "3",
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
+    clips = prepare("instruments", None).clips["eval_seen"][:3]
+    assert [(row["id"], row["labels"]) for row in rows] == [(c.id, c.labels[0]) for c in clips]
+    for row, clip in zip(rows, clips):
+        audio, sr = sf.read(tmp_path / "out" / row["file"], dtype="float32")
+        want, want_sr = clip.source()
+        assert sr == want_sr and row["file"] == clip.id.replace("/", "_") + ".wav"
+        np.testing.assert_array_equal(audio, want)
+    assert not (tmp_path / "out" / "problems.csv").exists()
+
+
+def test_a_bad_clip_is_listed_and_the_others_written(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        sf.write(tmp_path / "data" / "train" / name / "0.wav", tone(0.5), 16000)
+    (tmp_path / "data" / "train" / "b" / "1.wav").write_text("not audio")
+    r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
+                                  "--split", "train", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 clips" in r.output and "1 clips could not be read" in r.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["a_0.wav", "b_0.wav"]
+    [problem] = list(csv.DictReader(open(tmp_path / "out" / "problems.csv")))
+    assert problem["id"] == "b/1" and problem["reason"].startswith("unreadable: ")
+    r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
+                                  "--split", "valid", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "no split 'valid'; its splits are ['train']" in r.output
