@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from c2fdata.datasets import prepare
 from c2fdata.features import BadClip

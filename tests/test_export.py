@@ -16,7 +16,7 @@ def test_the_embedded_dataset_is_written_as_the_build_reads_it(tmp_path):
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "instruments", "--split", "eval_seen", "--limit", "3",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "labels.csv").read_text().splitlines()))
     clips = prepare("instruments", None).clips["eval_seen"][:3]
     assert [(row["id"], row["labels"]) for row in rows] == [(c.id, c.labels[0]) for c in clips]
     for row, clip in zip(rows, clips):
@@ -37,7 +37,7 @@ def test_a_bad_clip_is_listed_and_the_others_written(tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote 2 clips" in r.output and "1 clips could not be read" in r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["a_0.wav", "b_0.wav"]
-    [problem] = list(csv.DictReader(open(tmp_path / "out" / "problems.csv")))
+    [problem] = list(csv.DictReader((tmp_path / "out" / "problems.csv").read_text().splitlines()))
     assert problem["id"] == "b/1" and problem["reason"].startswith("unreadable: ")
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
                                   "--split", "valid", "--out", str(tmp_path / "out")])
