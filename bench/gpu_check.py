@@ -49,7 +49,12 @@ METRIC_TOLERANCE = 3 / 64
 # Per-step limits, about twice what each took on one H200 (a 25 s, b 79, c 60, d 88, e 13; f and g,
 # not yet measured, are d's run once and d's run twice); --timeout-scale stretches them all. Most
 # of b, d, f and g is building DALI pipelines, about 7 s each on that machine (reader processes).
-TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 45, "f": 180, "g": 300}
+TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 75, "f": 180, "g": 300}
+# Step e's predict on CUDA (bf16 autocast) against the same files on the CPU (float32): the
+# largest difference of any class's score allowed. bf16 keeps 8 mantissa bits (~0.4% relative)
+# through a 2-block model; the scores are probabilities in [0, 1].
+PREDICT_SCORE_ATOL = 0.03
+TOY_AUDIO_FILES = 4  # noise of 0.3 to 1.2 s: shorter than the toy's 64-frame clips and longer (windows)
 
 Outcome = tuple[bool, str]  # passed, one line of detail
 
@@ -101,6 +106,7 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
         Command((PY, "-m", "c2fdata.cli", "build", "--dataset", "instruments", "--workers", "2")),)
     throughput_json = work / "c-throughput.json"
     eval_json = work / "e-eval.json"
+    predicted = {dev: work / f"e-predict-{dev}.jsonl" for dev in ("cuda", "cpu")}
     return [
         Step("a", "cuda-tests", "every CUDA test of the suite runs, none skipped, and passes",
              (Command((PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
@@ -118,10 +124,14 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
              (Command((PY, "-m", "bench.gpu_check", "toy-run", str(toy), "--loader", loader)),
               Command(c2ftrain("run", recipe, "--no-baseline", "--out", run_d))),
              timeout("d"), check=lambda: train_outcome(run_d)),
-        Step("e", "eval", "c2ftrain eval of final.pt reproduces the run's final metric",
+        Step("e", "eval", "c2ftrain eval of final.pt reproduces the run's final metric; c2ftrain predict "
+                          "scores audio files on CUDA as on the CPU",
              (Command(c2ftrain("eval", run_d / "c2f" / "final.pt", "--store", toy / "store", "--split", "eval",
-                               "--batch-size", "32", "--json"), stdout=eval_json),),
-             timeout("e"), check=lambda: eval_outcome(eval_json, run_d), needs=("d",)),
+                               "--batch-size", "32", "--json"), stdout=eval_json),
+              *(Command(c2ftrain("predict", run_d / "c2f" / "final.pt", toy / "audio", "--json", "--top-k", "4",
+                                 "--device", dev), stdout=out) for dev, out in predicted.items())),
+             timeout("e"), check=lambda: eval_outcome(eval_json, run_d, predicted["cuda"], predicted["cpu"]),
+             needs=("d",)),
         Step("f", "torchrun", "torchrun, one process in an NCCL group, trains to d's metrics",
              (Command((PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "c2ftrain",
                        "run", str(recipe), "--no-baseline", "--out", str(run_f))),),
@@ -291,10 +301,31 @@ def same_metrics(run_dir: Path, reference_dir: Path) -> Outcome:
     return _within(history_gaps(outcome_of(run_dir), outcome_of(reference_dir)), "the uninterrupted run")
 
 
-def eval_outcome(eval_json: Path, run_dir: Path) -> Outcome:
+def eval_outcome(eval_json: Path, run_dir: Path, predict_gpu: Path | None = None,
+                 predict_cpu: Path | None = None) -> Outcome:
     text = eval_json.read_text()
     metrics = json.loads(text[text.index("{"):])  # the JSON object, past anything printed before it
-    return _within(metric_gaps(metrics, outcome_of(run_dir)["metrics"]), "the run's final evaluation")
+    passed, detail = _within(metric_gaps(metrics, outcome_of(run_dir)["metrics"]), "the run's final evaluation")
+    if not passed or predict_gpu is None:
+        return passed, detail
+    gpu, cpu = predictions(predict_gpu), predictions(predict_cpu)
+    if set(gpu) != set(cpu) or len(gpu) < TOY_AUDIO_FILES or any(not scores for scores in gpu.values()):
+        return False, f"predict scored {sorted(k for k, v in gpu.items() if v)} on CUDA, {sorted(cpu)} on the CPU"
+    gap = max(abs(gpu[f][c] - cpu[f][c]) for f in gpu for c in cpu[f])
+    if gap > PREDICT_SCORE_ATOL:
+        return False, f"predict on CUDA differs from the CPU by {gap:.4f} in a score (allowed {PREDICT_SCORE_ATOL})"
+    return True, f"{detail}; predict: {len(gpu)} files, CUDA - CPU scores within {gap:.4f}"
+
+
+def predictions(jsonl: Path) -> dict[str, dict[str, float]]:
+    """`c2ftrain predict --json` output -> file -> class -> score ({} for a file it could not
+    score); lines that are not JSON objects (a library's banner) are passed over."""
+    out = {}
+    for line in jsonl.read_text().splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            out[row["path"]] = {c["name"]: c["score"] for c in row["top"]}
+    return out
 
 
 def torchrun_outcome(run_dir: Path, reference_dir: Path, log: Path) -> Outcome:
@@ -367,7 +398,7 @@ checkpoint_every_steps = 2
 
 
 def write_toy_run(out: Path, loader: str = "dali") -> Path:
-    """The toy store and step d's recipe under `out`; the recipe's path."""
+    """The toy store, step d's recipe and step e's audio files under `out`; the recipe's path."""
     from c2fdata.store import create_store_from_arrays
     from c2fdata.vocab import Vocabulary
 
@@ -378,6 +409,16 @@ def write_toy_run(out: Path, loader: str = "dali") -> Path:
         classes = Vocabulary.from_names([f"c{k}" for k in range(4)])
         create_store_from_arrays(store, dataset="gpu-check", vocabulary=classes, multi_label=False, block_clips=16,
                                  splits=splits)
+    audio = out / "audio"  # step e's files for predict
+    if not audio.exists():
+        import numpy as np
+        import soundfile as sf
+
+        audio.mkdir()
+        rng = np.random.default_rng(0)
+        for i, seconds in enumerate(np.linspace(0.3, 1.2, TOY_AUDIO_FILES)):
+            sf.write(audio / f"noise-{i}.wav", (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32),
+                     16000, subtype="FLOAT")
     recipe = out / "recipe.toml"
     recipe.write_text(toy_recipe(store, loader))
     return recipe

@@ -239,6 +239,22 @@ def test_eval_and_torchrun_checks(tmp_path):
     assert gc.eval_outcome(tmp_path / "eval.json", run)[0]
     (tmp_path / "eval.json").write_text('{"accuracy": 0.5}')
     assert not gc.eval_outcome(tmp_path / "eval.json", run)[0]
+    (tmp_path / "eval.json").write_text('{"accuracy": 0.75}')
+
+    def predicted(name, scores, error=""):
+        rows = [{"path": f"n{i}.wav", "error": error if i == 1 else "",
+                 "top": [] if error and i == 1 else [{"name": "c0", "score": s}, {"name": "c1", "score": 1 - s}]}
+                for i, s in enumerate(scores)]
+        (tmp_path / name).write_text("DALI banner\n" + "".join(json.dumps(r) + "\n" for r in rows))
+        return tmp_path / name
+
+    cpu = predicted("cpu.jsonl", [0.1, 0.5, 0.7, 0.9])
+    ok = gc.eval_outcome(tmp_path / "eval.json", run, predicted("gpu.jsonl", [0.11, 0.49, 0.7, 0.9]), cpu)
+    assert ok[0] and ok[1].endswith("; predict: 4 files, CUDA - CPU scores within 0.0100")
+    far = gc.eval_outcome(tmp_path / "eval.json", run, predicted("gpu.jsonl", [0.1, 0.5, 0.6, 0.9]), cpu)
+    assert far == (False, "predict on CUDA differs from the CPU by 0.1000 in a score (allowed 0.03)")
+    unscored = gc.eval_outcome(tmp_path / "eval.json", run, predicted("gpu.jsonl", [0.1, 0.5, 0.7, 0.9], "bad"), cpu)
+    assert not unscored[0] and "predict scored ['n0.wav', 'n2.wav', 'n3.wav'] on CUDA" in unscored[1]
     ddp = outcome(tmp_path / "ddp", [0.5, 0.75])
     (tmp_path / "f.log").write_text("NCCL INFO Init COMPLETE\n")
     assert gc.torchrun_outcome(ddp, run, tmp_path / "f.log")[0]
