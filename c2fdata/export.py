@@ -9,6 +9,7 @@ for clips that could not be read, `problems.csv` (id, reason): one bad clip neve
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,13 @@ class ExportResult:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (clip id, "reason: detail")
 
 
-def file_name(clip_id: str) -> str:
-    """A file name from a clip id: '/' and anything unusual in a name become '_'."""
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", clip_id) + ".wav"
+def file_name(clip_id: str, taken: set[str]) -> str:
+    """A file name from a clip id: '/' and anything unusual in a name become '_'; where that
+    makes a name already `taken` (ids `a/b_0` and `a_b/0`), a short hash of the id is added."""
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", clip_id)
+    if name + ".wav" in taken:
+        name += "-" + hashlib.sha1(clip_id.encode()).hexdigest()[:8]
+    return name + ".wav"
 
 
 def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = None, limit: int | None = None,
@@ -38,10 +43,12 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
     spec = prepare(dataset, root, **options)
     if split not in spec.clips:
         raise ValueError(f"dataset {dataset!r} has no split {split!r}; its splits are {sorted(spec.clips)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (clips to write), got {limit}")
     clips = spec.clips[split][:limit]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = ExportResult(out)
+    result, taken = ExportResult(out), set()
     with open(out / "labels.csv", "w", newline="") as f:
         rows = csv.writer(f)
         rows.writerow(["file", "id", "labels"])
@@ -50,8 +57,11 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
                 audio, sr = clip.source()
             except BadClip as err:
                 result.problems.append((clip.id, f"{err.reason}: {err.detail}"))
+            except Exception as err:  # noqa: BLE001  (a decoder bug on one clip must not stop the rest, as in a build)
+                result.problems.append((clip.id, f"error: {type(err).__name__}: {err}"))
             else:
-                path = out / file_name(clip.id)
+                path = out / file_name(clip.id, taken)
+                taken.add(path.name)
                 sf.write(path, audio, sr, subtype="FLOAT")  # float32: the samples the build reads, unrounded
                 rows.writerow([path.name, clip.id, ";".join(clip.labels)])
                 result.written.append(path)

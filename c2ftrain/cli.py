@@ -395,28 +395,26 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="classes shown per file")
 @click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="the training store, for a checkpoint saved before checkpoints recorded their inputs")
+              help="the training store: for a checkpoint saved before checkpoints recorded their inputs "
+                   "(default: the store it names); with a newer one, checked against what it recorded")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line and file")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def predict(checkpoint, audio, top_k, store, as_json, device):
     """Score audio files (or every audio file under a folder) with a trained checkpoint: its best
     classes per file. Files longer than the model's clips are scored in windows, averaged."""
-    import torch
     from rich.markup import escape
-    from rich.progress import track
+    from rich.progress import Progress
     from rich.table import Table
 
-    from c2ftrain.predict import audio_files, load_predictor, predict_file
+    from c2ftrain.predict import predict_files
 
-    try:
-        files = audio_files(list(audio))
-        model, inputs = load_predictor(checkpoint, store)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    dev = torch.device(_device(device) or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(dev)
-    results = [predict_file(model, inputs, f, dev) for f in
-               track(files, description="scoring", console=Console(stderr=True), transient=True, disable=as_json)]
+    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
+        task = bar.add_task("scoring", total=None)
+        try:
+            results, inputs = predict_files(checkpoint, list(audio), store=store, device=_device(device),
+                                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, FileNotFoundError) as err:
+            fail(str(err))
     vocab = inputs.vocabulary
     if as_json:
         for r in results:

@@ -23,20 +23,25 @@ def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device,
     scores, targets, index = [], [], []
     loader.set_epoch(0)
     for batch in loader:
-        x = batch["features"].to(device, non_blocking=True)
-        if device.type != "cuda":
-            x = x.float()  # a float16/bfloat16 hand-over meets float32 weights (no autocast on CPU)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
-        # scores in float32: a sigmoid of bf16 logits keeps 8 mantissa bits and ties mAP/AUC ranks
-        logits = logits.float()
-        scores.append(torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1))
+        scores.append(class_scores(model, batch["features"].to(device, non_blocking=True), multi_label, device))
         targets.append(batch["labels"])
         index.append(batch["index"])
     s, t = gather_cat(d, torch.cat(scores).cpu()), gather_cat(d, torch.cat(targets).cpu())
     i = gather_cat(d, torch.cat(index).cpu())
     order = torch.argsort(i)  # rank shards interleave; every clip once
     return compute_metrics(s[order].numpy(), t[order].numpy(), multi_label)
+
+
+def class_scores(model: AST, x: torch.Tensor, multi_label: bool, device: torch.device) -> torch.Tensor:
+    """(B, K) float32 scores of a batch already on `device`: sigmoid (multi-label) or softmax of
+    the logits, the model run under bf16 autocast on CUDA."""
+    if device.type != "cuda":
+        x = x.float()  # a float16/bfloat16 hand-over meets float32 weights (no autocast on CPU)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(x)
+    # scores in float32: a sigmoid of bf16 logits keeps 8 mantissa bits and ties mAP/AUC ranks
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)
 
 
 def load_trained_model(path: Path) -> tuple[AST, dict]:
@@ -49,6 +54,16 @@ def load_trained_model(path: Path) -> tuple[AST, dict]:
     model.set_time_resolution(**state["resolution"])
     model.load_state_dict(state["model"])
     return model, state
+
+
+def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
+    """The model at `frames` frames and the config's patch: a checkpoint saved in a coarse phase
+    (checkpoints/last.pt) is resampled as its recipe resamples (it holds the recipe; final.pt is
+    at full resolution already)."""
+    spec = state.get("recipe", {}).get("model", {})
+    model.set_time_resolution(frames, interpolation=spec.get("interpolation", "bilinear"),
+                              antialias=spec.get("antialias", True))
+    return model
 
 
 def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64,
@@ -66,7 +81,7 @@ def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size
     elif reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:  # all an older checkpoint allows
         raise ValueError(f"{path} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; "
                          f"{store} has {reader.n_classes} x {reader.n_mels}")
-    model.set_time_resolution(inputs.target_frames)  # full resolution: the length it was trained at
+    to_full_resolution(model, state, inputs.target_frames)  # the length it was trained at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # as the trainer evaluates: the first target_frames of longer clips, its normalisation
     loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,

@@ -11,6 +11,7 @@ A file that cannot be read is reported and the others are still scored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from c2fdata.datasets.base import AUDIO_EXTENSIONS, FileSource
 from c2fdata.features import BadClip, fbank, pad_or_crop
 from c2fdata.pipeline.torch_loader import normalize
-from c2ftrain.evaluate import load_trained_model
+from c2ftrain.evaluate import class_scores, load_trained_model, to_full_resolution
 from c2ftrain.inputs import ModelInputs, checkpoint_inputs
 from c2ftrain.model import AST
 
@@ -68,25 +69,42 @@ def window_starts(frames: int, window: int) -> list[int]:
     return starts
 
 
-def load_predictor(checkpoint: Path, store: Path | None = None) -> tuple[AST, ModelInputs]:
-    """The model at full resolution and what it must be fed. A checkpoint written before c2f
-    recorded its inputs takes them from `store` (the store it was trained on)."""
-    model, state = load_trained_model(checkpoint)
-    if "inputs" not in state:
-        if store is None:
-            raise ValueError(f"{checkpoint} was saved before c2f recorded a model's feature settings, classes and "
-                             "normalisation in its checkpoints: give the store it was trained on with --store")
-        from c2fdata.reader import StoreReader
-        from c2fdata.store import open_store
+def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[AST, ModelInputs]:
+    """The model at full resolution and what it must be fed, as the checkpoint recorded it (a
+    ValueError if `store` is given and makes other features or has other classes). A checkpoint
+    saved before checkpoints recorded their inputs takes them from `store`, by default the
+    training store it names: its classes and fbank settings, its statistics (the recipe's
+    normalisation where the checkpoint holds the recipe, as checkpoints/last.pt does)."""
+    from c2fdata.reader import StoreReader
 
-        reader = StoreReader(store, open_store(store).attrs["train_split"])
-        if reader.n_classes != model.cfg.num_classes:
-            raise ValueError(f"{checkpoint} was trained for {model.cfg.num_classes} classes; {store} has "
-                             f"{reader.n_classes}: give the store it was trained on")
-        state = {**state, "inputs": checkpoint_inputs(state, reader, model.cfg.target_frames)[0].to_dict()}
-    inputs = ModelInputs.from_dict(state["inputs"])
-    model.set_time_resolution(inputs.target_frames)
-    return model.eval(), inputs
+    model, state = load_trained_model(checkpoint)
+    cfg = model.cfg
+    if "inputs" in state:
+        inputs = ModelInputs.from_dict(state["inputs"])
+        if store is not None:
+            inputs.check_store(StoreReader(store, train_split_of(store)), checkpoint, store)
+    else:
+        store = store or state.get("store")  # final.pt has always named the store it was trained on
+        if store is None:
+            raise ValueError(f"{checkpoint} was saved before checkpoints recorded their model's feature settings, "
+                             "classes and normalisation: give the store it was trained on with --store")
+        try:
+            reader = StoreReader(store, train_split_of(store))
+        except (ValueError, FileNotFoundError) as err:  # StoreFormatError is a ValueError
+            raise ValueError(f"{checkpoint} was saved before checkpoints recorded their model's inputs, and its "
+                             f"training store {store} cannot be read ({err}): give it with --store") from None
+        if (reader.n_classes, reader.n_mels) != (cfg.num_classes, cfg.n_mels):
+            raise ValueError(f"{checkpoint} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; {store} "
+                             f"has {reader.n_classes} x {reader.n_mels}: give the store it was trained on")
+        inputs = checkpoint_inputs(state, reader, cfg.target_frames)[0]
+    return to_full_resolution(model, state, inputs.target_frames).eval(), inputs
+
+
+def train_split_of(store) -> str:
+    """The split a store's statistics come from (any split would do: the attributes are the store's)."""
+    from c2fdata.store import open_store
+
+    return open_store(store).attrs["train_split"]
 
 
 @torch.no_grad()
@@ -105,20 +123,21 @@ def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.devi
     window = inputs.target_frames
     clips = torch.stack([pad_or_crop(feats[s:s + window], window)[0] for s in window_starts(len(feats), window)])
     clips = normalize(clips, inputs.norm_mean, inputs.norm_std)
-    scores = []
-    for batch in clips.split(batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch.to(device))
-        logits = logits.float()  # scores in float32, as evaluation computes them
-        scores.append(torch.sigmoid(logits) if inputs.multi_label else torch.softmax(logits, -1))
+    scores = [class_scores(model, batch.to(device), inputs.multi_label, device) for batch in clips.split(batch_size)]
     return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy())
 
 
-def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | None = None,
-                  device: str | None = None) -> tuple[list[Prediction], ModelInputs]:
-    """Every file's Prediction (in order; folders expanded) and the model's inputs (its classes)."""
+def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | None = None, device: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[list[Prediction], ModelInputs]:
+    """Every file's Prediction (in order; folders expanded) and the model's inputs (its classes);
+    `progress(done, total)` after each file. Paths are all checked before the model is loaded."""
     files = audio_files(paths)
     model, inputs = load_predictor(checkpoint, store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
-    return [predict_file(model, inputs, f, dev) for f in files], inputs
+    out = []
+    for f in files:
+        out.append(predict_file(model, inputs, f, dev))
+        if progress:
+            progress(len(out), len(files))
+    return out, inputs

@@ -360,6 +360,14 @@ class PhaseTrainer:
     def ckpt_path(self) -> Path:
         return self.out / "checkpoints" / "last.pt"
 
+    def model_record(self, model: AST) -> dict:
+        """What every checkpoint (last.pt, final.pt, final_averaged.pt) holds of a model: its
+        weights at their resolution and config, what it must be fed (`c2ftrain eval`, `predict`),
+        and the store it was trained on."""
+        return {"model": model.state_dict(), "resolution": model.resolution_state(), "model_config": self.cfg.to_dict(),
+                "inputs": self.inputs.to_dict(), "store": str(self.recipe.store),
+                "store_fingerprint": self.store_fingerprint}
+
     def save(self, model: AST, optimizer, state: RunState) -> None:
         if not self.dist.is_main:
             return
@@ -367,11 +375,9 @@ class PhaseTrainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.ckpt_path, {
-            "format": CHECKPOINT_FORMAT, "label": self.label,
-            "model": model.state_dict(), "resolution": model.resolution_state(),
-            "model_config": self.cfg.to_dict(), "inputs": self.inputs.to_dict(), "optimizer": optimizer.state_dict(),
-            **state.to_dict(), "rng": rng, "recipe": self.recipe.to_dict(),
-            "phases": [asdict(p) for p in self.phases], "store_fingerprint": self.store_fingerprint,
+            "format": CHECKPOINT_FORMAT, "label": self.label, **self.model_record(model),
+            "optimizer": optimizer.state_dict(), **state.to_dict(), "rng": rng, "recipe": self.recipe.to_dict(),
+            "phases": [asdict(p) for p in self.phases],
         })
 
     def _restore(self, model: AST) -> tuple[RunState, dict]:
@@ -434,9 +440,7 @@ class PhaseTrainer:
             self.close()
         final["skipped_clips"] = int(gather_cat(self.dist, torch.tensor([self.skipped_clips])).sum())
         if self.dist.is_main:
-            save_checkpoint(self.out / "final.pt", {"model": model.state_dict(), "resolution": model.resolution_state(),
-                                                     "model_config": self.cfg.to_dict(), "inputs": self.inputs.to_dict(),
-                                                     "store": str(self.recipe.store)})
+            save_checkpoint(self.out / "final.pt", self.model_record(model))
         return RunOutcome(self.label, self.metric_name, float(final[self.metric_name]), final, state.records,
                           state.history)
 
@@ -448,9 +452,7 @@ class PhaseTrainer:
         full_resolution(self.cfg).apply(averaged, self.recipe.model)
         averaged.load_state_dict({k: v.to(self.device) for k, v in state.average.items()})
         if self.dist.is_main:
-            save_checkpoint(self.out / "final_averaged.pt", {
-                "model": averaged.state_dict(), "resolution": averaged.resolution_state(),
-                "model_config": self.cfg.to_dict(), "store": str(self.recipe.store), "epochs": state.averaged})
+            save_checkpoint(self.out / "final_averaged.pt", {**self.model_record(averaged), "epochs": state.averaged})
         metrics = evaluate_loader(averaged, eval_loader, self.multi_label, self.device, self.dist)
         return {f"averaged/{k}": v for k, v in metrics.items()} | {"averaged/epochs": state.averaged}
 

@@ -2,6 +2,7 @@
 reads; an unreadable clip is listed in problems.csv and the others are written."""
 
 import csv
+import hashlib
 
 import numpy as np
 import soundfile as sf
@@ -32,11 +33,19 @@ def test_a_bad_clip_is_listed_and_the_others_written(tmp_path):
         (tmp_path / "data" / "train" / name).mkdir(parents=True)
         sf.write(tmp_path / "data" / "train" / name / "0.wav", tone(0.5), 16000)
     (tmp_path / "data" / "train" / "b" / "1.wav").write_text("not audio")
+    (tmp_path / "data" / "train" / "a_b").mkdir()  # clips a/b_0 and a_b/0: both a_b_0 as file names
+    sf.write(tmp_path / "data" / "train" / "a" / "b_0.wav", tone(0.4, freq=300), 16000)
+    sf.write(tmp_path / "data" / "train" / "a_b" / "0.wav", tone(0.4, freq=900), 16000)
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
                                   "--split", "train", "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    assert "wrote 2 clips" in r.output and "1 clips could not be read" in r.output
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["a_0.wav", "b_0.wav"]
+    assert "wrote 4 clips" in r.output and "1 clips could not be read" in r.output
+    other = f"a_b_0-{hashlib.sha1(b'a_b/0').hexdigest()[:8]}.wav"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == sorted(["a_0.wav", "a_b_0.wav", other, "b_0.wav"])
+    rows = {row["file"]: row for row in csv.DictReader((tmp_path / "out" / "labels.csv").read_text().splitlines())}
+    assert (rows["a_b_0.wav"]["id"], rows[other]["id"], rows[other]["labels"]) == ("a/b_0", "a_b/0", "a_b")
+    np.testing.assert_array_equal(sf.read(tmp_path / "out" / other, dtype="float32")[0],
+                                  sf.read(tmp_path / "data" / "train" / "a_b" / "0.wav", dtype="float32")[0])
     [problem] = list(csv.DictReader((tmp_path / "out" / "problems.csv").read_text().splitlines()))
     assert problem["id"] == "b/1" and problem["reason"].startswith("unreadable: ")
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),

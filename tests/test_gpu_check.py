@@ -255,6 +255,9 @@ def test_eval_and_torchrun_checks(tmp_path):
     assert far == (False, "predict on CUDA differs from the CPU by 0.1000 in a score (allowed 0.03)")
     unscored = gc.eval_outcome(tmp_path / "eval.json", run, predicted("gpu.jsonl", [0.1, 0.5, 0.7, 0.9], "bad"), cpu)
     assert not unscored[0] and "predict scored ['n0.wav', 'n2.wav', 'n3.wav'] on CUDA" in unscored[1]
+    cpu_unscored = gc.eval_outcome(tmp_path / "eval.json", run, predicted("gpu.jsonl", [0.1, 0.5, 0.7, 0.9]),
+                                   predicted("cpu.jsonl", [0.1, 0.5, 0.7, 0.9], "bad"))
+    assert not cpu_unscored[0] and "and ['n0.wav', 'n2.wav', 'n3.wav'] on the CPU" in cpu_unscored[1]
     ddp = outcome(tmp_path / "ddp", [0.5, 0.75])
     (tmp_path / "f.log").write_text("NCCL INFO Init COMPLETE\n")
     assert gc.torchrun_outcome(ddp, run, tmp_path / "f.log")[0]

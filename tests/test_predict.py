@@ -4,6 +4,7 @@ files are reported without losing the others, and `c2ftrain eval` refuses a stor
 or classes differ from the training store's."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from c2fdata.vocab import Vocabulary
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.cli import main
 from c2ftrain.evaluate import evaluate_checkpoint
-from c2ftrain.predict import load_predictor, predict_files, window_starts
+from c2ftrain.predict import load_predictor, predict_file, predict_files, window_starts
 from c2ftrain.trainer import PhaseTrainer
 
 FRAMES = 128  # the store's clip length: 1.28 s
@@ -50,36 +51,46 @@ def trained(tmp_path_factory):
 
 
 @torch.no_grad()
-def store_scores(checkpoint, store) -> dict[str, np.ndarray]:
-    """Clip id -> softmax scores through the store: features made by the build, kept as float16,
-    padded, cropped and normalised by the loader (the path evaluation takes)."""
+def store_path(checkpoint, store) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Clip id -> (model input, softmax scores) through the store: features made by the build,
+    kept as float16, padded, cropped and normalised by the loader (the path evaluation takes)."""
     model, _ = load_predictor(checkpoint)
     reader = StoreReader(store, "eval")
     loader = make_loader(PipelineConfig(store=store, split="eval", batch_size=64, target_frames=FRAMES,
                                         norm_mean=NORM[0], norm_std=NORM[1]), reader)
-    out = {}
+    inputs, scores = {}, {}
     try:
         loader.set_epoch(0)
         for batch in loader:
-            scores = torch.softmax(model(batch["features"].float()), -1).numpy()
-            out.update({reader.ids[i]: s for i, s in zip(batch["index"].tolist(), scores)})
+            x = batch["features"].float()
+            for i, xi, si in zip(batch["index"].tolist(), x, torch.softmax(model(x), -1).numpy()):
+                inputs[reader.ids[i]], scores[reader.ids[i]] = xi, si
     finally:
         loader.close()
-    return out
+    return inputs, scores
 
 
-def test_files_are_scored_as_the_store_scores_them(trained):
+def test_files_are_fed_and_scored_as_the_store_feeds_them(trained):
+    """The model's input itself is compared, clip by clip: normalisation, padding (clips of 1.0
+    to 1.3 s in 1.28 s windows) and crop position show there, whatever the model learnt."""
     root, store, run = trained
-    reference = store_scores(run / "final.pt", store)
+    want_inputs, want_scores = store_path(run / "final.pt", store)
     results, inputs = predict_files(run / "final.pt", [root / "data" / "eval"], device="cpu")  # a folder
-    assert len(results) == len(reference) == 8 and inputs.vocabulary.names == ("high", "low")
+    assert len(results) == len(want_scores) == 8 and inputs.vocabulary.names == ("high", "low")
     assert (inputs.norm_mean, inputs.norm_std) == NORM and inputs.target_frames == FRAMES
-    spread = np.ptp(np.stack(list(reference.values()))[:, 0])
+    model, inputs = load_predictor(run / "final.pt")
+    fed = []
+    model.register_forward_pre_hook(lambda _, args: fed.append(args[0][0].clone()))
     for r in results:
         clip = "/".join(r.path.split("/")[-2:])[: -len(".wav")]  # <class>/<k>, the folder dataset's id
         assert r.windows == 1 and not r.error
-        assert np.abs(r.scores - reference[clip]).max() < 0.01 * max(spread, 0.1), clip  # float16 storage
+        assert predict_file(model, inputs, Path(r.path), torch.device("cpu")).scores.tolist() == r.scores.tolist()
+        # float16 storage: |x| < 16 rounds by at most 2^-8, 6.5e-4 after dividing by 2 std = 6
+        torch.testing.assert_close(fed[-1], want_inputs[clip], rtol=0, atol=1e-3)
+        assert np.abs(r.scores - want_scores[clip]).max() < 1e-3, clip
         assert r.scores.sum() == pytest.approx(1.0, abs=1e-5)
+    padded = [x for x in want_inputs.values() if (x[-10:] == (0 - NORM[0]) / (2 * NORM[1])).all()]
+    assert len(padded) >= 4  # the clips under 1.28 s: their padding, normalised, was compared too
 
 
 def test_a_long_file_is_scored_window_by_window(trained):
@@ -126,10 +137,11 @@ def test_cli_reports_bad_files_and_scores_the_rest(trained):
 
 
 def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
-    """last.pt holds the recipe: with the store named, its inputs are recovered in full."""
+    """last.pt holds the recipe: with the store named, its inputs are recovered in full. final.pt
+    has always named its store, which is then the default (with the store's statistics)."""
     root, store, run = trained
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "inputs"})
+    old_keys = lambda state: {k: v for k, v in state.items() if k not in ("inputs", "store", "store_fingerprint")}
+    save_checkpoint(tmp_path / "old.pt", old_keys(load_checkpoint(run / "checkpoints" / "last.pt")))
     with pytest.raises(ValueError, match="give the store it was trained on with --store"):
         load_predictor(tmp_path / "old.pt")
     _, inputs = load_predictor(tmp_path / "old.pt", store)
@@ -139,6 +151,15 @@ def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
     [old], _ = predict_files(tmp_path / "old.pt", [wav], store=store, device="cpu")
     [new], _ = predict_files(run / "checkpoints" / "last.pt", [wav], device="cpu")
     np.testing.assert_array_equal(old.scores, new.scores)
+    final = load_checkpoint(run / "final.pt")
+    save_checkpoint(tmp_path / "old-final.pt", {**old_keys(final), "store": str(store)})  # as final.pt was saved
+    _, inputs = load_predictor(tmp_path / "old-final.pt")
+    reader = StoreReader(store, "train")
+    assert (inputs.norm_mean, inputs.norm_std) == (reader.mean, reader.std) and inputs.vocabulary == recorded.vocabulary
+    save_checkpoint(tmp_path / "moved.pt", {**old_keys(final), "store": str(tmp_path / "gone")})
+    with pytest.raises(ValueError, match=r"moved\.pt was saved before .* its training store .*gone cannot be read "
+                                         r"\(.*\): give it with --store"):
+        load_predictor(tmp_path / "moved.pt")
 
 
 def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
@@ -168,3 +189,25 @@ def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
     assert set(evaluate_checkpoint(old, tmp_path / "swapped", device="cpu")) == {"accuracy"}
     with pytest.raises(ValueError, match=r"old\.pt was trained for 2 classes x 128 mels; .*three has 3 x 128"):
         evaluate_checkpoint(old, other("three", ["a", "b", "c"]), device="cpu")
+    # predict with --store and a checkpoint that recorded its inputs: the store is checked against them
+    with pytest.raises(ValueError, match="the same 2 classes in another order"):
+        load_predictor(run / "final.pt", tmp_path / "swapped")
+
+
+def test_a_coarse_checkpoint_is_resampled_as_its_recipe_resamples():
+    """last.pt saved in a coarse phase: eval and predict bring it to full resolution with the
+    recipe's interpolation (here bicubic, not the default bilinear)."""
+    import copy
+
+    from c2ftrain.evaluate import to_full_resolution
+    from c2ftrain.model import AST, ast_config
+
+    coarse = AST(ast_config("tiny", n_mels=128, target_frames=128, patch_stride=(16, 16), num_classes=2))
+    coarse.set_time_resolution(32)
+    state = {"recipe": {"model": {"interpolation": "bicubic", "antialias": False}}}
+    got = to_full_resolution(copy.deepcopy(coarse), state, 128).pos_embed
+    bicubic, bilinear = copy.deepcopy(coarse), copy.deepcopy(coarse)
+    bicubic.set_time_resolution(128, interpolation="bicubic", antialias=False)
+    bilinear.set_time_resolution(128)
+    assert torch.equal(got, bicubic.pos_embed) and not torch.equal(got, bilinear.pos_embed)
+    assert torch.equal(to_full_resolution(copy.deepcopy(coarse), {}, 128).pos_embed, bilinear.pos_embed)  # final.pt

@@ -341,10 +341,16 @@ def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
         torch.testing.assert_close(averaged["model"][k], final[k], rtol=0, atol=0)
     assert out.metrics["averaged/accuracy"] == out.metric
     d["eval"]["average_epochs"] = [1, 3]
+    d["data"].update(norm_mean=-2.0, norm_std=0.7)  # the recipe's own: eval must feed the average with it too
     three = recipe_from_dict(d)
     out = PhaseTrainer(three, three.phases, tmp_path / "three", "c2f", device="cpu").run()
     avg = load_checkpoint(tmp_path / "three" / "final_averaged.pt")["model"]
     assert out.metrics["averaged/epochs"] == 3
+    from c2ftrain.evaluate import evaluate_checkpoint
+
+    assert (evaluate_checkpoint(tmp_path / "three" / "final_averaged.pt", toy_store, device="cpu")
+            == {"accuracy": out.metrics["averaged/accuracy"]})
+    assert load_checkpoint(tmp_path / "three" / "final_averaged.pt")["inputs"]["norm_mean"] == -2.0
     assert avg["pos_embed"].shape == final["pos_embed"].shape  # coarse epochs enter at full resolution
     assert not torch.equal(avg["head.weight"], final["head.weight"])
     with pytest.raises(RecipeError, match="average_epochs"):
