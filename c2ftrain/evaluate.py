@@ -73,14 +73,8 @@ def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size
     in the checkpoint); a ValueError for a store whose features or classes differ from the
     training store's. A checkpoint saved on a GPU loads on a CPU-only machine."""
     model, state = load_trained_model(path)
-    cfg = model.cfg
     reader = StoreReader(store, split)
-    inputs, recorded = checkpoint_inputs(state, reader, cfg.target_frames)
-    if recorded:
-        inputs.check_store(reader, path, store)
-    elif reader.n_classes != cfg.num_classes or reader.n_mels != cfg.n_mels:  # all an older checkpoint allows
-        raise ValueError(f"{path} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; "
-                         f"{store} has {reader.n_classes} x {reader.n_mels}")
+    inputs = checkpoint_inputs(state, model.cfg, reader, path, store)
     to_full_resolution(model, state, inputs.target_frames)  # the length it was trained at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # as the trainer evaluates: the first target_frames of longer clips, its normalisation

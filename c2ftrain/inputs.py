@@ -70,11 +70,18 @@ def vocabulary_difference(trained: Vocabulary, store: Vocabulary) -> str:
     return f"other classes (class {k} is {store.ids[k]!r}, trained as {trained.ids[k]!r})"
 
 
-def checkpoint_inputs(state: dict, reader, target_frames: int) -> tuple[ModelInputs, bool]:
-    """The inputs a checkpoint recorded -> (inputs, True). A checkpoint written before they were
-    recorded -> the store's (the recipe's normalisation where the checkpoint holds the recipe, as
-    checkpoints/last.pt does) and False: nothing to check the store against."""
+def checkpoint_inputs(state: dict, cfg, reader, checkpoint, store) -> ModelInputs:
+    """What a checkpoint's model (config `cfg`) must be fed, checked against a store (`reader`):
+    the inputs it recorded (ValueError if the store differs from them), or for a checkpoint saved
+    before they were recorded, the store's (the recipe's normalisation where the checkpoint holds
+    the recipe, as checkpoints/last.pt does), after the one check such a checkpoint allows: as
+    many classes and mels."""
     if "inputs" in state:
-        return ModelInputs.from_dict(state["inputs"]), True
+        inputs = ModelInputs.from_dict(state["inputs"])
+        inputs.check_store(reader, checkpoint, store)
+        return inputs
+    if (reader.n_classes, reader.n_mels) != (cfg.num_classes, cfg.n_mels):
+        raise ValueError(f"{checkpoint} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; {store} "
+                         f"has {reader.n_classes} x {reader.n_mels}: use the store it was trained on")
     data = state.get("recipe", {}).get("data", {})
-    return ModelInputs.of_store(reader, target_frames, data.get("norm_mean"), data.get("norm_std")), False
+    return ModelInputs.of_store(reader, cfg.target_frames, data.get("norm_mean"), data.get("norm_std"))

@@ -78,12 +78,10 @@ def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[A
     from c2fdata.reader import StoreReader
 
     model, state = load_trained_model(checkpoint)
-    cfg = model.cfg
-    if "inputs" in state:
+    if "inputs" in state and store is None:  # all it needs: no store to read
         inputs = ModelInputs.from_dict(state["inputs"])
-        if store is not None:
-            inputs.check_store(StoreReader(store, train_split_of(store)), checkpoint, store)
     else:
+        recorded = "inputs" in state
         store = store or state.get("store")  # final.pt has always named the store it was trained on
         if store is None:
             raise ValueError(f"{checkpoint} was saved before checkpoints recorded their model's feature settings, "
@@ -91,12 +89,11 @@ def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[A
         try:
             reader = StoreReader(store, train_split_of(store))
         except (ValueError, FileNotFoundError) as err:  # StoreFormatError is a ValueError
+            if recorded:
+                raise
             raise ValueError(f"{checkpoint} was saved before checkpoints recorded their model's inputs, and its "
                              f"training store {store} cannot be read ({err}): give it with --store") from None
-        if (reader.n_classes, reader.n_mels) != (cfg.num_classes, cfg.n_mels):
-            raise ValueError(f"{checkpoint} was trained for {cfg.num_classes} classes x {cfg.n_mels} mels; {store} "
-                             f"has {reader.n_classes} x {reader.n_mels}: give the store it was trained on")
-        inputs = checkpoint_inputs(state, reader, cfg.target_frames)[0]
+        inputs = checkpoint_inputs(state, model.cfg, reader, checkpoint, store)
     return to_full_resolution(model, state, inputs.target_frames).eval(), inputs
 
 
