@@ -436,7 +436,7 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
     bad = [r for r in results if r.error]
     if bad:
         Console(stderr=True).print(f"[bold red]{len(bad)} of {len(results)} files could not be scored[/] "
-                                   "(their reasons are in the table)")
+                                   "(each one's reason is in its row" + (", field error)" if as_json else ")"))
         sys.exit(1)
 
 
