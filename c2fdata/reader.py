@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from functools import cached_property
 from pathlib import Path
 
@@ -13,6 +15,24 @@ from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store
 from c2fdata.vocab import Vocabulary
 
 __all__ = ["StoreReader", "StoreFormatError", "CorruptClipError", "rebuild_hint"]
+
+# Readers whose store handles are open in this process. A forked child (a torch DataLoader
+# worker, a forked DALI reader) inherits them, but an s3:// handle is bound to the parent's event
+# loop, which zarr and fsspec replace in the child: used there, it fails ("attached to a
+# different loop"). So the child forgets them and reopens on first use, as after unpickling.
+_OPEN_READERS: weakref.WeakSet = weakref.WeakSet()
+_HANDLES = ("_group", "_features")
+
+
+def _forget_handles_after_fork() -> None:
+    for reader in list(_OPEN_READERS):
+        for name in _HANDLES:
+            reader.__dict__.pop(name, None)
+    _OPEN_READERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_handles_after_fork)
 
 
 def rebuild_hint(path: str | Path, split: str, row: int, block_clips: int, n_rows: int) -> str:
@@ -77,6 +97,7 @@ class StoreReader:
     # -- store handles, opened once per process ------------------------------------------------
     @cached_property
     def _group(self):
+        _OPEN_READERS.add(self)
         return open_store(self.path, mode="r")
 
     @cached_property
@@ -88,6 +109,7 @@ class StoreReader:
         """A callable row -> (T, F), crc32c checked: the direct shard reader where the layout
         allows, else zarr (whose crc32c codec raises ValueError on a mismatch, in the clip or in
         the shard index: made a CorruptClipError here)."""
+        _OPEN_READERS.add(self)
         array_dir = as_location(self.path).child(self.split, "features")
         if ShardedClipReader.supports(array_dir):
             return ShardedClipReader(array_dir).read

@@ -117,8 +117,9 @@ class Location:
 
         return FsspecStore.from_url(self.url, storage_options=s3_options(), read_only=read_only)
 
-    def check_bucket(self) -> None:
-        """For a build into a remote location: the bucket must exist (we never create one)."""
+    def check_bucket(self, option: str = "--out") -> None:
+        """For a build into a remote location: the bucket must exist (we never create one).
+        `option` is the command-line option that named the location."""
         if self.fs is None:
             return
         bucket = self.path.split("/", 1)[0]
@@ -129,7 +130,7 @@ class Location:
         if not found:
             where = f" at {_endpoint()}" if _endpoint() else ""
             raise StorageError(f"{self.url}: bucket {bucket!r} does not exist{where}; create it first "
-                               f"(e.g. `aws s3 mb s3://{bucket}`) or choose another --out")
+                               f"(e.g. `aws s3 mb s3://{bucket}`) or choose another {option}")
 
     def local_copy(self) -> str | None:
         """For a remote file, its path in the read cache (downloaded on first use), or None when

@@ -61,6 +61,25 @@ def store_exists(store: str) -> bool:
     return as_location(store).exists()
 
 
+def existing_store(store: str | None, option: str = "--store") -> str | None:
+    """A store given on the command line (a local folder or an s3:// URL), checked to be there:
+    click.Path would refuse every URL."""
+    from c2fdata.storage import as_location
+
+    if store is None:
+        return None
+    try:
+        where = as_location(store)
+        found = where.exists()
+        if not found and where.fs is not None:
+            where.check_bucket(option)  # a missing bucket is named as such
+    except ValueError as err:  # StorageError: a URL that cannot be used (no s3fs, no bucket, credentials)
+        fail(f"{option} {store}: {err}")
+    if not found:
+        fail(f"{option} {store}: no store there (a folder written by `c2fdata build`, or an s3:// URL)")
+    return store
+
+
 def parse_overrides(overrides: tuple[str, ...]) -> dict:
     """`--set KEY=VALUE` pairs; VALUE is read as TOML (numbers, booleans, quoted strings, lists)
     and taken as a bare string when it is not TOML."""
@@ -369,7 +388,7 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--store", required=True, help="the store to evaluate on: a folder or an s3:// URL")
 @click.option("--split", default="eval", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -379,7 +398,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     from c2ftrain.evaluate import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(checkpoint, store, split, batch_size, device=_device(device))
+        metrics = evaluate_checkpoint(checkpoint, existing_store(store), split, batch_size, device=_device(device))
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
@@ -394,8 +413,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="classes shown per file")
-@click.option("--store", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="the training store: for a checkpoint saved before checkpoints recorded their inputs "
+@click.option("--store", help="the training store, a folder or an s3:// URL: for a checkpoint saved before checkpoints recorded their inputs "
                    "(default: the store it names); with a newer one, checked against what it recorded")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line and file")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -408,6 +426,7 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
 
     from c2ftrain.predict import predict_files
 
+    store = existing_store(store)
     with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
         task = bar.add_task("scoring", total=None)
         try:

@@ -66,7 +66,7 @@ def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
     return model
 
 
-def evaluate_checkpoint(path: Path, store: Path, split: str = "eval", batch_size: int = 64,
+def evaluate_checkpoint(path: Path, store: Path | str, split: str = "eval", batch_size: int = 64,
                         device: str | None = None) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
     split of a store, fed as the model was trained (its clip length and normalisation, recorded

@@ -124,7 +124,7 @@ def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.devi
     return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy())
 
 
-def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | None = None, device: str | None = None,
+def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | str | None = None, device: str | None = None,
                   progress: Callable[[int, int], None] | None = None) -> tuple[list[Prediction], ModelInputs]:
     """Every file's Prediction (in order; folders expanded) and the model's inputs (its classes);
     `progress(done, total)` after each file. Paths are all checked before the model is loaded."""
