@@ -60,6 +60,7 @@ class BuildResult:
     stats: dict | None
     completion: dict
     problems: list[dict]  # {split, id, reason, detail, fatal}
+    notes: list[str] = ()  # what the adapter noted: files left out, the statistics split when guessed
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -170,7 +171,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
         fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
         prepare_issues=[i for i in issues if i["reason"] != "missing"],
-        extra_attrs={"notes": spec.notes},
+        extra_attrs={"notes": spec.all_notes},
     )
     todo = _pending_blocks(group, metas, cfg)
     total = sum(b.size for b in todo)
@@ -201,5 +202,5 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     return BuildResult(
         path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
-        completion=st.completion(group), problems=problems,
+        completion=st.completion(group), problems=problems, notes=list(group.attrs.get("notes", [])),
     )

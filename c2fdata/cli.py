@@ -101,15 +101,18 @@ def main(verbose: bool) -> None:
 @click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
 @click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
+@click.option("--train-split", help="The split the normalisation statistics come from (default: the dataset's "
+                                    "training split; AudioSet: the largest training split on disk).")
 @click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
               help="How features are kept: " + "; ".join(f"{c.name}: {c.help}" for c in CODECS.values())
               + " (docs/STORE.md compares them).")
-def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed, codec):
+def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed, train_split,
+          codec):
     """Turn a dataset into a feature store; re-run the same command to resume."""
     from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
     from c2fdata.store import DEFAULT_BLOCK_CLIPS, StoreFormatError
 
-    options = {"fold": fold, "seed": seed}
+    options = {"fold": fold, "seed": seed, "train_split": train_split}
     if target_frames:
         options["target_frames"] = target_frames
     try:
@@ -166,12 +169,20 @@ def _print_build(result) -> None:
     console.print(f"computed {result.computed} clips in {result.seconds:.1f} s ({rate:,.1f} clips/s)")
     if result.problems:
         _print_problems(result.problems)
+    _print_notes(result.notes)
     if result.finalized:
         s = result.stats
         console.print(f"[green]finalised[/]: mean {s['mean']:.4f}, std {s['std']:.4f} over {s['frames']:,} values of '{s['split']}'")
     else:
         console.print("[yellow]not finalised yet[/]: other shards are still pending; "
                       f"once they finish, run `c2fdata finalize {result.path}` (the last builder does it itself)")
+
+
+def _print_notes(notes) -> None:
+    from rich.markup import escape
+
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
 
 
 def _print_problems(problems, shown: int = 10) -> None:
@@ -190,19 +201,20 @@ def _print_problems(problems, shown: int = 10) -> None:
 
 @main.command()
 @click.argument("store")
-def finalize(store):
+@click.option("--train-split", help="Take the normalisation statistics from this split (default: the build's choice).")
+def finalize(store, train_split):
     """Compute normalisation stats once every shard of a sharded build is complete."""
     from c2fdata import store as st
 
     try:
         group = st.open_store(store, mode="r+")
-    except ValueError as err:  # StoreFormatError, StorageError
+        stats = st.finalize(group, store, train_split)
+    except ValueError as err:  # StoreFormatError, StorageError, no usable clip
         fail(str(err))
-    stats = st.finalize(group, store)
     if stats is None:
         pending = {s: c["pending"] for s, c in st.completion(group).items() if c["pending"]}
         fail(f"{store}: clips still pending {pending}; finish every --shard first")
-    console.print(f"finalised {store}: mean {stats['mean']:.4f}, std {stats['std']:.4f}")
+    console.print(f"finalised {store}: mean {stats['mean']:.4f}, std {stats['std']:.4f} from split '{stats['split']}'")
 
 
 @main.command()
@@ -239,6 +251,7 @@ def info(store, as_json, problems):
               f"codec {d['codec']}; format v{d['format_version']} by c2f {d['tool_version']}")
     if problems and d["problems"]:
         _print_problems(d["problems"])
+    _print_notes(d["notes"])
 
 
 @main.command()

@@ -197,6 +197,17 @@ def _open_same(loc: Location, attrs: dict) -> zarr.Group:
             f"{loc.url} exists but {why} (fingerprint {found} != {attrs['fingerprint']}); use another "
             "--out, or delete it to start over"
         )
+    # The statistics split is not part of the fingerprint (no clip depends on it): a build not
+    # finalised yet takes the new one, a finalised store says how its statistics were made.
+    was, now = group.attrs["train_split"], attrs["train_split"]
+    if was != now:
+        if group.attrs.get("finalized"):
+            raise StoreFormatError(
+                f"{loc.url} is finalised with normalisation statistics from split {was!r}; this build takes them "
+                f"from {now!r}. Keep the store as it is with --train-split {was}, or take its statistics from "
+                f"{now!r} with `c2fdata finalize {loc.url} --train-split {now}` (models trained on it before were "
+                "fed the old statistics)")
+        group.attrs.update({"train_split": now, "notes": attrs.get("notes", [])})
     return group
 
 
@@ -281,17 +292,23 @@ def completion(group: zarr.Group) -> dict[str, dict[str, int]]:
     return out
 
 
-def finalize(group: zarr.Group, path: str | Path = "") -> dict | None:
+def finalize(group: zarr.Group, path: str | Path = "", train_split: str | None = None) -> dict | None:
     """Once every clip of every split is committed: normalisation stats from the train split
     (over real frames, not padding), written to the attrs. Returns the stats, or None while
-    clips are still pending (another shard still building)."""
+    clips are still pending (another shard still building). `train_split` takes them from
+    another split than the build chose (from the per-block sums kept: no clip is read)."""
     done = completion(group)
     if any(s["pending"] for s in done.values()):
         return None
+    if train_split is not None:
+        if train_split not in done:
+            raise ValueError(f"{path}: no split {train_split!r}; splits are {', '.join(sorted(done))}")
+        group.attrs["train_split"] = train_split
     train = group.attrs["train_split"]
     total, total_sq, count = group[train]["stat_sums"][:].sum(axis=0)
     if count == 0:
-        raise ValueError(f"{path}: no usable clip in the train split {train!r}; nothing to normalise with")
+        raise ValueError(f"{path}: no usable clip in the train split {train!r}, nothing to normalise with; "
+                         f"take the statistics from another split with `c2fdata finalize {path} --train-split SPLIT`")
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
     stats = {"mean": float(mean), "std": std, "frames": int(count), "split": train}

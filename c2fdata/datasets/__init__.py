@@ -20,7 +20,9 @@ ADAPTERS = {
 NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
 
 
-def prepare(name: str, root=None, **options) -> DatasetSpec:
+def prepare(name: str, root=None, *, train_split: str | None = None, **options) -> DatasetSpec:
+    """The dataset as its adapter finds it under root. `train_split` names the split the
+    normalisation statistics come from, where the adapter's choice is not wanted."""
     if name not in ADAPTERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     if name in NEEDS_ROOT and root is None:
@@ -33,7 +35,11 @@ def prepare(name: str, root=None, **options) -> DatasetSpec:
             "metadata and audio (the layout is in the README)"
         )
     module, func = ADAPTERS[name]
-    return getattr(importlib.import_module(module), func)(root, **options)
+    spec = getattr(importlib.import_module(module), func)(root, **options)
+    if train_split is not None:
+        spec.train_split, spec.train_split_note = train_split, ""
+    spec.check_train_split()
+    return spec
 
 
 __all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "prepare"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -12,6 +15,10 @@ from c2fdata.features import BadClip
 from c2fdata.vocab import Vocabulary
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+# What downloaders (yt-dlp) and video datasets give that libsndfile cannot decode: such files are
+# counted and named in the build's notes, never passed over silently.
+UNDECODABLE_EXTENSIONS = (".m4a", ".mp4", ".webm", ".aac", ".wma", ".mkv", ".mov", ".avi", ".3gp", ".amr")
+DUPLICATES_SHOWN = 5
 
 
 class AudioSource(Protocol):
@@ -60,6 +67,11 @@ class DatasetSpec:
     # Listed in the metadata but not on disk: split -> ids. Counted, reported, never fatal.
     missing: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    train_split_note: str = ""  # when train_split is a guess: which split, and how to choose another
+
+    @property
+    def all_notes(self) -> list[str]:
+        return self.notes + ([self.train_split_note] if self.train_split_note else [])
 
     def __post_init__(self):
         if self.target_frames <= 0:
@@ -69,27 +81,117 @@ class DatasetSpec:
                 f"dataset {self.name!r}: no clips found (missing on disk: "
                 f"{sum(map(len, self.missing.values()))}); check --root and the layout in README"
             )
-        if self.train_split not in self.clips:
-            raise ValueError(f"dataset {self.name!r} has no split {self.train_split!r}")
         for split, clips in self.clips.items():
-            ids = [c.id for c in clips]
-            if len(set(ids)) != len(ids):
-                raise ValueError(f"dataset {self.name!r}, split {split!r}: duplicate clip ids")
+            seen: dict[str, Clip] = {}
+            twins = []
+            for c in clips:
+                if c.id in seen:
+                    twins.append(f"{c.id!r} ({seen[c.id].source} and {c.source})")
+                seen.setdefault(c.id, c)
+            if twins:
+                more = f" and {len(twins) - DUPLICATES_SHOWN} more" if len(twins) > DUPLICATES_SHOWN else ""
+                raise ValueError(f"dataset {self.name!r}, split {split!r}: {len(twins)} duplicate clip ids: "
+                                 f"{'; '.join(twins[:DUPLICATES_SHOWN])}{more}; keep one file per clip "
+                                 "(e.g. not both clip.wav and clip.flac) and list each clip once")
+
+    def check_train_split(self) -> None:
+        """The split the normalisation statistics come from must exist and have clips on disk:
+        checked before any feature is computed, not when the finished build is finalised."""
+        listed = {s: len(c) for s, c in self.clips.items()}
+        usable = sorted(s for s, n in listed.items() if n)
+        if self.train_split not in listed:
+            raise ValueError(f"dataset {self.name!r}: no split {self.train_split!r} for the normalisation "
+                             f"statistics; splits with clips: {', '.join(usable)} (choose with --train-split)")
+        if not listed[self.train_split]:
+            lost = len(self.missing.get(self.train_split, []))
+            raise ValueError(f"dataset {self.name!r}: split {self.train_split!r}, where the normalisation statistics "
+                             f"would come from, has no clip on disk ({lost} listed, all missing); choose another "
+                             f"with --train-split (splits with clips: {', '.join(usable)})")
 
 
-def find_audio(folder: Path, stem: str) -> Path | None:
-    """First file `stem.<audio ext>` in folder, or None."""
-    for ext in AUDIO_EXTENSIONS:
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    return None
+def guess_train_split(splits, preferred: tuple[str, ...] = ("train",)) -> tuple[str, str]:
+    """The split to take normalisation statistics from when the metadata does not say: the first
+    of `preferred` present, else one named train in any case (`Train`), else the one name holding
+    "train" (`train_data`), else the first by name. Returns it with a note when it is a guess
+    that may be wrong ("" otherwise), so the build says which split it used and how to choose
+    another."""
+    names = sorted(splits)
+    for name in preferred:
+        if name in names:
+            return name, ""
+    for pick in ([n for n in names if n.lower() == "train"], [n for n in names if "train" in n.lower()]):
+        if len(pick) == 1:
+            return pick[0], ""
+    return names[0], (f"normalisation statistics from split {names[0]!r}: no split is named train "
+                      f"(splits: {', '.join(names)}); choose one with --train-split")
 
 
-def index_audio(root: Path) -> dict[str, Path]:
-    """stem -> path for every audio file under root (recursive); one scan instead of N stats."""
-    found: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file():
-            found.setdefault(p.stem, p)
-    return found
+def is_hidden(name: str) -> bool:
+    """macOS's `._clip.wav` resource forks, `.DS_Store`, `.ipynb_checkpoints/`, `.git/`, ..."""
+    return name.startswith(".")
+
+
+def audio_files(root: Path) -> tuple[list[Path], Counter]:
+    """Every audio file under root, sorted, following symlinked folders (each real folder once,
+    so a link loop ends), skipping hidden files and folders; and per extension, the files
+    libsndfile cannot decode (UNDECODABLE_EXTENSIONS), left out."""
+    found, undecodable, seen = [], Counter(), set()
+
+    def walk(folder: str) -> Iterator[os.DirEntry]:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if is_hidden(e.name):
+                    continue
+                if e.is_dir(follow_symlinks=True):
+                    yield from walk(e.path)
+                elif e.is_file(follow_symlinks=True):
+                    yield e
+
+    for e in walk(str(root)):
+        ext = os.path.splitext(e.name)[1].lower()
+        if ext in AUDIO_EXTENSIONS:
+            found.append(Path(e.path))
+        elif ext in UNDECODABLE_EXTENSIONS:
+            undecodable[ext] += 1
+    return sorted(found), undecodable
+
+
+def undecodable_note(undecodable: Counter, root: Path) -> list[str]:
+    if not undecodable:
+        return []
+    kinds = ", ".join(f"{n} {ext}" for ext, n in undecodable.most_common())
+    n = sum(undecodable.values())
+    return [f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out ({kinds}); "
+            "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) and build again"]
+
+
+@dataclass
+class AudioIndex:
+    """stem -> path for every audio file under a root (one scan instead of a stat per clip), and
+    what the scan left out, as notes for the build."""
+
+    paths: dict[str, Path]
+    notes: list[str]
+
+    def find(self, stems) -> Path | None:
+        return next((self.paths[s] for s in stems if s in self.paths), None)
+
+
+def index_audio(root: Path) -> AudioIndex:
+    files, undecodable = audio_files(root)
+    paths: dict[str, Path] = {}
+    twins: dict[str, list[Path]] = {}
+    for p in files:
+        if p.stem in paths:
+            twins.setdefault(p.stem, [paths[p.stem]]).append(p)
+        paths.setdefault(p.stem, p)
+    notes = undecodable_note(undecodable, root)
+    if twins:
+        stem, where = next(iter(twins.items()))
+        notes.append(f"{len(twins)} clip names have more than one file under {root}; the first by path is used "
+                     f"(e.g. {stem}: {', '.join(map(str, where))})")
+    return AudioIndex(paths, notes)

@@ -40,8 +40,12 @@ def prepare_esc50(root, *, fold: int = 1, target_frames: int | None = None, **_)
     if fold not in range(FOLDS + 1):
         raise ValueError(f"--fold must be 1..{FOLDS} (that fold as eval, the others as train) or "
                          f"{ALL_FOLDS} (every fold its own split, fold1..fold{FOLDS}), got {fold}")
-    with open(meta, newline="") as f:
+    with open(meta, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM some editors add
         rows = list(csv.DictReader(f))
+    columns = {"filename", "fold", "target", "category"}
+    if rows and not columns <= set(rows[0]):
+        raise ValueError(f"{meta}: needs the columns {', '.join(sorted(columns))} (ESC-50's header line); "
+                         f"found {', '.join(rows[0])}")
     # The 50 classes ship with c2f (AST's esc_class_labels_indices.csv, index = ESC-50 target),
     # so a partial copy of the dataset still gets the full, standard label space.
     builtin = Vocabulary.builtin("esc50")

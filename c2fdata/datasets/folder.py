@@ -1,14 +1,20 @@
 """Any labelled folder tree: ROOT/<split>/<class>/*.{wav,flac,ogg,mp3}.
 
 For Kinetics-Sounds (audio extracted from the videos) and users' own data. Classes are the
-sorted union of class folder names over all splits; single-label; "train" gives the statistics
-(or the first split alphabetically when there is no "train")."""
+sorted union of class folder names over all splits; single-label. The statistics come from the
+split named "train" (in any case, or the one name holding "train"; else the first by name, with
+a note), or the one --train-split names. Hidden files and folders (`._x.wav`, `.ipynb_checkpoints`)
+are not clips; symlinked folders are followed; files in formats c2f cannot decode (.m4a, .mp4,
+...) are counted in a note."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from c2fdata.datasets.base import AUDIO_EXTENSIONS, Clip, DatasetSpec, FileSource
+from collections import Counter
+
+from c2fdata.datasets.base import (AUDIO_EXTENSIONS, Clip, DatasetSpec, FileSource, audio_files, guess_train_split,
+                                   is_hidden, undecodable_note)
 from c2fdata.vocab import Vocabulary
 
 TARGET_FRAMES = 1024
@@ -20,9 +26,11 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
         raise ValueError(f"--root {root} is not a folder")
     clips: dict[str, list[Clip]] = {}
     classes: set[str] = set()
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    undecodable: Counter = Counter()
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)):
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
+            files, left_out = audio_files(class_dir)
+            undecodable += left_out
             if not files:
                 continue
             classes.add(class_dir.name)
@@ -34,9 +42,11 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     if not clips:
         raise ValueError(
             f"{root}: no audio found; expected ROOT/<split>/<class>/*.{{{','.join(e[1:] for e in AUDIO_EXTENSIONS)}}}"
+            + "".join(f". {n}" for n in undecodable_note(undecodable, root))
         )
-    train = "train" if "train" in clips else sorted(clips)[0]
+    train, guessed = guess_train_split(clips)
     return DatasetSpec(
         name=name, vocabulary=Vocabulary.from_names(sorted(classes)), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split=train,
+        notes=undecodable_note(undecodable, root), train_split_note=guessed,
     )

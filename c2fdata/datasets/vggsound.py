@@ -16,14 +16,22 @@ TARGET_FRAMES = 1024
 
 
 def read_vggsound_csv(path: Path) -> list[tuple[str, int, str, str]]:
+    """(youtube id, start s, label, split) rows; a header row, which copies of the CSV made with
+    pandas have, is skipped."""
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM some editors add
         for lineno, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
             if len(row) != 4:
                 raise ValueError(f"{path}:{lineno}: expected youtube_id,start_seconds,label,split; got {row}")
-            rows.append((row[0], int(float(row[1])), row[2], row[3].strip()))
+            try:
+                start = int(float(row[1]))
+            except ValueError:
+                if lineno == 1 and not rows:  # a header: "youtube_id,start_seconds,label,split" or the like
+                    continue
+                raise ValueError(f"{path}:{lineno}: start_seconds must be a number, got {row[1]!r}") from None
+            rows.append((row[0].strip(), start, row[2].strip(), row[3].strip()))
     return rows
 
 
@@ -38,7 +46,7 @@ def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetS
     missing: dict[str, list[str]] = {}
     for ytid, start, label, split in rows:
         clip_id = f"{ytid}_{start:06d}"
-        hit = next((audio[s] for s in (clip_id, f"{ytid}_{start}", ytid) if s in audio), None)
+        hit = audio.find((clip_id, f"{ytid}_{start}", ytid))
         clips.setdefault(split, [])
         if hit is None:
             missing.setdefault(split, []).append(clip_id)
@@ -48,4 +56,5 @@ def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetS
     return DatasetSpec(
         name="vggsound", vocabulary=vocab, multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split="train", missing=missing,
+        notes=audio.notes,
     )

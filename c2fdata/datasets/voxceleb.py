@@ -22,7 +22,7 @@ def prepare_voxceleb(root, *, target_frames: int | None = None, **_) -> DatasetS
     if not meta.is_file():
         raise ValueError(f"{meta} not found: VoxCeleb1 identification needs iden_split.txt and wav/ under --root")
     entries = []
-    for lineno, line in enumerate(meta.read_text().splitlines(), 1):
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
