@@ -305,8 +305,9 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
     except RecipeError as err:
         fail(str(err))
     out_dir = out_dir or Path("runs") / f"sweep-{Path(str(recipe)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # with --json, stdout holds the summary alone: progress and run lines go to stderr
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=as_json)
+                        console=Console(stderr=True) if as_json else console, transient=as_json)
     with progress:
         task = progress.add_task("cells", total=len(cells))
 

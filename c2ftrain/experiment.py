@@ -89,7 +89,7 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     run_dir = Path(run_dir)
     # what config.json records: a resumed directory keeps what it recorded (None if it was written
     # before fingerprints were), so that it never vouches for a store its finished seeds did not read
-    recorded = _check_same_store(run_dir, recipe, fingerprint) if resume else fingerprint
+    recorded = _check_resumable(run_dir, recipe, fingerprint) if resume else fingerprint
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     seeds = seeds or [recipe.seed]
@@ -210,16 +210,33 @@ def outcome_from_json(d: dict) -> RunOutcome:
                       [PhaseRecord(**r) for r in d["records"]], d["history"])
 
 
-def _check_same_store(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> str | None:
-    """A resumed run must read the store it started on: finished seeds and checkpoints were
-    trained on that one, and mixing two would make one report of two datasets. Returns the
-    fingerprint config.json recorded (None: written before fingerprints were), or this store's
-    where there is no config.json yet (a sweep's new cell)."""
+def _check_resumable(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> str | None:
+    """A resumed run must be the run it started as: the same recipe (the seed apart) and the
+    store it started on. Its finished seeds and checkpoints were trained that way, and a report
+    that mixed two recipes or two datasets would compare runs that were never alike (a sweep
+    run again with another `--set` or an edited recipe or grid cell would otherwise take up its
+    old coarse-to-fine runs beside baselines trained anew). Returns the fingerprint config.json
+    recorded (None: written before fingerprints were), or this store's where there is no
+    config.json yet (a sweep's new cell)."""
+    from c2ftrain.recipe import recipe_differences
+
     cfg = run_dir / "config.json"
     if not cfg.is_file():
         return fingerprint
-    was = read_json_object(cfg, CONFIG_REMEDY).get("store_fingerprint")
+    config = read_json_object(cfg, CONFIG_REMEDY)
+    was = config.get("store_fingerprint")
     check_same_store(cfg, was, fingerprint, recipe.store)  # --resume reads the store at the path config.json names
+    try:
+        started = recipe_from_dict(config["recipe"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); {CONFIG_REMEDY}") from None
+    # the store is compared by fingerprint above (the same store may have moved)
+    diff = [d for d in recipe_differences(started, recipe) if not d.startswith("store: ")]
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ValueError(f"{run_dir} was started with another recipe (started vs now: {shown}); its finished runs "
+                         "were trained with the one it recorded. Continue it as it was (`c2ftrain run --resume "
+                         f"{run_dir}`, or the sweep with its former settings), or train into a new directory")
     return was
 
 

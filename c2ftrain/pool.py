@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c2ftrain.experiment import load_run_config, outcome_from_json, run_labels, seed_dir
-from c2ftrain.recipe import Recipe
+from c2ftrain.recipe import Recipe, recipe_differences
 from c2ftrain.report import RUNS, build_report, write_report
 from c2ftrain.trainer import RunOutcome
 
 # keys that do not decide what a run trains (the seed is what pooling varies)
-NOT_COMPARED = ("seed", "name", "description")
 
 
 class PoolError(ValueError):
@@ -91,22 +90,6 @@ def load_experiment(run_dir: Path) -> Experiment:
                 raise PoolError(f"{path} is not a valid outcome ({type(err).__name__}: {err}); delete it and "
                                 f"finish the run with `c2ftrain run --resume {run_dir}`") from None
     return exp
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
-    """`key: A vs B` for every setting (the seed, name and description apart) where b differs from a."""
-    fa, fb = (_flat({k: v for k, v in r.to_dict().items() if k not in NOT_COMPARED}) for r in (a, b))
-    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 def experiment_differences(a: Experiment, b: Experiment) -> list[str]:

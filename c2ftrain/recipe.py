@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,7 +59,10 @@ class Phase:
             if self.epochs is not None or self.steps is not None:
                 raise RecipeError("a phase with until = \"budget\" takes its length from budget_full_epochs: "
                                   "remove its epochs/steps")
-            return self._check_method()
+            self._check_method()
+            if self.factors or self.factor_weights:
+                self._check_mixed()
+            return
         if self.until == "plateau" and (self.epochs is None or not self.coarse):
             raise RecipeError("until = \"plateau\" is for a coarse phase (factor > 1, not mixed) with "
                               "epochs = the most it may last")
@@ -490,14 +495,69 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise RecipeError(f"[{where}]: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for k, v in data.items():
         if isinstance(v, list) and k not in ("phases",):
             v = tuple(v)
+        if not _fits(v, hints[k]):
+            shown = list(v) if isinstance(v, tuple) else v
+            raise RecipeError(f"[{where}] {k}: expected {_type_name(hints[k])}, got {shown!r}{_toml_hint(v)}")
         kwargs[k] = v
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise RecipeError(f"[{where}]: {err}") from None
+
+
+def _fits(value, hint) -> bool:
+    """Whether a recipe value has its field's type: a bool is no number and a number no bool,
+    an int is a float, a list was made a tuple (checked element by element)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+            return f"a list of {plural.get(args[0], _type_name(args[0]))}"
+        return f"a list [{', '.join(_type_name(a) for a in args)}]"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "nothing (leave it out)"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _toml_hint(value) -> str:
+    """What was probably meant, for a value that `--set` took as a bare string."""
+    if not isinstance(value, str):
+        return ""
+    if value in ("True", "False", "TRUE", "FALSE", "yes", "no", "on", "off"):
+        return " (TOML's booleans are lowercase: true or false)"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (a number as TOML writes it: 0.5, not .5 or 5.)"
 
 
 def recipe_from_dict(d: dict, base_dir: Path | None = None) -> Recipe:
@@ -554,11 +614,17 @@ def apply_override(d: dict, key: str, value) -> None:
     recipe dict `d`; RecipeError naming the key when it does not address anything."""
     *path, leaf = key.split(".")
     target = d
-    for part in path:
-        if isinstance(target, list):
-            target = target[_list_index(target, part, key)]
-        else:
-            target = target.setdefault(part, {})
+    for i, part in enumerate(path + [leaf]):
+        where = ".".join(path[:i]) or "the recipe"
+        if not isinstance(target, (list, dict)):
+            raise RecipeError(f"--set {key}: {where} is a value, not a table")
+        if isinstance(target, dict) and part.isdigit() and part not in target:
+            # phases.1.x where no list is there yet: a table named "1" would be made silently
+            raise RecipeError(f"--set {key}: {where} has no list to index with {part}; set the whole list, "
+                              f"e.g. --set '{where}=[{{method = \"none\", factor = 1, epochs = 3}}]'")
+        if i == len(path):
+            break
+        target = target[_list_index(target, part, key)] if isinstance(target, list) else target.setdefault(part, {})
     if isinstance(target, list):
         target[_list_index(target, leaf, key)] = value
     elif isinstance(target, dict):
@@ -571,3 +637,22 @@ def _list_index(items: list, part: str, key: str) -> int:
     if not part.isdigit() or not 1 <= int(part) <= len(items):
         raise RecipeError(f"--set {key}: {part!r} is not an entry 1..{len(items)} of the list")
     return int(part) - 1
+
+
+NOT_COMPARED = ("seed", "name", "description")  # what seeds of one experiment may differ in
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
+    """`key: A vs B` for every setting (the seed, name and description apart) where b differs from a."""
+    fa, fb = (_flat({k: v for k, v in r.to_dict().items() if k not in NOT_COMPARED}) for r in (a, b))
+    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]

@@ -18,6 +18,7 @@ OUT/summary.json and the table hold, per cell, mean and spread of each run and t
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -41,9 +42,17 @@ def cell_name(overrides: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "recipe"
 
 
+MAX_DIR_NAME = 200  # file systems take 255 bytes a name
+
+
 def cell_dir(name: str) -> str:
-    """A directory name for a cell: its name with anything unusual in a path replaced."""
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    """A directory name for a cell: its name with anything unusual in a path replaced, and a
+    long one (a grid over whole phase lists) cut, with a hash of the whole name to keep it
+    apart from others cut alike."""
+    safe = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    if len(safe) <= MAX_DIR_NAME:
+        return safe
+    return f"{safe[:MAX_DIR_NAME - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
 
 
 def load_grid(path: Path) -> list[Cell]:
@@ -71,6 +80,9 @@ def load_grid(path: Path) -> list[Cell]:
     for i, c in enumerate(d.get("cells", [])):
         if not isinstance(c, dict) or set(c) - {"name", "set"}:
             raise RecipeError(f"{path}: [[cells]] {i + 1} takes `name` and `set` only, got {c!r}")
+        if not isinstance(c.get("set", {}), dict):
+            raise RecipeError(f"{path}: [[cells]] {i + 1}: set must be a table of overrides, e.g. "
+                              f"set = {{ \"optim.lr\" = 5e-4 }}, got {c['set']!r}")
         overrides = dict(c.get("set", {}))
         cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides))
     if not cells:
@@ -133,6 +145,8 @@ def summary_table(summary: dict):
             p = r["paired"].get(key)
             if not p:
                 return ""
+            if len(p["per_seed"]) < 2:  # one seed: a difference, no interval
+                return f"{p['mean'] * scale:+.2f} (1 seed)"
             lo, hi = p["ci95"]
             return f"{p['mean'] * scale:+.2f} [{lo * scale:+.2f}, {hi * scale:+.2f}]"
 

@@ -80,6 +80,28 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
         again = []
         run_sweep(recipe_path, cells, tmp_path / "sw", 2, device="cpu", on_event=again.append)
         assert [e for e in again if e["event"] == "start"] == []  # all finished: nothing retrained
+        # run again with another setting for every cell: its old coarse-to-fine runs would be taken
+        # up beside baselines trained anew (their keys change); refused, naming the setting
+        changed = []
+        with pytest.raises(ValueError, match=r"sw/cells/optim.lr_scope=phase was started with another recipe "
+                                             r"\(started vs now: optim.lr: 0.003 vs 1e-05\)"):
+            run_sweep(recipe_path, cells, tmp_path / "sw", 2, device="cpu", on_event=changed.append,
+                      base_overrides={"optim.lr": 1e-5})
+        assert [e for e in changed if e["event"] == "start"] == []
+        # --json: stdout is the summary alone (progress and run lines go to stderr)
+        grid = tmp_path / "one.toml"
+        grid.write_text('[[cells]]\nname = "one"\nset = { "optim.lr" = 2e-3 }\n')
+        r = CliRunner().invoke(main, ["sweep", str(recipe_path), "--grid", str(grid), "--seeds", "1", "--json",
+                                      "--out", str(tmp_path / "sw1")])
+        assert r.exit_code == 0, r.output
+        one = json.loads(r.stdout)
+        assert [c["cell"] for c in one["cells"]] == ["one"] and len(one["cells"][0]["c2f"]["per_seed"]) == 1
+        from c2ftrain.sweep import summary_table
+        from rich.console import Console
+
+        console = Console(width=250, record=True)
+        console.print(summary_table(one))
+        assert "(1 seed)" in console.export_text() and "[" not in console.export_text().split("(1 seed)")[0][-30:]
     finally:
         sweep_mod.load_recipe = real
     rows = {r["cell"]: r for r in summary["cells"]}
@@ -108,6 +130,22 @@ def test_grid_file_errors(tmp_path):
         load_grid(bad)
     with pytest.raises(RecipeError, match="not found"):
         load_grid(tmp_path / "none.toml")
+    bad.write_text('[[cells]]\nname = "a"\nset = "optim.lr=1"\n')
+    with pytest.raises(RecipeError, match=r"\[\[cells\]\] 1: set must be a table"):
+        load_grid(bad)
+
+
+def test_long_cell_names_fit_a_file_name():
+    from c2ftrain.sweep import cell_dir, cell_name
+
+    phases = [{"method": "fshift", "factor": 4, "epochs": 4}, {"method": "fshift", "factor": 2, "epochs": 2},
+              {"method": "none", "factor": 1, "epochs": 2}]
+    names = [cell_name({"phases": phases, "optim.lr": lr, "optim.lr_scope": "run", "model.interpolation": "bicubic",
+                        "data.freq_mask_bins": 24, "data.time_mask_frames": 48}) for lr in (1e-3, 2e-3)]
+    assert all(len(n) > 255 for n in names)
+    dirs = [cell_dir(n) for n in names]
+    assert all(len(d) <= 200 for d in dirs) and dirs[0] != dirs[1]
+    assert cell_dir("optim.lr=0.001") == "optim.lr=0.001"  # short names are kept as they were
 
 
 def test_the_documented_demo_grid_is_valid():
