@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.distributed import Dist, init_distributed
-from c2ftrain.phases import full_resolution
 from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
 from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, check_same_store, model_config
@@ -62,17 +61,14 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
 CONFIG_REMEDY = "it is written by `c2ftrain run`: restore it, or train into a new directory"
 
 
-def equal_flops_phases(recipe: Recipe, c2f: RunOutcome) -> tuple[Phase, ...]:
-    """Full resolution for as many samples as fit in the FLOPs coarse-to-fine spent."""
-    from c2fdata.reader import StoreReader
-
-    cfg = model_config(recipe, StoreReader(recipe.store, recipe.data.eval_split))
-    return (Phase(method="none", factor=1, steps=equal_flops_steps(cfg, c2f.flops, recipe.data.batch_size)),)
-
-
-def equal_flops_steps(cfg, flops: float, batch_size: int) -> int:
-    """Full-resolution steps of `batch_size` (global) samples that cost `flops` training FLOPs."""
-    return max(1, round(flops / full_resolution(cfg).train_flops_per_sample(cfg) / batch_size))
+def equal_flops_phases(recipe: Recipe, c2f: RunOutcome, d: Dist, device: str) -> tuple[Phase, ...]:
+    """Full resolution for as many samples as fit in the FLOPs coarse-to-fine spent (counted
+    with the control's own loader: an epoch's last batch may be partial)."""
+    trainer = PhaseTrainer(recipe, recipe.baseline_phases, Path("."), "equal_flops", dist=d, device=device)
+    try:
+        return (Phase(method="none", factor=1, steps=trainer.steps_for_flops(c2f.flops)),)
+    finally:
+        trainer.close()
 
 
 def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = None, resume: bool = False,
@@ -125,7 +121,7 @@ def _one_seed(recipe: Recipe, out: Path, baseline: bool, d: Dist, device: str, r
                                         "baseline", d, device, resume or shared_runs is not None, on_event,
                                         fingerprint)
         if "equal_flops" in labels:
-            phases = equal_flops_phases(recipe, outcomes["c2f"])
+            phases = equal_flops_phases(recipe, outcomes["c2f"], d, device)
             outcomes["equal_flops"] = _one_run(recipe, phases, where("equal_flops", phases), "equal_flops", d,
                                                device, resume or shared_runs is not None, on_event, fingerprint)
     return outcomes

@@ -48,7 +48,7 @@ def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> 
     full_eval = n_eval * full_resolution(cfg).eval_flops_per_sample(cfg)
     for i, span in enumerate(run_spans):
         phase, res = span.phase, resolution(cfg, span.phase)
-        batch = phase.batch_size or recipe.data.batch_size
+        shape = trainer.epoch_shape(phase)
         per_sample = flops_per_sample(cfg, phase)
         for e in range(span.epochs):
             first = span.first_step + e * span.steps_per_epoch
@@ -61,7 +61,7 @@ def epoch_rows(recipe: Recipe, trainer: PhaseTrainer, run_spans: list[Span]) -> 
                 "epoch": span.first_epoch + e + 1, "phase": i, "method": phase.method, "factor": phase.factor,
                 "label": phase.label, "frames": res.frames, "tokens": res.tokens, "steps": steps,
                 "lr": lr_at(recipe.optim, run_spans, i, first, span.first_epoch + e),
-                "flops": round(per_sample * steps * batch),
+                "flops": round(per_sample * shape.samples_in(steps)),  # an epoch's last batch may be partial
                 "eval_flops": round(full * full_eval + own * n_eval * res.eval_flops_per_sample(cfg)),
                 # what skipping the full-resolution pass here would save (eval.full_resolution_during_coarse)
                 "coarse_full_eval_flops": round(full * full_eval) if phase.coarse and not last else 0,
@@ -104,7 +104,7 @@ def seconds_per_step(trainer: PhaseTrainer, res: Resolution, batch: int) -> floa
 
 def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None = None) -> dict:
     """The plan of `c2ftrain run RECIPE` (see the module docstring) as a JSON-ready dict."""
-    from c2ftrain.experiment import check_recipe_against_store, equal_flops_steps
+    from c2ftrain.experiment import check_recipe_against_store
 
     check_recipe_against_store(recipe)
     out: dict = {"recipe": recipe.name, "runs": {}}
@@ -115,7 +115,8 @@ def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None 
             out["runs"][label] = _plan_run(recipe, phases, Path(tmp), label, measure, device, step_cost)
         if recipe.baseline.equal_flops:
             trainer = PhaseTrainer(recipe, recipe.baseline_phases, Path(tmp), "plan", device=device)
-            steps = equal_flops_steps(trainer.cfg, out["runs"]["c2f"]["flops"], recipe.data.batch_size)
+            steps = trainer.steps_for_flops(out["runs"]["c2f"]["flops"])
+            trainer.close()
             out["runs"]["equal_flops"] = _plan_run(recipe, (Phase(steps=steps),), Path(tmp), "equal_flops", measure,
                                                    device, step_cost)
     c2f, base = out["runs"]["c2f"], out["runs"]["baseline"]

@@ -24,6 +24,30 @@ class Span:
     steps_per_epoch: int
 
 
+@dataclass(frozen=True)
+class EpochShape:
+    """An epoch of a training loader: its optimiser steps and the samples they serve, all ranks
+    together. In one process the last batch of an epoch is partial (drop_last is off: every clip
+    is served), so a step is not always `batch` samples: FLOPs budgets count samples. A phase
+    starts an epoch."""
+
+    steps: int
+    samples: int
+    batch: int  # global
+
+    def samples_in(self, steps: int) -> int:
+        """Samples served by the first `steps` steps of a phase."""
+        epochs, rest = divmod(steps, self.steps)
+        return epochs * self.samples + min(rest * self.batch, self.samples)
+
+    def steps_for(self, samples: float) -> int:
+        """The step count (at least 1) whose samples come closest to `samples`."""
+        epochs, rest = divmod(max(samples, 0.0), self.samples)
+        k = min(int(rest // self.batch), self.steps)
+        k = min((k, min(k + 1, self.steps)), key=lambda j: abs(min(j * self.batch, self.samples) - rest))
+        return max(1, int(epochs) * self.steps + k)
+
+
 def spans(phases: tuple[Phase, ...], steps_per_epoch: list[int]) -> list[Span]:
     """Each phase's place in the run, from its length and its loader's batches per epoch."""
     out, step, epoch = [], 0, 0

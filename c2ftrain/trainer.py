@@ -32,7 +32,7 @@ from c2ftrain.model import AST, ASTConfig, ast_config
 from c2ftrain.phases import (Resolution, batch_factor, compress_batch, flops_per_sample, full_resolution,
                              loader_phase, resolution, start_phase)
 from c2ftrain.recipe import Phase, Recipe
-from c2ftrain.schedule import Span, lr_at, spans
+from c2ftrain.schedule import EpochShape, Span, lr_at, spans
 
 CHECKPOINT_FORMAT = "c2f-checkpoint-1"
 LOG_EVERY_STEPS = 20  # a "step" event (loss, lr) for the console every so many steps
@@ -307,23 +307,34 @@ class PhaseTrainer:
         ended = {r.index: r for r in state.records if r.ended} if state else {}
         for i, r in ended.items():
             phases[i] = dataclasses.replace(phases[i], until="length", epochs=None, steps=r.steps)
-        per_epoch = [len(self.train_loader(p)) for p in phases]
+        shapes = [self.epoch_shape(p) for p in phases]
         if phases[-1].until == "budget":
-            phases[-1] = dataclasses.replace(phases[-1], until="length", steps=self._budget_steps(phases, ended, per_epoch))
-        return spans(tuple(phases), per_epoch)
+            phases[-1] = dataclasses.replace(phases[-1], until="length", steps=self._budget_steps(phases, ended, shapes))
+        return spans(tuple(phases), [s.steps for s in shapes])
 
-    def _budget_steps(self, phases: list[Phase], ended: dict, per_epoch: list[int]) -> int:
-        """Steps of the last phase: the recipe's budget (in full-resolution epochs of the last
-        phase's batches) minus what the other phases spent (ended) or will spend (planned)."""
+    def epoch_shape(self, phase: Phase) -> EpochShape:
+        """The steps and samples (all ranks) of an epoch of `phase`'s loader."""
+        loader = self.train_loader(phase)
+        return EpochShape(len(loader), loader.samples_per_epoch * self.dist.world_size,
+                          phase.batch_size or self.recipe.data.batch_size)
+
+    def _budget_steps(self, phases: list[Phase], ended: dict, shapes: list[EpochShape]) -> int:
+        """Steps of the last phase: the recipe's budget (in full-resolution epochs) minus what
+        the other phases spent (ended) or will spend (planned), counted in samples (an epoch's
+        last batch may be partial)."""
         full = full_resolution(self.cfg).train_flops_per_sample(self.cfg)
-        batch = lambda p: p.batch_size or self.recipe.data.batch_size  # noqa: E731  (global samples)
-        step_cost = batch(phases[-1]) * full
         spent = 0.0
         for i, p in enumerate(phases[:-1]):
-            planned = (p.steps or p.epochs * per_epoch[i]) * batch(p) * flops_per_sample(self.cfg, p)
+            planned = shapes[i].samples_in(p.steps or p.epochs * shapes[i].steps) * flops_per_sample(self.cfg, p)
             spent += ended[i].flops if i in ended else planned
-        rest = self.recipe.budget_full_epochs * per_epoch[-1] * step_cost - spent
-        return max(1, round(rest / step_cost))
+        rest = self.recipe.budget_full_epochs * shapes[-1].samples * full - spent
+        return shapes[-1].steps_for(rest / full)
+
+    def steps_for_flops(self, flops: float) -> int:
+        """Full-resolution steps whose samples cost `flops` training FLOPs (the equal-FLOPs
+        control's length)."""
+        full = full_resolution(self.cfg).train_flops_per_sample(self.cfg)
+        return self.epoch_shape(Phase(method="none", factor=1, steps=1)).steps_for(flops / full)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_full_resolution(self, model: AST, loader) -> dict:

@@ -159,7 +159,7 @@ def test_throughput_set_and_compile_reach_the_step(tiny_recipe, tmp_path, monkey
                                        "--warmup", "0"])
     assert result.exit_code != 0 and "--warmup >= 1" in result.output
     result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--set", "optim.fused=7"])
-    assert result.exit_code != 0 and "optim.fused must be true or false" in result.output
+    assert result.exit_code != 0 and "[optim] fused: expected true or false, got 7" in result.output
 
 
 def test_throughput_refuses_a_missing_phase(tiny_recipe):

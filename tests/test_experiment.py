@@ -96,8 +96,9 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
         assert r.exit_code == 0, r.output
         one = json.loads(r.stdout)
         assert [c["cell"] for c in one["cells"]] == ["one"] and len(one["cells"][0]["c2f"]["per_seed"]) == 1
-        from c2ftrain.sweep import summary_table
         from rich.console import Console
+
+        from c2ftrain.sweep import summary_table
 
         console = Console(width=250, record=True)
         console.print(summary_table(one))
@@ -252,3 +253,26 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     masked = dataclasses.replace(demo, data=dataclasses.replace(demo.data, freq_mask_bins=8))
     assert run_key(masked, demo.baseline_phases) != run_key(
         dataclasses.replace(masked, data=dataclasses.replace(masked.data, mask_value="zero")), demo.baseline_phases)
+
+
+def test_flops_budgets_count_the_partial_last_batch(toy_store, tmp_path):  # noqa: F811
+    """64 clips in batches of 24 make epochs of 24 + 24 + 16 samples: the budget phase, the
+    equal-FLOPs control and the plan count samples, not steps x batch (which overstated an
+    epoch by 8 clips, an eighth)."""
+    from c2fdata.reader import StoreReader
+    from c2ftrain.phases import full_resolution
+    from c2ftrain.plan import plan_experiment
+    from c2ftrain.recipe import Phase
+    from c2ftrain.trainer import model_config
+
+    recipe = dataclasses.replace(toy_recipe(toy_store, batch_size=24), budget_full_epochs=2.0,
+                                 phases=(Phase(method="pool-avg", factor=4, epochs=2), Phase(until="budget")))
+    cfg = model_config(recipe, StoreReader(toy_store, "train"))
+    full = full_resolution(cfg).train_flops_per_sample(cfg)
+    plan = plan_experiment(recipe, measure=False, device="cpu")["runs"]
+    report = run_experiment(recipe, tmp_path / "run", device="cpu")
+    for label in ("c2f", "baseline", "equal_flops"):
+        assert plan[label]["flops"] == report[label]["flops"], label
+    # within half a batch of what was asked for: the nearest step count, in samples
+    assert abs(report["c2f"]["flops"] - 2.0 * 64 * full) <= 12 * full
+    assert abs(report["equal_flops"]["flops"] - report["c2f"]["flops"]) <= 12 * full

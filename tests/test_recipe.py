@@ -80,15 +80,15 @@ def test_missing_recipe_file(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     # TOML's booleans are lowercase: `--set` takes `False` as the string 'False', which is truthy
-    ({"phases.2.reset_optimizer": "False"}, r"\[phases.2\] reset_optimizer: expected true or false, got 'False' "
-                                            r"\(TOML's booleans are lowercase"),
+    ({"phases.2.reset_optimizer": "False"}, (r"\[phases.2\] reset_optimizer: expected true or false, got 'False' "
+                                             r"\(TOML's booleans are lowercase")),
     ({"data.random_crop": "no"}, r"\[data\] random_crop: expected true or false, got 'no'"),
     ({"optim.lr": ".5"}, r"\[optim\] lr: expected a number, got '.5' \(a number as TOML writes it: 0.5"),
     ({"phases.1.factor": 2.5}, r"\[phases.1\] factor: expected an integer, got 2.5"),
     ({"phases.1.factor": True}, r"\[phases.1\] factor: expected an integer, got True"),
     ({"data.eval_split": float("nan")}, r"\[data\] eval_split: expected a string, got nan"),
-    ({"model.patch_stride": [16, 16, 3]}, r"\[model\] patch_stride: expected a list \[an integer, an integer\], "
-                                          r"got \[16, 16, 3\]"),
+    ({"model.patch_stride": [16, 16, 3]}, (r"\[model\] patch_stride: expected a list \[an integer, an integer\], "
+                                           r"got \[16, 16, 3\]")),
     ({"data.extra_eval_splits": ["a", 1]}, r"\[data\] extra_eval_splits: expected a list of strings"),
     ({"optim.lr.x": 1}, r"--set optim.lr.x: optim.lr is a value, not a table"),
     ({"eval.phases.1.epochs": 3}, r"--set eval.phases.1.epochs: eval.phases has no list to index with 1"),

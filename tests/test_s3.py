@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from conftest import tone
 
 from c2fdata.build import BuildConfig, build_store
 from c2fdata.cli import main as cli
@@ -17,7 +18,6 @@ from c2fdata.reader import CorruptClipError, StoreReader
 from c2fdata.storage import StorageError, as_location
 from c2fdata.store import StoreFormatError
 from c2fdata.verify import verify_store
-from conftest import tone
 
 # Skipped per test, not at import: a module-level skip is reported even when every test here is
 # deselected (`pytest -m gpu`), and the GPU check counts any reported skip as a failure.
@@ -168,9 +168,10 @@ def test_train_eval_and_predict_on_an_s3_store(s3, audio, local_store, tmp_path)
     parent's store handles: they are bound to its event loop); `c2ftrain eval --store` and
     `predict --store` take a URL as every other command does, with the same metrics and scores
     as from a local copy of the store, and a clear error for none."""
+    from test_trainer import toy_recipe
+
     from c2ftrain.cli import main as train_cli
     from c2ftrain.trainer import PhaseTrainer
-    from test_trainer import toy_recipe
 
     url = f"s3://{BUCKET}/trained-on"
     build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3, codec="q32-lz4"))

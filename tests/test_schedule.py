@@ -83,3 +83,15 @@ def test_step_schedule_in_run_scope_counts_run_epochs():
     phase = OptimSpec(schedule="step", lr_scope="phase", step_decay_start=2, step_decay_every=1, lr=1.0)
     assert lr_at(phase, run, 1, 50, 5) == 1.0  # restarted: the second phase begins undecayed
     assert math.isclose(lr_at(phase, run, 1, 70, 7), 0.5)
+
+
+def test_epoch_shape_counts_the_partial_last_batch():
+    from c2ftrain.schedule import EpochShape
+
+    shape = EpochShape(steps=3, samples=64, batch=24)  # 24 + 24 + 16
+    assert [shape.samples_in(k) for k in range(8)] == [0, 24, 48, 64, 88, 112, 128, 152]
+    assert shape.steps_for(64) == 3 and shape.steps_for(60) == 3 and shape.steps_for(55) == 2
+    assert shape.steps_for(128) == 6 and shape.steps_for(150) == 7 and shape.steps_for(0) == 1
+    assert shape.steps_for(-5) == 1
+    whole = EpochShape(steps=50, samples=3200, batch=64)  # the demo's: every batch full
+    assert all(whole.steps_for(k * 64) == k for k in range(1, 200))

@@ -1,5 +1,6 @@
 """The phase trainer: a coarse-to-fine run end to end, exact resume after SIGKILL, DDP on CPU."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -470,8 +471,10 @@ def test_coarse_phases_evaluated_at_their_own_resolution_only(toy_store, tmp_pat
     assert untimed(resumed.history) == untimed(out.history)
     assert [r.ended for r in resumed.records] == ["length", "plateau", "length"]
     assert resumed.metrics == out.metrics
-    with pytest.raises(RecipeError, match="full_resolution_during_coarse must be true or false"):
+    with pytest.raises(RecipeError, match=r"\[eval\] full_resolution_during_coarse: expected true or false, got 'no'"):
         recipe_from_dict({**d, "eval": {"full_resolution_during_coarse": "no"}})
+    with pytest.raises(RecipeError, match="full_resolution_during_coarse must be true or false"):  # the Python API
+        dataclasses.replace(own.eval, full_resolution_during_coarse="no")
 
 
 def test_mixup_partner_decides_who_mixes(toy_store):

@@ -20,7 +20,13 @@ import csv
 import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from c2fdata.datasets.base import Clip, DatasetSpec, FileSource, guess_train_split, index_audio
+from c2fdata.datasets.base import (
+    Clip,
+    DatasetSpec,
+    FileSource,
+    guess_train_split,
+    index_audio,
+)
 from c2fdata.vocab import Vocabulary
 
 CSV_SPLITS = {

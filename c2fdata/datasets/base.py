@@ -165,8 +165,8 @@ def undecodable_note(undecodable: Counter, root: Path) -> list[str]:
         return []
     kinds = ", ".join(f"{n} {ext}" for ext, n in undecodable.most_common())
     n = sum(undecodable.values())
-    return [f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out ({kinds}); "
-            "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) and build again"]
+    return [(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out ({kinds}); "
+             "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) and build again")]
 
 
 @dataclass

@@ -9,12 +9,19 @@ are not clips; symlinked folders are followed; files in formats c2f cannot decod
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from collections import Counter
-
-from c2fdata.datasets.base import (AUDIO_EXTENSIONS, Clip, DatasetSpec, FileSource, audio_files, guess_train_split,
-                                   is_hidden, undecodable_note)
+from c2fdata.datasets.base import (
+    AUDIO_EXTENSIONS,
+    Clip,
+    DatasetSpec,
+    FileSource,
+    audio_files,
+    guess_train_split,
+    is_hidden,
+    undecodable_note,
+)
 from c2fdata.vocab import Vocabulary
 
 TARGET_FRAMES = 1024
