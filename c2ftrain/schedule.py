@@ -22,6 +22,9 @@ class Span:
     steps: int  # optimiser steps in the phase
     epochs: int  # epochs in the phase (the last one may be partial for a phase given in steps)
     steps_per_epoch: int
+    # the run's total steps as planned when this phase started, where an earlier phase ended
+    # early and changed it (None: the run's total as it stands); see run_progress
+    planned_total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ def lr_at(optim: OptimSpec, run: list[Span], phase: int, global_step: int, finis
     if optim.lr_scope == "run":
         peak, warmup = optim.lr, optim.warmup_steps
         step, total, epochs_done = global_step, sum(s.steps for s in run), finished_epochs
+        replanned = any(s.planned_total not in (None, total) for s in run[:phase + 1])
+        if replanned and optim.schedule == "cosine" and step >= warmup:
+            return cosine_lr(optim, peak, run_progress(run, phase, step, warmup))
     else:
         span = run[phase]
         p = span.phase
@@ -86,9 +92,29 @@ def schedule_lr(optim: OptimSpec, peak: float, warmup: int, step: int, total: in
     if optim.schedule == "step":
         return peak * optim.step_decay ** milestones_passed(optim, epochs_done)
     span = max(total - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
+    return cosine_lr(optim, peak, min(max(step - warmup, 0) / span, 1.0))
+
+
+def cosine_lr(optim: OptimSpec, peak: float, progress: float) -> float:
+    """The cosine decay from `peak` at progress 0 to peak * min_lr_ratio at 1."""
     floor = peak * optim.min_lr_ratio
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_progress(run: list[Span], phase: int, step: int, warmup: int) -> float:
+    """Where `step` (in phase `phase`) is in a run-wide decay: 0 at the end of warm-up, 1 at
+    the run's last step. A phase that ends early (a plateau) changes the run's length, and with
+    it, computed afresh, the decay would jump; instead each phase continues the decay from where
+    the previous one left it, over the steps that remain as planned when it started (its span's
+    planned_total). With no phase ended early this is (step - warmup) / (total - warmup)."""
+    now = sum(s.steps for s in run)
+    p, u0 = 0.0, 0
+    for i in range(phase + 1):
+        left = max((run[i].planned_total or now) - warmup, 1) - u0  # decay steps left, as planned then
+        u = max((run[i + 1].first_step if i < phase else step) - warmup, 0)
+        p = 1.0 if left <= 0 else min(p + (u - u0) / left * (1 - p), 1.0)
+        u0 = u
+    return p
 
 
 def milestones_passed(optim: OptimSpec, epochs_done: int) -> int:

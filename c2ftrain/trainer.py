@@ -302,9 +302,20 @@ class PhaseTrainer:
     def spans(self, state: RunState | None = None) -> list[Span]:
         """Every phase's first step and epoch and its length, from its loader's batches per epoch.
         Phases that have ended count at their real length (a plateau may end one early), and a
-        last phase with until = "budget" gets the training FLOPs the others leave."""
-        phases = list(self.phases)
+        last phase with until = "budget" gets the training FLOPs the others leave. Where that
+        changed the run's length, each span records the total planned when its phase started
+        (a run-wide learning-rate decay continues from there: schedule.run_progress)."""
         ended = {r.index: r for r in state.records if r.ended} if state else {}
+        now = self._spans(ended)
+        total = sum(s.steps for s in now)
+        planned = [sum(s.steps for s in self._spans({j: r for j, r in ended.items() if j < i}))
+                   for i in range(len(now))] if ended else [total] * len(now)
+        if planned == [total] * len(now):
+            return now
+        return [dataclasses.replace(s, planned_total=t) for s, t in zip(now, planned)]
+
+    def _spans(self, ended: dict) -> list[Span]:
+        phases = list(self.phases)
         for i, r in ended.items():
             phases[i] = dataclasses.replace(phases[i], until="length", epochs=None, steps=r.steps)
         shapes = [self.epoch_shape(p) for p in phases]

@@ -95,3 +95,25 @@ def test_epoch_shape_counts_the_partial_last_batch():
     assert shape.steps_for(-5) == 1
     whole = EpochShape(steps=50, samples=3200, batch=64)  # the demo's: every batch full
     assert all(whole.steps_for(k * 64) == k for k in range(1, 200))
+
+
+def test_a_run_wide_decay_continues_where_a_phase_ended_early():
+    """A coarse phase planned at 12 steps ends at a plateau after 4, and the run's total falls
+    from 13 to 7 steps: the decay goes on from 4/13 (where it was) over the 3 steps left,
+    instead of jumping to 4/7."""
+    from c2ftrain.recipe import OptimSpec, Phase
+    from c2ftrain.schedule import Span, cosine_lr, lr_at, run_progress
+
+    coarse, full = Phase(method="pool-avg", factor=4, epochs=6), Phase(steps=3)
+    run = [Span(coarse, 0, 0, 4, 2, 2, planned_total=13), Span(full, 4, 2, 3, 2, 2, planned_total=7)]
+    assert [run_progress(run, 0, s, 0) for s in range(4)] == pytest.approx([0, 1 / 13, 2 / 13, 3 / 13])
+    assert [run_progress(run, 1, s, 0) for s in (4, 5, 6, 7)] == pytest.approx(
+        [4 / 13, 4 / 13 + 1 / 3 * 9 / 13, 4 / 13 + 2 / 3 * 9 / 13, 1.0])
+    optim = OptimSpec(lr=1e-3, lr_scope="run", warmup_steps=0)
+    assert lr_at(optim, run, 1, 4, 2) == pytest.approx(cosine_lr(optim, 1e-3, 4 / 13))
+    # with warm-up: progress counts from its end, and nothing ended early is the plain formula
+    plain = [Span(coarse, 0, 0, 12, 6, 2), Span(full, 12, 6, 3, 2, 2)]
+    warm = OptimSpec(lr=1e-3, lr_scope="run", warmup_steps=2)
+    for step in range(2, 15):
+        assert run_progress(plain, 0 if step < 12 else 1, step, 2) == pytest.approx((step - 2) / 13)
+        assert lr_at(warm, plain, 0 if step < 12 else 1, step, 0) == cosine_lr(warm, 1e-3, (step - 2) / 13)

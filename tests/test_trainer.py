@@ -493,3 +493,31 @@ def test_mixup_partner_decides_who_mixes(toy_store):
                          (dict(mixup_domain="wave"), "mixup_domain"), (dict(mixup=0.5, mixup_alpha=0), "mixup_alpha")):
         with pytest.raises(RecipeError, match=message):
             toy_recipe(toy_store, **bad)
+
+
+def test_run_wide_decay_has_no_jump_when_a_plateau_ends_early(toy_store, tmp_path, monkeypatch):
+    """lr_scope = "run", cosine: the coarse phase (planned at 6 epochs) ends at a plateau after
+    2 and the budget phase is sized anew; the rate the optimiser gets goes on falling smoothly
+    across the change (it used to drop at once to where the shorter run would be), to its floor."""
+    import c2ftrain.trainer as tr
+
+    d = toy_recipe(toy_store, batch_size=32).to_dict()
+    d.update(budget_full_epochs=2.0, phases=[
+        {"method": "pool-avg", "factor": 4, "until": "plateau", "epochs": 6, "patience": 1, "min_delta": 1.0},
+        {"method": "none", "factor": 1, "until": "budget"}])
+    d["optim"].update(lr_scope="run", warmup_steps=0, schedule="cosine")
+    recipe = recipe_from_dict(d)
+    seen, real = [], tr.train_step
+
+    def recording(net, optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real(net, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "train_step", recording)
+    out = PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    assert [r.ended for r in out.records] == ["plateau", "length"] and out.records[0].steps == 4
+    steps = np.diff(seen)
+    assert (steps < 0).all()  # falling at every step, the phase change included
+    # no step falls much more than its neighbours: the change falls within the steps around it
+    change = out.records[0].steps - 1
+    assert -steps[change] <= 1.5 * max(-steps[change - 1], -steps[change + 1])
