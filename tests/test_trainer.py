@@ -521,3 +521,21 @@ def test_run_wide_decay_has_no_jump_when_a_plateau_ends_early(toy_store, tmp_pat
     # no step falls much more than its neighbours: the change falls within the steps around it
     change = out.records[0].steps - 1
     assert -steps[change] <= 1.5 * max(-steps[change - 1], -steps[change + 1])
+
+    # killed at the first checkpoint after the change and resumed: the same rates and the same end
+    class Killed(Exception):
+        pass
+
+    class KilledInTheBudgetPhase(PhaseTrainer):
+        def save(self, model, optimizer, state):
+            super().save(model, optimizer, state)
+            if state.progress.phase == 1:
+                raise Killed
+
+    uninterrupted = list(seen)
+    seen.clear()
+    with pytest.raises(Killed):
+        KilledInTheBudgetPhase(recipe, recipe.phases, tmp_path / "killed", "c2f", device="cpu").run()
+    assert 4 < len(seen) < len(uninterrupted)
+    resumed = PhaseTrainer(recipe, recipe.phases, tmp_path / "killed", "c2f", device="cpu").run(resume=True)
+    assert seen == uninterrupted and resumed.metrics == out.metrics
