@@ -60,7 +60,7 @@ class BuildResult:
     stats: dict | None
     completion: dict
     problems: list[dict]  # {split, id, reason, detail, fatal}
-    notes: list[str] = ()  # what the adapter noted: files left out, the statistics split when guessed
+    notes: list[str] = field(default_factory=list)  # what the adapter noted: files left out, the statistics split when guessed
 
 
 def parse_shard(text: str) -> tuple[int, int]:
