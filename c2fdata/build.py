@@ -162,6 +162,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     t0 = time.perf_counter()
     fbank_cfg = fbank_cfg or FbankConfig()
     spec = prepare(cfg.dataset, cfg.root, **cfg.options)
+    spec.check_train_split()  # before any feature is computed, not when finalising
     metas, issues, clips_by_split = _labels_and_issues(spec, cfg.limit)
     if cfg.strict and issues:
         raise StrictError(f"--strict: {len(issues)} metadata problems, first: {issues[0]}")
@@ -171,7 +172,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
         fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
         prepare_issues=[i for i in issues if i["reason"] != "missing"],
-        extra_attrs={"notes": spec.all_notes},
+        extra_attrs={"notes": spec.notes, "train_split_note": spec.train_split_note},
     )
     todo = _pending_blocks(group, metas, cfg)
     total = sum(b.size for b in todo)
@@ -202,5 +203,5 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     return BuildResult(
         path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
-        completion=st.completion(group), problems=problems, notes=list(group.attrs.get("notes", [])),
+        completion=st.completion(group), problems=problems, notes=st.store_notes(dict(group.attrs)),
     )

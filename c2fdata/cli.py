@@ -101,8 +101,10 @@ def main(verbose: bool) -> None:
 @click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
 @click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
-@click.option("--train-split", help="The split the normalisation statistics come from (default: the dataset's "
-                                    "training split; AudioSet: the largest training split on disk).")
+@click.option("--train-split", help="The store's training split: the normalisation statistics come from it and "
+                                    "recipes train on it unless they name data.train_split (default: the "
+                                    "dataset's; AudioSet: the first of unbalanced_train, balanced_train, train "
+                                    "with clips on disk).")
 @click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
               help="How features are kept: " + "; ".join(f"{c.name}: {c.help}" for c in CODECS.values())
               + " (docs/STORE.md compares them).")
@@ -201,7 +203,8 @@ def _print_problems(problems, shown: int = 10) -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--train-split", help="Take the normalisation statistics from this split (default: the build's choice).")
+@click.option("--train-split", help="Make this split the store's training split (its statistics normalise the "
+                                    "store; recipes train on it unless they name data.train_split).")
 def finalize(store, train_split):
     """Compute normalisation stats once every shard of a sharded build is complete."""
     from c2fdata import store as st

@@ -56,7 +56,7 @@ def store_info(path: str | Path) -> dict:
         "mean": stats.get("mean"), "std": stats.get("std"),
         "n_mels": feats["n_mels"], "frame_shift_ms": feats["frame_shift_ms"],
         "frame_length_ms": feats["frame_length_ms"], "sample_rate": feats["sample_rate"],
-        "features": feats, "bytes": size, "files": files, "notes": a.get("notes", []),
+        "features": feats, "bytes": size, "files": files, "notes": st.store_notes(a),
     }
 
 

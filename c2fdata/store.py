@@ -207,8 +207,14 @@ def _open_same(loc: Location, attrs: dict) -> zarr.Group:
                 f"from {now!r}. Keep the store as it is with --train-split {was}, or take its statistics from "
                 f"{now!r} with `c2fdata finalize {loc.url} --train-split {now}` (models trained on it before were "
                 "fed the old statistics)")
-        group.attrs.update({"train_split": now, "notes": attrs.get("notes", [])})
+        group.attrs.update({k: attrs.get(k) for k in ("train_split", "train_split_note", "notes")})
     return group
+
+
+def store_notes(attrs: dict) -> list[str]:
+    """What the build noted (files left out, ...), and which split the statistics come from
+    where that was a guess."""
+    return list(attrs.get("notes", [])) + ([attrs["train_split_note"]] if attrs.get("train_split_note") else [])
 
 
 def _write_new(loc: Location, attrs, splits, frames, n_mels, block, codec, missing, prepare_issues) -> None:
@@ -295,24 +301,26 @@ def completion(group: zarr.Group) -> dict[str, dict[str, int]]:
 def finalize(group: zarr.Group, path: str | Path = "", train_split: str | None = None) -> dict | None:
     """Once every clip of every split is committed: normalisation stats from the train split
     (over real frames, not padding), written to the attrs. Returns the stats, or None while
-    clips are still pending (another shard still building). `train_split` takes them from
-    another split than the build chose (from the per-block sums kept: no clip is read)."""
+    clips are still pending (another shard still building). `train_split` makes another split
+    than the build chose the training split (recipes train on it unless they name one), its
+    statistics from the per-block sums kept (no clip is read)."""
     done = completion(group)
     if any(s["pending"] for s in done.values()):
         return None
-    if train_split is not None:
-        if train_split not in done:
-            raise ValueError(f"{path}: no split {train_split!r}; splits are {', '.join(sorted(done))}")
-        group.attrs["train_split"] = train_split
-    train = group.attrs["train_split"]
+    if train_split is not None and train_split not in done:
+        raise ValueError(f"{path}: no split {train_split!r}; splits are {', '.join(sorted(done))}")
+    train = train_split or group.attrs["train_split"]
     total, total_sq, count = group[train]["stat_sums"][:].sum(axis=0)
-    if count == 0:
+    if count == 0:  # checked before anything is written: a refused split changes nothing
         raise ValueError(f"{path}: no usable clip in the train split {train!r}, nothing to normalise with; "
                          f"take the statistics from another split with `c2fdata finalize {path} --train-split SPLIT`")
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
     stats = {"mean": float(mean), "std": std, "frames": int(count), "split": train}
-    group.attrs.update({"stats": stats, "finalized": True, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    update = {"stats": stats, "finalized": True, "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if train_split is not None:  # chosen now: no longer a guess
+        update.update(train_split=train_split, train_split_note="")
+    group.attrs.update(update)
     return stats
 
 

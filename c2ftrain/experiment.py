@@ -226,13 +226,18 @@ def _check_resumable(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> 
         started = recipe_from_dict(config["recipe"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); {CONFIG_REMEDY}") from None
-    # the store is compared by fingerprint above (the same store may have moved)
-    diff = [d for d in recipe_differences(started, recipe) if not d.startswith("store: ")]
+    # the store is compared by fingerprint above (the same store may have moved, and with it
+    # cv.store where it was filled in from the recipe's store)
+    moved = lambda r: dataclasses.replace(  # noqa: E731
+        r, store="", cv=dataclasses.replace(r.cv, store="" if r.cv.store == r.store else r.cv.store))
+    diff = recipe_differences(moved(started), moved(recipe))
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        how = ("run the sweep with the settings it was started with, or sweep into a new --out"
+               if "shared_runs" in config else f"continue it as it was (`c2ftrain run --resume {run_dir}`), or "
+               "train into a new directory")
         raise ValueError(f"{run_dir} was started with another recipe (started vs now: {shown}); its finished runs "
-                         "were trained with the one it recorded. Continue it as it was (`c2ftrain run --resume "
-                         f"{run_dir}`, or the sweep with its former settings), or train into a new directory")
+                         f"were trained with the one it recorded: {how}")
     return was
 
 

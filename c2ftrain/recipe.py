@@ -499,6 +499,8 @@ def _build(cls, data: dict, where: str):
     for k, v in data.items():
         if isinstance(v, list) and k not in ("phases",):
             v = tuple(v)
+        if isinstance(v, float) and v.is_integer() and _fits(int(v), hints[k]) and not _fits(v, hints[k]):
+            v = int(v)  # an integer written as 1e3 or 2.0
         if not _fits(v, hints[k]):
             shown = list(v) if isinstance(v, tuple) else v
             raise RecipeError(f"[{where}] {k}: expected {_type_name(hints[k])}, got {shown!r}{_toml_hint(v)}")

@@ -42,7 +42,7 @@ def cell_name(overrides: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "recipe"
 
 
-MAX_DIR_NAME = 200  # file systems take 255 bytes a name
+MAX_DIR_NAME = 255  # bytes a file name may have on common file systems
 
 
 def cell_dir(name: str) -> str:

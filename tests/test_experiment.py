@@ -145,7 +145,7 @@ def test_long_cell_names_fit_a_file_name():
                         "data.freq_mask_bins": 24, "data.time_mask_frames": 48}) for lr in (1e-3, 2e-3)]
     assert all(len(n) > 255 for n in names)
     dirs = [cell_dir(n) for n in names]
-    assert all(len(d) <= 200 for d in dirs) and dirs[0] != dirs[1]
+    assert all(len(d) <= 255 for d in dirs) and dirs[0] != dirs[1]
     assert cell_dir("optim.lr=0.001") == "optim.lr=0.001"  # short names are kept as they were
 
 
@@ -276,3 +276,19 @@ def test_flops_budgets_count_the_partial_last_batch(toy_store, tmp_path):  # noq
     # within half a batch of what was asked for: the nearest step count, in samples
     assert abs(report["c2f"]["flops"] - 2.0 * 64 * full) <= 12 * full
     assert abs(report["equal_flops"]["flops"] - report["c2f"]["flops"]) <= 12 * full
+
+
+def test_a_resumed_directory_may_find_its_store_moved(tmp_path):
+    """The store is compared by fingerprint, so a store that moved (and cv.store, filled in from
+    it) is no difference; any other setting is, named, with the way to go on."""
+    from c2ftrain.experiment import _check_resumable
+    from c2ftrain.recipe import load_recipe
+
+    started = load_recipe("esc50", {"store": "stores/esc50", "cv.split": "fold{fold}"})
+    assert started.cv.store == "stores/esc50"
+    (tmp_path / "config.json").write_text(json.dumps({"recipe": started.to_dict(), "store_fingerprint": "f0"}))
+    moved = load_recipe("esc50", {"store": "/data/esc50", "cv.split": "fold{fold}"})
+    assert _check_resumable(tmp_path, moved, "f0") == "f0"
+    changed = load_recipe("esc50", {"store": "/data/esc50", "cv.split": "fold{fold}", "optim.lr": 1e-4})
+    with pytest.raises(ValueError, match=r"started vs now: optim.lr: 1e-05 vs 0.0001\).*c2ftrain run --resume"):
+        _check_resumable(tmp_path, changed, "f0")

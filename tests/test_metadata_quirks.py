@@ -78,9 +78,13 @@ def test_audioset_statistics_from_the_training_split_on_disk(tmp_path):
     assert prepare("audioset", tmp_path, train_split="eval").train_split == "eval"
     with pytest.raises(ValueError, match=r"split 'unbalanced_train'.*no clip on disk \(1 listed, all missing\)"
                                          r".*--train-split \(splits with clips: balanced_train, eval\)"):
-        prepare("audioset", tmp_path, train_split="unbalanced_train")
+        prepare("audioset", tmp_path, train_split="unbalanced_train").check_train_split()
     with pytest.raises(ValueError, match=r"no split 'nope'.*balanced_train, eval"):
-        prepare("audioset", tmp_path, train_split="nope")
+        prepare("audioset", tmp_path, train_split="nope").check_train_split()
+    with pytest.raises(ValueError, match=r"split 'unbalanced_train'.*no clip on disk"):  # a build checks first
+        build_store(BuildConfig(dataset="audioset", root=tmp_path, out=tmp_path / "never",
+                                options={"train_split": "unbalanced_train"}))
+    assert not (tmp_path / "never").exists()
     res = build_store(BuildConfig(dataset="audioset", root=tmp_path, out=tmp_path / "store"))
     assert res.finalized and res.stats["split"] == "balanced_train"
 
@@ -159,6 +163,31 @@ def test_symlinked_audio_folders_are_searched(tmp_path):
     wav(folder / "train" / "dog" / "a.wav")
     os.symlink(disk / "dog" / "more", folder / "train" / "dog" / "more")
     assert [c.id for c in prepare("folder", folder).clips["train"]] == ["dog/a", "dog/more/b"]
+    # a folder reached both as itself and through links keeps its own path, whatever order the
+    # file system lists them in (clip ids are hashed into the store's fingerprint)
+    wav(folder / "train" / "cat" / "real" / "x.wav")
+    for name in ("alias", "zlink"):
+        os.symlink(folder / "train" / "cat" / "real", folder / "train" / "cat" / name)
+    assert [c.id for c in prepare("folder", folder).clips["train"] if c.id.startswith("cat/")] == ["cat/real/x"]
+
+
+def test_unreadable_folders_are_left_out_and_named(tmp_path, monkeypatch):
+    """A root-only lost+found on a data disk (simulated: the tests may run as root)."""
+    segments(tmp_path, "eval_segments.csv", [("abc", 0, "/m/09x0r")])
+    wav(tmp_path / "audio" / "abc.wav")
+    (tmp_path / "lost+found").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    spec = prepare("audioset", tmp_path)
+    assert [c.id for c in spec.clips["eval"]] == ["abc_0.000"]
+    assert spec.notes == [f"1 folder(s) under {tmp_path} could not be read and were left out "
+                          f"({tmp_path / 'lost+found'}); check their permissions"]
 
 
 def test_hidden_files_and_folders_are_not_clips(tmp_path):
@@ -186,6 +215,30 @@ def test_undecodable_files_are_noted(tmp_path):
     shutil.rmtree(tmp_path / "train" / "dog")
     with pytest.raises(ValueError, match=r"no audio found.*\. 2 files .* cannot decode were left out \(2 \.m4a\)"):
         prepare("folder", tmp_path)
+
+
+def test_a_refused_statistics_split_changes_nothing(tmp_path):
+    """finalize --train-split with a split of no usable clip fails before writing anything."""
+    for split in ("a", "b"):
+        wav(tmp_path / "data" / split / "dog" / "0.wav", seconds=0.5)
+    (tmp_path / "data" / "b" / "dog" / "bad.wav").write_bytes(b"RIFF not really")
+    (tmp_path / "data" / "b" / "dog" / "0.wav").unlink()
+    store = tmp_path / "store"
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store))
+    before = StoreReader(store, "a").attrs
+    r = CliRunner().invoke(cli, ["finalize", str(store), "--train-split", "b"])
+    assert r.exit_code == 2 and "no usable clip in the train split 'b'" in r.output
+    assert StoreReader(store, "a").attrs == before
+
+
+def test_export_needs_no_training_split_on_disk(tmp_path):
+    """Only VGGSound's test clips downloaded: export-audio writes them (a build would refuse)."""
+    (tmp_path / "vggsound.csv").write_text("aaa,30,dog,train\nbbb,30,dog,test\n")
+    wav(tmp_path / "a" / "bbb_000030.wav")
+    r = CliRunner().invoke(cli, ["export-audio", "--dataset", "vggsound", "--root", str(tmp_path), "--split", "test",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bbb_000030.wav", "labels.csv"]
 
 
 def test_duplicate_ids_name_their_files(tmp_path):
@@ -220,3 +273,5 @@ def test_statistics_split_of_an_existing_store(tmp_path):
     assert reader.mean == pytest.approx(flat.mean(), abs=1e-3) and reader.std == pytest.approx(flat.std(), abs=1e-3)
     r = CliRunner().invoke(cli, ["finalize", str(store), "--train-split", "nope"])
     assert r.exit_code == 2 and "no split 'nope'; splits are a, b" in r.output
+    info = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)
+    assert info["train_split"] == "b" and not any("no split is named train" in n for n in info["notes"])

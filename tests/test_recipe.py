@@ -111,3 +111,11 @@ def test_a_budget_phase_is_checked_as_mixed():
         Phase(method="fshift", factor=1, factors=(4, 1), epochs=1)
     with pytest.raises(RecipeError, match="factor"):
         Phase(method="fshift", factor=1, factors=(4, 1), until="budget")
+
+
+def test_whole_numbers_written_as_floats_are_integers():
+    r = load_recipe("demo", {"optim.warmup_steps": 1e2, "eval.checkpoint_every_steps": 5.0})
+    assert r.optim.warmup_steps == 100 and isinstance(r.optim.warmup_steps, int)
+    assert r.eval.checkpoint_every_steps == 5
+    with pytest.raises(RecipeError, match=r"\[optim\] warmup_steps: expected an integer, got 2.5"):
+        load_recipe("demo", {"optim.warmup_steps": 2.5})

@@ -21,8 +21,9 @@ NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
 
 
 def prepare(name: str, root=None, *, train_split: str | None = None, **options) -> DatasetSpec:
-    """The dataset as its adapter finds it under root. `train_split` names the split the
-    normalisation statistics come from, where the adapter's choice is not wanted."""
+    """The dataset as its adapter finds it under root. `train_split` names the training split
+    (its statistics normalise the store, and recipes train on it unless they name another),
+    where the adapter's choice is not wanted; a build checks it (DatasetSpec.check_train_split)."""
     if name not in ADAPTERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     if name in NEEDS_ROOT and root is None:
@@ -38,7 +39,6 @@ def prepare(name: str, root=None, *, train_split: str | None = None, **options) 
     spec = getattr(importlib.import_module(module), func)(root, **options)
     if train_split is not None:
         spec.train_split, spec.train_split_note = train_split, ""
-    spec.check_train_split()
     return spec
 
 

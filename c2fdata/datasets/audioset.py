@@ -36,7 +36,7 @@ CSV_SPLITS = {
 }
 TARGET_FRAMES = 1024  # 10 s at 10 ms hop (AST)
 SEGMENT_SECONDS = 10.0  # every AudioSet segment; an AST json gives only the start
-# where the statistics come from when --train-split does not say: the largest training split on disk
+# the training split when --train-split does not say: the first of these with clips on disk
 TRAIN_SPLITS = ("unbalanced_train", "balanced_train", "train")
 
 

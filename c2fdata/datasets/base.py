@@ -69,10 +69,6 @@ class DatasetSpec:
     notes: list[str] = field(default_factory=list)
     train_split_note: str = ""  # when train_split is a guess: which split, and how to choose another
 
-    @property
-    def all_notes(self) -> list[str]:
-        return self.notes + ([self.train_split_note] if self.train_split_note else [])
-
     def __post_init__(self):
         if self.target_frames <= 0:
             raise ValueError(f"target_frames must be positive, got {self.target_frames}")
@@ -131,42 +127,79 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def audio_files(root: Path) -> tuple[list[Path], Counter]:
-    """Every audio file under root, sorted, following symlinked folders (each real folder once,
-    so a link loop ends), skipping hidden files and folders; and per extension, the files
-    libsndfile cannot decode (UNDECODABLE_EXTENSIONS), left out."""
-    found, undecodable, seen = [], Counter(), set()
+@dataclass
+class AudioScan:
+    """What a walk of a folder found: audio files (sorted), and what it left out."""
 
-    def walk(folder: str) -> Iterator[os.DirEntry]:
+    files: list[Path] = field(default_factory=list)
+    undecodable: Counter = field(default_factory=Counter)  # extension -> files libsndfile cannot decode
+    unreadable: list[str] = field(default_factory=list)  # folders it could not list (permissions)
+
+    def __iadd__(self, other: "AudioScan") -> "AudioScan":
+        self.files += other.files
+        self.undecodable += other.undecodable
+        self.unreadable += other.unreadable
+        return self
+
+    def notes(self, root: Path) -> list[str]:
+        out = []
+        if self.undecodable:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in self.undecodable.most_common())
+            n = sum(self.undecodable.values())
+            out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out "
+                       f"({kinds}); convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
+                       "and build again")
+        if self.unreadable:
+            more = f" and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
+            out.append(f"{len(self.unreadable)} folder(s) under {root} could not be read and were left out "
+                       f"({', '.join(self.unreadable[:3])}{more}); check their permissions")
+        return out
+
+
+def audio_files(root: Path) -> AudioScan:
+    """Every audio file under root, sorted, skipping hidden files and folders. Symlinked folders
+    are followed, each real folder once (so a link loop ends) and real folders before links
+    (so that a folder reached both ways keeps its real path: clip ids, hashed into the store's
+    fingerprint, must not depend on the order a file system lists entries in). Folders that
+    cannot be listed (a root-only lost+found) are left out and named."""
+    scan, seen, links = AudioScan(), set(), []
+
+    def walk(folder: str) -> None:
         real = os.path.realpath(folder)
         if real in seen:
             return
         seen.add(real)
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if is_hidden(e.name):
-                    continue
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            scan.unreadable.append(folder)
+            return
+        for e in entries:
+            if is_hidden(e.name):
+                continue
+            try:
                 if e.is_dir(follow_symlinks=True):
-                    yield from walk(e.path)
-                elif e.is_file(follow_symlinks=True):
-                    yield e
+                    if e.is_symlink():
+                        links.append(e.path)
+                    else:
+                        walk(e.path)
+                    continue
+                if not e.is_file(follow_symlinks=True):
+                    continue  # a broken link, a socket, ...
+            except OSError:
+                continue
+            ext = os.path.splitext(e.name)[1].lower()
+            if ext in AUDIO_EXTENSIONS:
+                scan.files.append(Path(e.path))
+            elif ext in UNDECODABLE_EXTENSIONS:
+                scan.undecodable[ext] += 1
 
-    for e in walk(str(root)):
-        ext = os.path.splitext(e.name)[1].lower()
-        if ext in AUDIO_EXTENSIONS:
-            found.append(Path(e.path))
-        elif ext in UNDECODABLE_EXTENSIONS:
-            undecodable[ext] += 1
-    return sorted(found), undecodable
-
-
-def undecodable_note(undecodable: Counter, root: Path) -> list[str]:
-    if not undecodable:
-        return []
-    kinds = ", ".join(f"{n} {ext}" for ext, n in undecodable.most_common())
-    n = sum(undecodable.values())
-    return [(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out ({kinds}); "
-             "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) and build again")]
+    walk(str(root))
+    while links:  # after every real folder: a link to one already walked adds nothing
+        walk(links.pop(0))
+    scan.files.sort()
+    return scan
 
 
 @dataclass
@@ -182,14 +215,14 @@ class AudioIndex:
 
 
 def index_audio(root: Path) -> AudioIndex:
-    files, undecodable = audio_files(root)
+    scan = audio_files(root)
     paths: dict[str, Path] = {}
     twins: dict[str, list[Path]] = {}
-    for p in files:
+    for p in scan.files:
         if p.stem in paths:
             twins.setdefault(p.stem, [paths[p.stem]]).append(p)
         paths.setdefault(p.stem, p)
-    notes = undecodable_note(undecodable, root)
+    notes = scan.notes(root)
     if twins:
         stem, where = next(iter(twins.items()))
         notes.append(f"{len(twins)} clip names have more than one file under {root}; the first by path is used "

@@ -9,18 +9,17 @@ are not clips; symlinked folders are followed; files in formats c2f cannot decod
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from c2fdata.datasets.base import (
     AUDIO_EXTENSIONS,
+    AudioScan,
     Clip,
     DatasetSpec,
     FileSource,
     audio_files,
     guess_train_split,
     is_hidden,
-    undecodable_note,
 )
 from c2fdata.vocab import Vocabulary
 
@@ -33,15 +32,15 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
         raise ValueError(f"--root {root} is not a folder")
     clips: dict[str, list[Clip]] = {}
     classes: set[str] = set()
-    undecodable: Counter = Counter()
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)):
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
-            files, left_out = audio_files(class_dir)
-            undecodable += left_out
-            if not files:
+    scan = AudioScan()
+    for split_dir in _folders(root, scan):
+        for class_dir in _folders(split_dir, scan):
+            found = audio_files(class_dir)
+            scan += found
+            if not found.files:
                 continue
             classes.add(class_dir.name)
-            for f in files:
+            for f in found.files:
                 clip_id = f"{class_dir.name}/{f.relative_to(class_dir).with_suffix('')}"
                 clips.setdefault(split_dir.name, []).append(
                     Clip(clip_id, split_dir.name, (class_dir.name,), FileSource(str(f)))
@@ -49,11 +48,20 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     if not clips:
         raise ValueError(
             f"{root}: no audio found; expected ROOT/<split>/<class>/*.{{{','.join(e[1:] for e in AUDIO_EXTENSIONS)}}}"
-            + "".join(f". {n}" for n in undecodable_note(undecodable, root))
+            + "".join(f". {n}" for n in scan.notes(root))
         )
     train, guessed = guess_train_split(clips)
     return DatasetSpec(
         name=name, vocabulary=Vocabulary.from_names(sorted(classes)), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split=train,
-        notes=undecodable_note(undecodable, root), train_split_note=guessed,
+        notes=scan.notes(root), train_split_note=guessed,
     )
+
+
+def _folders(parent: Path, scan: AudioScan) -> list[Path]:
+    """The visible sub-folders of a split or class level, sorted; an unreadable parent is noted."""
+    try:
+        return sorted(p for p in parent.iterdir() if p.is_dir() and not is_hidden(p.name))
+    except OSError:
+        scan.unreadable.append(str(parent))
+        return []
