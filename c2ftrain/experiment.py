@@ -228,8 +228,10 @@ def _check_resumable(run_dir: Path, recipe: Recipe, fingerprint: str | None) -> 
         raise ValueError(f"{cfg} cannot be read ({type(err).__name__}: {err}); {CONFIG_REMEDY}") from None
     # the store is compared by fingerprint above (the same store may have moved, and with it
     # cv.store where it was filled in from the recipe's store)
-    moved = lambda r: dataclasses.replace(  # noqa: E731
-        r, store="", cv=dataclasses.replace(r.cv, store="" if r.cv.store == r.store else r.cv.store))
+    def moved(r: Recipe) -> Recipe:
+        return dataclasses.replace(r, store="", cv=dataclasses.replace(r.cv, store="" if r.cv.store == r.store
+                                                                         else r.cv.store))
+
     diff = recipe_differences(moved(started), moved(recipe))
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")

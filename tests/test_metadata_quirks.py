@@ -186,8 +186,8 @@ def test_unreadable_folders_are_left_out_and_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     spec = prepare("audioset", tmp_path)
     assert [c.id for c in spec.clips["eval"]] == ["abc_0.000"]
-    assert spec.notes == [f"1 folder(s) under {tmp_path} could not be read and were left out "
-                          f"({tmp_path / 'lost+found'}); check their permissions"]
+    assert spec.notes == [(f"1 folder(s) under {tmp_path} could not be read and were left out "
+                           f"({tmp_path / 'lost+found'}); check their permissions")]
 
 
 def test_hidden_files_and_folders_are_not_clips(tmp_path):
@@ -209,9 +209,9 @@ def test_undecodable_files_are_noted(tmp_path):
         (tmp_path / "train" / name).write_bytes(b"not decodable by libsndfile")
     spec = prepare("folder", tmp_path)
     assert spec.vocabulary.names == ("dog",)
-    assert spec.notes == [f"3 files under {tmp_path} in formats c2f cannot decode were left out (2 .m4a, 1 .webm); "
-                          "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
-                          "and build again"]
+    assert spec.notes == [(f"3 files under {tmp_path} in formats c2f cannot decode were left out (2 .m4a, 1 .webm); "
+                           "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
+                           "and build again")]
     shutil.rmtree(tmp_path / "train" / "dog")
     with pytest.raises(ValueError, match=r"no audio found.*\. 2 files .* cannot decode were left out \(2 \.m4a\)"):
         prepare("folder", tmp_path)

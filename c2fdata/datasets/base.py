@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -135,7 +134,7 @@ class AudioScan:
     undecodable: Counter = field(default_factory=Counter)  # extension -> files libsndfile cannot decode
     unreadable: list[str] = field(default_factory=list)  # folders it could not list (permissions)
 
-    def __iadd__(self, other: "AudioScan") -> "AudioScan":
+    def __iadd__(self, other: AudioScan) -> Self:
         self.files += other.files
         self.undecodable += other.undecodable
         self.unreadable += other.unreadable
