@@ -100,6 +100,12 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
     from c2ftrain.experiment import run_experiment, seed_list
 
     out = Path(out)
+    for c in cells:  # a cell's whole value (phases=[...]) would silently undo a sweep-wide --set inside it
+        lost = [(b, k) for b in base_overrides or {} for k in c.overrides if b.startswith(k + ".")]
+        if lost:
+            b, k = lost[0]
+            raise RecipeError(f"--set {b} would be lost in cell {c.name!r}, whose {k} replaces it: put the setting "
+                              "in the cell's value, or leave it out")
     recipes = [load_recipe(recipe, {**(base_overrides or {}), **c.overrides}) for c in cells]  # all valid first
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(

@@ -292,3 +292,13 @@ def test_a_resumed_directory_may_find_its_store_moved(tmp_path):
     changed = load_recipe("esc50", {"store": "/data/esc50", "cv.split": "fold{fold}", "optim.lr": 1e-4})
     with pytest.raises(ValueError, match=r"started vs now: optim.lr: 1e-05 vs 0.0001\).*c2ftrain run --resume"):
         _check_resumable(tmp_path, changed, "f0")
+
+
+def test_a_sweep_wide_setting_a_cell_would_undo_is_refused(tmp_path):
+    from c2ftrain.recipe import RecipeError
+    from c2ftrain.sweep import Cell
+
+    cells = [Cell("three", {"phases": [{"method": "fshift", "factor": 4, "epochs": 2}, {"epochs": 1}]})]
+    with pytest.raises(RecipeError, match=r"--set phases.1.factor would be lost in cell 'three', whose phases replaces"):
+        run_sweep("demo", cells, tmp_path / "sw", 1, base_overrides={"phases.1.factor": 2})
+    assert not (tmp_path / "sw").exists()
