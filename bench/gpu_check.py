@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,9 @@ class Step:
     check: Callable[[], Outcome] | None = None  # after every command succeeded
     needs: tuple[str, ...] = ()  # steps whose outputs this one reads
     env: dict[str, str] = field(default_factory=dict)
+    # run directories it writes, emptied first: a step run again (--only with the same --workdir)
+    # starts a new run, as `c2ftrain run --out` never writes over one
+    fresh: tuple[Path, ...] = ()
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
         Step("d", "train", "a bf16 run through " + " -> ".join(RUN_METHODS) + " trains, evaluates, saves",
              (Command((PY, "-m", "bench.gpu_check", "toy-run", str(toy), "--loader", loader)),
               Command(c2ftrain("run", recipe, "--no-baseline", "--out", run_d))),
-             timeout("d"), check=lambda: train_outcome(run_d)),
+             timeout("d"), check=lambda: train_outcome(run_d), fresh=(run_d,)),
         Step("e", "eval", "c2ftrain eval of final.pt reproduces the run's final metric; c2ftrain predict "
                           "scores audio files on CUDA as on the CPU",
              (Command(c2ftrain("eval", run_d / "c2f" / "final.pt", "--store", toy / "store", "--split", "eval",
@@ -136,12 +140,12 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
              (Command((PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "c2ftrain",
                        "run", str(recipe), "--no-baseline", "--out", str(run_f))),),
              timeout("f"), check=lambda: torchrun_outcome(run_f, run_d, work / "f-torchrun.log"), needs=("d",),
-             env={"NCCL_DEBUG": "INFO"}),  # its "NCCL INFO" lines show that a communicator was made
+             env={"NCCL_DEBUG": "INFO"}, fresh=(run_f,)),  # its "NCCL INFO" lines show that a communicator was made
         Step("g", "resume", "SIGKILL after the first checkpoint, then --resume, ends at d's metrics",
              (Command(c2ftrain("run", recipe, "--no-baseline", "--out", run_g),
                       kill_when=run_g / "c2f" / "checkpoints" / "last.pt"),
-              Command(c2ftrain("run", "--resume", run_g, "--no-baseline"))),  # config.json does not keep it
-             timeout("g"), check=lambda: same_metrics(run_g, run_d), needs=("d",)),
+              Command(c2ftrain("run", "--resume", run_g))),  # as started: --no-baseline is in config.json
+             timeout("g"), check=lambda: same_metrics(run_g, run_d), needs=("d",), fresh=(run_g,)),
     ]
 
 
@@ -188,6 +192,8 @@ def run_step(step: Step, work: Path, cwd: Path = ROOT) -> dict:
     log_path = work / f"{step.key}-{step.name}.log"
     env = {**os.environ, **step.env}
     start, detail, passed = time.monotonic(), "", True
+    for stale in step.fresh:
+        shutil.rmtree(stale, ignore_errors=True)
     with open(log_path, "w") as log:
         for cmd in step.commands:
             log.write(f"$ {cmd}\n")

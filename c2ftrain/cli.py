@@ -80,6 +80,26 @@ def existing_store(store: str | None, option: str = "--store") -> str | None:
     return store
 
 
+# a command's parameters that decide what it trains, as the user spells them
+RUN_OPTIONS = {"recipe": "RECIPE", "run_dir": "--out", "no_baseline": "--no-baseline", "n_seeds": "--seeds",
+               "n_folds": "--folds", "overrides": "--set"}
+
+
+def check_run_dir(command: str, resume_dir: Path | None, run_dir: Path | None, record: str) -> None:
+    """`--resume DIR` goes on as the run was started, so options that would change it are refused
+    (not silently ignored); a new run never overwrites a directory that holds one."""
+    ctx = click.get_current_context()
+    if resume_dir:
+        given = [flag for name, flag in RUN_OPTIONS.items()
+                 if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            fail(f"--resume {resume_dir} goes on with the recipe, seeds and runs it was started with "
+                 f"({resume_dir / record}); leave out {', '.join(given)}, or start a new run with them")
+    elif run_dir is not None and (Path(run_dir) / record).is_file():
+        fail(f"{run_dir} already holds a run ({Path(run_dir) / record}); continue it with "
+             f"`c2ftrain {command} --resume {run_dir}`, or choose another --out (finished runs are never overwritten)")
+
+
 def parse_overrides(overrides: tuple[str, ...]) -> dict:
     """`--set KEY=VALUE` pairs; VALUE is read as TOML (numbers, booleans, quoted strings, lists)
     and taken as a bare string when it is not TOML."""
@@ -144,6 +164,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
     from c2ftrain.experiment import default_run_dir, load_run_config, run_experiment, seed_list
     from c2ftrain.recipe import RecipeError, load_recipe
 
+    check_run_dir("run", resume_dir, run_dir, "config.json")
     try:
         if resume_dir:
             rec, seeds, with_baseline = load_run_config(resume_dir)
@@ -197,6 +218,7 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
     from c2ftrain.init_weights import InitError
     from c2ftrain.recipe import RecipeError, load_recipe
 
+    check_run_dir("cv", resume_dir, run_dir, "cv.json")
     try:
         if resume_dir:
             rec, folds, seeds, with_baseline = load_cv_config(resume_dir)

@@ -302,3 +302,18 @@ def test_a_sweep_wide_setting_a_cell_would_undo_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"--set phases.1.factor would be lost in cell 'three', whose phases replaces"):
         run_sweep("demo", cells, tmp_path / "sw", 1, base_overrides={"phases.1.factor": 2})
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_run_directory_is_never_overwritten_and_resume_takes_no_new_settings(tmp_path):
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    (held / "cv.json").write_text("{}")
+    for command in (["run", "demo", "--out", str(held)], ["cv", "esc50", "--out", str(held)]):
+        r = CliRunner().invoke(main, command)
+        assert r.exit_code == 2 and f"{held} already holds a run" in r.output, r.output
+        assert f"c2ftrain {command[0]} --resume {held}" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["run", "--resume", str(held), "--set", "optim.lr=0.5", "--seeds", "3"])
+    assert r.exit_code == 2 and "leave out --seeds, --set" in r.output
+    r = CliRunner().invoke(main, ["cv", "esc50", "--resume", str(held), "--folds", "2"])
+    assert r.exit_code == 2 and "leave out RECIPE, --folds" in r.output
