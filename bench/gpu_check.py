@@ -536,7 +536,7 @@ def run(json_path, workdir, only, timeout_scale, loader, dry_run):
     """Run every GPU step (a-g) with its own timeout; a pass/fail table; exit 0 when all pass."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     work = (workdir or Path(tempfile.gettempdir()) / f"c2f-gpu-check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     steps = plan(work, timeout_scale=timeout_scale, loader=loader)
     keys = [k.strip() for k in only.split(",") if k.strip()]

@@ -190,9 +190,7 @@ def _open_same(loc: Location, attrs: dict) -> zarr.Group:
     group = open_store(loc, mode="r+")
     found = group.attrs.get("fingerprint")
     if found != attrs["fingerprint"]:
-        theirs = group.attrs.get("codec", DEFAULT_CODEC)
-        why = (f"it keeps features as {theirs}, not {attrs['codec']} (--codec)" if theirs != attrs["codec"]
-               else "it was built from other metadata or settings")
+        why = f"it was built from other metadata or settings: {_what_differs(dict(group.attrs), attrs)}"
         raise StoreFormatError(
             f"{loc.url} exists but {why} (fingerprint {found} != {attrs['fingerprint']}); use another "
             "--out, or delete it to start over"
@@ -215,6 +213,26 @@ def store_notes(attrs: dict) -> list[str]:
     """What the build noted (files left out, ...), and which split the statistics come from
     where that was a guess."""
     return list(attrs.get("notes", [])) + ([attrs["train_split_note"]] if attrs.get("train_split_note") else [])
+
+
+def _what_differs(was: dict, now: dict) -> str:
+    """What makes two fingerprints differ, in the words of the options that set it."""
+    diff = []
+    if was.get("codec", DEFAULT_CODEC) != now["codec"]:
+        diff.append(f"it keeps features as {was.get('codec', DEFAULT_CODEC)}, not {now['codec']} (--codec)")
+    for key, option in (("dataset", "--dataset"), ("target_frames", "--target-frames"), ("block_clips", "--block-clips"),
+                        ("features", "feature settings"), ("multi_label", "labels")):
+        if was.get(key) != now[key]:
+            diff.append(f"{key} {was.get(key)!r} here, {now[key]!r} now ({option})")
+    if was.get("vocabulary") != now["vocabulary"]:
+        diff.append(f"{len(was.get('vocabulary') or [])} classes here, {len(now['vocabulary'])} now")
+    def counts(a: dict) -> dict:
+        return {s: v["clips"] for s, v in (a.get("splits") or {}).items()}
+
+    if counts(was) != counts(now):
+        diff.append(f"clips per split {counts(was)} here, {counts(now)} now (files added or removed, or --limit)")
+    return "; ".join(diff) or ("the same splits and counts, but other clip ids or labels (files renamed or "
+                               "replaced, or the metadata changed)")
 
 
 def _write_new(loc: Location, attrs, splits, frames, n_mels, block, codec, missing, prepare_issues) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-console = Console()
+# piped into a log file, rich would cut tables at 80 columns: a run's table must stay whole there
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str) -> None:
@@ -119,7 +120,7 @@ def parse_overrides(overrides: tuple[str, ...]) -> dict:
 
 def print_outcome(report: dict) -> None:
     """The closing lines of an experiment: the table, the claim in one sentence, the paired deltas."""
-    from c2ftrain.report import paired_lines, report_table
+    from c2ftrain.report import paired_lines, report_table, saving_text
 
     console.print(report_table(report))
     if "savings" not in report:
@@ -133,8 +134,7 @@ def print_outcome(report: dict) -> None:
     console.print(
         f"coarse-to-fine: {name} {report['c2f'][value] * scale:.2f} vs baseline "
         f"{report['baseline'][value] * scale:.2f} ({report['metric_delta'] * scale:+.2f}{unit}){seeds}, "
-        f"[bold]{_less(s['flops'], 'fewer', 'more')} training FLOPs, "
-        f"{_less(s['wall'], 'less', 'more')} training time[/]"
+        f"[bold]{saving_text(s['flops'], 'fewer')} training FLOPs, {saving_text(s['wall'])} training time[/]"
     )
     if "equal_flops" in report:
         console.print(f"full resolution for the same FLOPs as coarse-to-fine: "
@@ -286,10 +286,13 @@ def plan(recipe, overrides, as_json, no_measure, device):
             t.add_row(str(e["epoch"]), e["label"], str(e["frames"]), str(e["tokens"]), str(e["steps"]),
                       f"{e['lr']:.2e}", f"{e['flops'] / 1e12:.2f}", f"{e['eval_flops'] / 1e12:.2f}")
         console.print(t)
+    from c2ftrain.report import saving_text
+
     s = result["savings"]
-    line = f"coarse-to-fine saves {s['flops']:.0%} of the baseline's training FLOPs"
+    line = f"coarse-to-fine: {saving_text(s['flops'], 'fewer')} training FLOPs than the baseline"
     if "est_wall" in s:
-        line += f" and about {s['est_wall']:.0%} of its training time on {result['device']} (estimate)"
+        line += (f", about {saving_text(s['est_wall'])} training time on {result['device']} (estimated from "
+                 "a few timed steps per resolution: rough where steps take milliseconds)")
     console.print(line)
     c2f = result["runs"]["c2f"]
     if c2f["coarse_full_eval_flops"] > 0.1 * c2f["flops"]:
@@ -362,10 +365,6 @@ def _device(choice: str) -> str | None:
             fail("--device cuda, but CUDA is not available here (torch "
                  f"{torch.__version__}); use --device cpu or install a CUDA build of torch")
     return None if choice == "auto" else choice
-
-
-def _less(saving: float, less: str, more: str) -> str:
-    return f"{saving:.0%} {less}" if saving >= 0 else f"{-saving:.0%} {more}"
 
 
 @main.command("report")

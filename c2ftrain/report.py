@@ -49,6 +49,13 @@ def eval_curve(runs: list) -> list[float]:
     return [mean([h[i]["metrics"][o.metric_name] for o, h in zip(runs, hists)]) for i in range(n)]
 
 
+def saving_text(saving: float, less: str = "less", more: str = "more") -> str:
+    """A saving (1 - c2f / baseline) in words: "47% fewer", "20% more", or past double "3.4x as much"."""
+    if saving >= 0:
+        return f"{saving:.0%} {less}"
+    return f"{1 - saving:.1f}x as much" if saving < -1 else f"{-saving:.0%} {more}"
+
+
 def _saving(c2f, base, key: str) -> float:
     b = getattr(base, key)
     return 1 - getattr(c2f, key) / b if b else 0.0

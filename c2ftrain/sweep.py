@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.recipe import RecipeError, load_recipe
-from c2ftrain.report import RUNS
+from c2ftrain.report import RUNS, saving_text
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,8 @@ def summary_table(summary: dict):
     fmt = (lambda m, s: f"{m * scale:.2f} ± {s * scale:.2f}")
     t = Table(title=f"sweep of {summary['recipe']}: {name}, mean ± std over {summary['seeds']} seeds; "
                     "paired deltas: mean [95% interval]")
-    for c in ("cell", "c2f", "baseline", "equal-FLOPs", "c2f - baseline", "c2f - equal-FLOPs", "FLOPs saved",
-              "wall saved"):
+    for c in ("cell", "c2f", "baseline", "equal-FLOPs", "c2f - baseline", "c2f - equal-FLOPs", "c2f FLOPs",
+              "c2f wall time"):
         t.add_column(c, justify="left" if c == "cell" else "right")
     for r in summary["cells"]:
         def delta(key):
@@ -158,5 +158,6 @@ def summary_table(summary: dict):
 
         t.add_row(r["cell"], *(fmt(r[k]["mean"], r[k]["std"]) if k in r else "" for k in RUNS),
                   delta("c2f-baseline"), delta("c2f-equal_flops"),
-                  f"{r['savings'].get('flops', 0):.0%}", f"{r['savings'].get('wall', 0):.0%}")
+                  *(saving_text(r["savings"][k], "fewer" if k == "flops" else "less") if k in r["savings"] else ""
+                    for k in ("flops", "wall")))
     return t

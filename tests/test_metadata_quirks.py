@@ -275,3 +275,19 @@ def test_statistics_split_of_an_existing_store(tmp_path):
     assert r.exit_code == 2 and "no split 'nope'; splits are a, b" in r.output
     info = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)
     assert info["train_split"] == "b" and not any("no split is named train" in n for n in info["notes"])
+
+
+def test_a_refused_store_says_what_differs(tmp_path):
+    for k in range(3):
+        wav(tmp_path / "data" / "train" / "dog" / f"{k}.wav", seed=k)
+    store = tmp_path / "store"
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store, limit=2))
+    with pytest.raises(StoreFormatError, match=r"clips per split \{'train': 2\} here, \{'train': 3\} now "
+                                               r"\(files added or removed, or --limit\)"):
+        build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store))
+    with pytest.raises(StoreFormatError, match=r"target_frames 1024 here, 256 now \(--target-frames\)"):
+        build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store, limit=2,
+                                options={"target_frames": 256}))
+    (tmp_path / "data" / "train" / "dog" / "1.wav").rename(tmp_path / "data" / "train" / "dog" / "9.wav")
+    with pytest.raises(StoreFormatError, match="the same splits and counts, but other clip ids or labels"):
+        build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store, limit=2))
