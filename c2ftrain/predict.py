@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2fdata.datasets.base import AUDIO_EXTENSIONS, FileSource
+from c2fdata.datasets.base import AUDIO_EXTENSIONS, UNDECODABLE_EXTENSIONS, FileSource
 from c2fdata.features import BadClip, fbank, pad_or_crop
 from c2fdata.pipeline.torch_loader import normalize
 from c2ftrain.evaluate import class_scores, load_trained_model, to_full_resolution
@@ -42,15 +42,19 @@ class Prediction:
 
 
 def audio_files(paths: list[Path]) -> list[Path]:
-    """The files given, with each folder replaced by the audio files under it (sorted); a
-    ValueError naming a path that does not exist or a folder without audio."""
+    """The files given, with each folder replaced by the audio files under it as a build finds
+    them (sorted; hidden files skipped, symlinked folders followed), files in formats c2f cannot
+    decode (.m4a, ...) included so that each is reported; a ValueError naming a path that does
+    not exist or a folder without audio."""
+    from c2fdata.datasets.base import audio_files as scan_folder
+
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
-            if not found:
+            scan = scan_folder(p)
+            if not scan.files and not scan.undecodable:
                 raise ValueError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under this folder")
-            out.extend(found)
+            out.extend(sorted(scan.files + scan.undecodable))
         elif p.is_file():
             out.append(p)
         else:
@@ -109,6 +113,9 @@ def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.devi
                  batch_size: int = 16) -> Prediction:
     """One file's scores, averaged over its windows; a Prediction with `error` set for a file that
     cannot be read or is too short for one analysis window (never an exception for bad audio)."""
+    if Path(path).suffix.lower() in UNDECODABLE_EXTENSIONS:
+        return Prediction(str(path), error=f"format c2f cannot decode ({Path(path).suffix}): convert it, e.g. "
+                                           f"`ffmpeg -i {Path(path).name} -ac 1 -ar 16000 {Path(path).stem}.flac`")
     try:
         audio, sr = FileSource(str(path))()
         feats = fbank(audio, sr, inputs.features, source=str(path))  # (frames, n_mels) float32

@@ -211,3 +211,16 @@ def test_a_coarse_checkpoint_is_resampled_as_its_recipe_resamples():
     bilinear.set_time_resolution(128)
     assert torch.equal(got, bicubic.pos_embed) and not torch.equal(got, bilinear.pos_embed)
     assert torch.equal(to_full_resolution(copy.deepcopy(coarse), {}, 128).pos_embed, bilinear.pos_embed)  # final.pt
+
+
+def test_folders_are_walked_as_a_build_walks_them(trained, tmp_path):
+    """Hidden files are no clips; files c2f cannot decode are reported, each with what to do."""
+    root, _, run = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    sf.write(folder / "a.wav", tone(1.0, freq=1500), 16000)
+    (folder / "._a.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "b.m4a").write_bytes(b"not for libsndfile")
+    results, _ = predict_files(run / "final.pt", [folder], device="cpu")
+    assert [Path(r.path).name for r in results] == ["a.wav", "b.m4a"]
+    assert not results[0].error and results[1].error.startswith("format c2f cannot decode (.m4a): convert it")

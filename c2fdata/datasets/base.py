@@ -131,7 +131,7 @@ class AudioScan:
     """What a walk of a folder found: audio files (sorted), and what it left out."""
 
     files: list[Path] = field(default_factory=list)
-    undecodable: Counter = field(default_factory=Counter)  # extension -> files libsndfile cannot decode
+    undecodable: list[Path] = field(default_factory=list)  # files libsndfile cannot decode (sorted)
     unreadable: list[str] = field(default_factory=list)  # folders it could not list (permissions)
 
     def __iadd__(self, other: AudioScan) -> Self:
@@ -143,8 +143,8 @@ class AudioScan:
     def notes(self, root: Path) -> list[str]:
         out = []
         if self.undecodable:
-            kinds = ", ".join(f"{n} {ext}" for ext, n in self.undecodable.most_common())
-            n = sum(self.undecodable.values())
+            kinds = ", ".join(f"{n} {ext}" for ext, n in Counter(p.suffix.lower() for p in self.undecodable).most_common())
+            n = len(self.undecodable)
             out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out "
                        f"({kinds}); convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
                        "and build again")
@@ -192,12 +192,13 @@ def audio_files(root: Path) -> AudioScan:
             if ext in AUDIO_EXTENSIONS:
                 scan.files.append(Path(e.path))
             elif ext in UNDECODABLE_EXTENSIONS:
-                scan.undecodable[ext] += 1
+                scan.undecodable.append(Path(e.path))
 
     walk(str(root))
     while links:  # after every real folder: a link to one already walked adds nothing
         walk(links.pop(0))
     scan.files.sort()
+    scan.undecodable.sort()
     return scan
 
 
