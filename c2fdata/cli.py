@@ -187,7 +187,12 @@ def _print_notes(notes) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
 
 
-def _print_problems(problems, shown: int = 10) -> None:
+def _effect(p: dict) -> str:
+    return "skipped" if p["fatal"] or p["reason"] in ("missing", "unknown-label") else "kept"
+
+
+def _print_problems(problems, out: Console | None = None) -> None:
+    """One row per kind of problem, with an example (the build's closing summary)."""
     counts = Counter((p["reason"], p["fatal"]) for p in problems)
     t = Table(title="build report (kept in the store: `c2fdata info STORE --problems`)")
     t.add_column("reason")
@@ -196,9 +201,18 @@ def _print_problems(problems, shown: int = 10) -> None:
     t.add_column("example")
     for (reason, fatal), n in counts.most_common():
         example = next(p for p in problems if p["reason"] == reason)
-        t.add_row(reason, str(n), "skipped" if fatal or reason in ("missing", "unknown-label") else "kept",
-                  f"{example['split']}/{example['id']}: {example['detail']}"[:100])
-    console.print(t)
+        t.add_row(reason, str(n), _effect(example), f"{example['split']}/{example['id']}: {example['detail']}"[:100])
+    (out or console).print(t)
+
+
+def _list_problems(problems, out: Console) -> None:
+    """Every problem, one row each (`info --problems`: a list to act on, on stdout)."""
+    t = Table(title=f"{len(problems)} problems the build recorded")
+    for col in ("split", "clip", "reason", "effect", "detail"):
+        t.add_column(col, overflow="fold")
+    for p in problems:
+        t.add_row(p["split"], p["id"], p["reason"], _effect(p), p["detail"])
+    out.print(t)
 
 
 @main.command()
@@ -253,7 +267,8 @@ def info(store, as_json, problems):
     out.print(f"normalisation mean {mean}; {d['bytes'] / 2**20:,.1f} MiB in {d['files']:,} files; "
               f"codec {d['codec']}; format v{d['format_version']} by c2f {d['tool_version']}")
     if problems and d["problems"]:
-        _print_problems(d["problems"])
+        _print_problems(d["problems"], out)
+        _list_problems(d["problems"], out)
     _print_notes(d["notes"])
 
 

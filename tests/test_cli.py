@@ -62,3 +62,21 @@ def test_progress_bar_only_once_work_starts(tmp_path):
     r = CliRunner().invoke(main, ["build", "--dataset", "esc50", "--root", str(tmp_path), "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "meta/esc50.csv" in " ".join(r.output.split())
     assert "features" not in r.output
+
+
+def test_info_problems_lists_every_clip_on_stdout(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    for k in range(3):  # 0.5 s clips: "short" (kept, zero-padded), one row each
+        (tmp_path / "d" / "train" / "dog").mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "d" / "train" / "dog" / f"{k}.wav",
+                 (0.1 * np.random.default_rng(k).standard_normal(8000)).astype("float32"), 16000)
+    (tmp_path / "d" / "train" / "dog" / "bad.wav").write_bytes(b"RIFF not really")
+    assert CliRunner().invoke(main, ["build", "--dataset", "folder", "--root", str(tmp_path / "d"),
+                                     "--out", str(tmp_path / "s")]).exit_code == 0
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "s"), "--problems"])
+    assert r.exit_code == 0
+    rows = [line for line in r.stdout.splitlines() if line.startswith("│ train")]
+    assert [row.split("│")[2].strip() for row in rows] == ["dog/0", "dog/1", "dog/2", "dog/bad"]
+    assert [row.split("│")[3].strip() for row in rows] == ["short"] * 3 + ["unreadable"]
