@@ -77,6 +77,6 @@ def test_info_problems_lists_every_clip_on_stdout(tmp_path):
                                      "--out", str(tmp_path / "s")]).exit_code == 0
     r = CliRunner().invoke(main, ["info", str(tmp_path / "s"), "--problems"])
     assert r.exit_code == 0
-    rows = [line for line in r.stdout.splitlines() if line.startswith("│ train")]
+    rows = [line for line in r.stdout.splitlines() if line.count("│") == 6 and line.startswith("│ train")]
     assert [row.split("│")[2].strip() for row in rows] == ["dog/0", "dog/1", "dog/2", "dog/bad"]
     assert [row.split("│")[3].strip() for row in rows] == ["short"] * 3 + ["unreadable"]
