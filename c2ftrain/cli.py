@@ -410,8 +410,9 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--store", required=True, help="the store to evaluate on: a folder or an s3:// URL")
-@click.option("--split", default="eval", show_default=True)
+@click.option("--store", help="the store to evaluate on, a folder or an s3:// URL (default: the one the checkpoint "
+                              "was trained on)")
+@click.option("--split", help="the split to evaluate (default: the run's evaluation split, else eval)")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -66,13 +66,22 @@ def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
     return model
 
 
-def evaluate_checkpoint(path: Path, store: Path | str, split: str = "eval", batch_size: int = 64,
-                        device: str | None = None) -> dict:
+def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str | None = None,
+                        batch_size: int = 64, device: str | None = None) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
     split of a store, fed as the model was trained (its clip length and normalisation, recorded
     in the checkpoint); a ValueError for a store whose features or classes differ from the
     training store's. A checkpoint saved on a GPU loads on a CPU-only machine."""
     model, state = load_trained_model(path)
+    if store is None:  # the store it was trained on, which every checkpoint names
+        if "store" not in state:
+            raise ValueError(f"{path} does not name the store it was trained on: give it with --store")
+        store = state["store"]
+        from c2fdata.storage import as_location
+
+        if not as_location(store).exists():
+            raise ValueError(f"{path} was trained on the store {store}, which is not there: give it with --store")
+    split = split or state.get("eval_split", "eval")  # the run's evaluation split where it is recorded
     reader = StoreReader(store, split)
     inputs = checkpoint_inputs(state, model.cfg, reader, path, store)
     to_full_resolution(model, state, inputs.target_frames)  # the length it was trained at

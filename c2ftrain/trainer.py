@@ -388,7 +388,7 @@ class PhaseTrainer:
         and the store it was trained on."""
         return {"model": model.state_dict(), "resolution": model.resolution_state(), "model_config": self.cfg.to_dict(),
                 "inputs": self.inputs.to_dict(), "store": str(self.recipe.store),
-                "store_fingerprint": self.store_fingerprint}
+                "store_fingerprint": self.store_fingerprint, "eval_split": self.recipe.data.eval_split}
 
     def save(self, model: AST, optimizer, state: RunState) -> None:
         if not self.dist.is_main:

@@ -224,3 +224,17 @@ def test_folders_are_walked_as_a_build_walks_them(trained, tmp_path):
     results, _ = predict_files(run / "final.pt", [folder], device="cpu")
     assert [Path(r.path).name for r in results] == ["a.wav", "b.m4a"]
     assert not results[0].error and results[1].error.startswith("format c2f cannot decode (.m4a): convert it")
+
+
+def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tmp_path):
+    root, store, run = trained
+    r = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    given = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--store", str(store), "--split", "eval",
+                                      "--json", "--device", "cpu"])
+    assert json.loads(r.stdout) == json.loads(given.stdout)
+    state = load_checkpoint(run / "final.pt")
+    state["store"] = str(tmp_path / "moved")
+    save_checkpoint(tmp_path / "moved.pt", state)
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "moved.pt")])
+    assert r.exit_code == 2 and f"was trained on the store {tmp_path / 'moved'}, which is not there" in r.output
