@@ -101,10 +101,26 @@ class BlockResult:
         return int(np.count_nonzero(self.status == st.FAILED))
 
 
+def limited(clips: list[Clip], limit: int | None) -> list[Clip]:
+    """At most `limit` clips for a quick trial, taken in turn from each label (a clip's first),
+    in their order in the split: a split listed class by class (a folder tree) would otherwise
+    give its first class only."""
+    if not limit or len(clips) <= limit:
+        return clips
+    queues: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        queues.setdefault(c.labels[0] if c.labels else "", []).append(i)
+    picked, k = [], 0
+    while len(picked) < limit:
+        picked += [q[k] for q in queues.values() if k < len(q)][:limit - len(picked)]
+        k += 1
+    return [clips[i] for i in sorted(picked)]
+
+
 def _labels_and_issues(spec: DatasetSpec, limit: int | None):
     metas, issues, clips_by_split = {}, [], {}
     for split, clips in spec.clips.items():
-        clips = clips[:limit] if limit else clips
+        clips = limited(clips, limit)
         clips_by_split[split] = clips
         enc, unknown = st.encode_labels([c.labels for c in clips], spec.vocabulary, spec.multi_label)
         for row, bad in unknown:

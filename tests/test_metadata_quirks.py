@@ -291,3 +291,12 @@ def test_a_refused_store_says_what_differs(tmp_path):
     (tmp_path / "data" / "train" / "dog" / "1.wav").rename(tmp_path / "data" / "train" / "dog" / "9.wav")
     with pytest.raises(StoreFormatError, match="the same splits and counts, but other clip ids or labels"):
         build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=store, limit=2))
+
+
+def test_a_limited_build_takes_clips_from_every_class(tmp_path):
+    """A folder tree lists its clips class by class: --limit 5 used to give the first class only."""
+    for cls in ("bird", "cat", "dog"):
+        for k in range(4):
+            wav(tmp_path / "data" / "train" / cls / f"{k}.wav", seed=k)
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=tmp_path / "store", limit=5))
+    assert StoreReader(tmp_path / "store", "train").ids == ["bird/0", "bird/1", "cat/0", "cat/1", "dog/0"]
