@@ -34,7 +34,26 @@ def main(verbose: bool) -> None:
 
 
 def _printer(state: dict):
+    """The console's view of a training: a line per run and evaluation, and between evaluations a
+    (transient) bar of the epoch's batches with the loss, every LOG_EVERY_STEPS steps. Call
+    `.stop()` on the result when training ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True)
+    task = None
+
+    def epoch_bar(e: dict) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("", total=None, loss="")
+        bar.update(task, description=f"{e['run']} phase {e['phase'] + 1} ({e['phase_label']}) epoch {e['epoch'] + 1}",
+                   completed=e["batch"], total=e["batches"], loss=f"loss {e['loss']:.3f}")
+
     def on_event(e: dict) -> None:
+        if e["event"] == "step":
+            epoch_bar(e)
         if e["event"] == "start":
             console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
@@ -51,6 +70,8 @@ def _printer(state: dict):
                           f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
         elif e["event"] == "step" and state.get("verbose"):
             console.print(f"    step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e}", style="dim")
+
+    on_event.stop = bar.stop
     return on_event
 
 
@@ -182,12 +203,15 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
     console.print(f"run directory {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
     from c2ftrain.distributed import close_distributed
 
+    printer = _printer({"verbose": steps_log})
     try:
         report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
-                                on_event=_printer({"verbose": steps_log}), device=_device(device))
+                                on_event=printer, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError) as err:
+        printer.stop()
         fail(str(err))
     finally:
+        printer.stop()
         close_distributed()
     print_outcome(report)
     console.print(f"report: {Path(run_dir) / 'report.json'}, {Path(run_dir) / 'report.png'}")
@@ -236,12 +260,15 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
         where = rec.cv.store_of(fold) + (f", split {rec.cv.split_of(fold)}" if rec.cv.fold_splits else "")
         console.rule(f"[bold]fold {fold}[/] held out ({where})")
 
+    printer = _printer({"verbose": steps_log})
     try:
         report = run_cv(rec, run_dir, folds=folds, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
-                        on_event=_printer({"verbose": steps_log}), on_fold=on_fold, device=_device(device))
+                        on_event=printer, on_fold=on_fold, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
+        printer.stop()
         fail(str(err))
     finally:
+        printer.stop()
         close_distributed()
     console.print(cv_table(report))
     console.print(f"report: {Path(run_dir) / 'report.json'} (each fold's own: fold-K/report.json)")

@@ -588,9 +588,11 @@ class PhaseTrainer:
             p.phase_step, p.global_step, p.batch = p.phase_step + 1, p.global_step + 1, p.batch + 1
             n = x.shape[0] * self.dist.world_size
             record.steps, record.samples, record.flops = record.steps + 1, record.samples + n, record.flops + flops_per_sample * n
-            if p.global_step % LOG_EVERY_STEPS == 0:
+            if p.global_step % LOG_EVERY_STEPS == 0:  # not every step: float(loss) waits for the GPU
                 self.on_event({"event": "step", "run": self.label, "phase": p.phase, "step": p.global_step,
-                               "loss": float(loss), "lr": lr})
+                               "loss": float(loss), "lr": lr, "phase_label": span.phase.label, "epoch": p.epoch,
+                               "batch": p.batch, "batches": min(span.steps_per_epoch,
+                                                                span.steps - p.epoch * span.steps_per_epoch)})
             if ckpt_every and p.global_step % ckpt_every == 0:
                 record.wall_s += self._clock() - t_start  # checkpoint time is not training time
                 record.data_s += data_s
