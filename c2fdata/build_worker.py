@@ -8,6 +8,7 @@ problem, if any, as a `reason` tag and a `detail` text, never parsed back from a
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import sys
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ __all__ = ["SILENT_PEAK", "SHORT_FRACTION", "ClipTask", "ClipResult", "compute_c
 SILENT_PEAK = 1e-6  # peak |sample| below this: the clip is flagged "silent" (kept, reported)
 SHORT_FRACTION = 0.5  # clips with fewer real frames than this share of the target are flagged
 POOL_CHUNK = 4  # clips per pool message: amortises pickling without starving workers near the end
+IN_FLIGHT_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the results held
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,76 @@ def compute_clip(task: ClipTask) -> ClipResult:
 
 
 class PoolResults:
-    """Ordered results of a process pool; `close()` stops the pool (also mid-way)."""
+    """Ordered results of a process pool, with at most `window` chunks of clips in flight (the
+    main process, which writes blocks, may be slower than the workers: finished clips must not
+    pile up in memory). A worker that dies (the OS killing it for memory, a decoder crashing)
+    breaks the pool: the clips that were in flight are then computed again one at a time in a
+    fresh pool, and the one that kills its worker again is failed as "crashed", so that the
+    build goes on, and on resume does not stop at the same clip. `close()` stops the pool."""
 
-    def __init__(self, pool, results: Iterator[ClipResult]):
-        self._pool, self._results = pool, results
+    def __init__(self, tasks: Iterable[ClipTask], workers: int, initargs: tuple, window: int):
+        self._tasks, self._workers, self._initargs, self._window = iter(tasks), workers, initargs, window
+        self._pool = None
+        self._restart()
+        self._results = self._ordered()
+
+    def _restart(self) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is not None:
+            self._stop()
+        # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
+        ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
+        self._pool = ProcessPoolExecutor(self._workers, mp_context=ctx, initializer=init_worker,
+                                         initargs=self._initargs)
+
+    def _stop(self) -> None:
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:  # a worker stuck in a long clip would otherwise run on
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
+
+    def _ordered(self) -> Iterator[ClipResult]:
+        from collections import deque
+        from concurrent.futures.process import BrokenProcessPool
+
+        in_flight: deque = deque()  # (chunk of tasks, future), oldest first
+
+        def fill() -> None:
+            while len(in_flight) < self._window:
+                chunk = list(itertools.islice(self._tasks, POOL_CHUNK))
+                if not chunk:
+                    return
+                in_flight.append((chunk, self._pool.submit(compute_chunk, chunk)))
+
+        fill()
+        while in_flight:
+            chunk, future = in_flight.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                again = chunk + [t for c, _ in in_flight for t in c]  # a finished later chunk: same results
+                in_flight.clear()
+                yield from self._one_at_a_time(again)
+                fill()
+                continue
+            yield from results
+            fill()
+
+    def _one_at_a_time(self, tasks: list[ClipTask]) -> Iterator[ClipResult]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        self._restart()
+        for task in tasks:
+            try:
+                (result,) = self._pool.submit(compute_chunk, [task]).result()
+            except BrokenProcessPool:  # alone in the pool: this clip killed its worker
+                result = ClipResult.failure("crashed", f"{task.clip_id}: the process computing it died (killed by "
+                                                       "the system, e.g. out of memory, or a decoder crash); skipped")
+                self._restart()
+            yield result
 
     def __iter__(self) -> "PoolResults":
         return self
@@ -119,8 +187,11 @@ class PoolResults:
         return next(self._results)
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        self._stop()
+
+
+def compute_chunk(tasks: list[ClipTask]) -> list[ClipResult]:
+    return [compute_clip(t) for t in tasks]
 
 
 def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, target_frames: int,
@@ -130,10 +201,7 @@ def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, targ
     if workers == 1:
         init_worker(cfg, target_frames, single_thread=False, codec=codec)  # in-process: leave the caller's threads alone
         return _in_process(tasks)
-    # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
-    ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(workers, initializer=init_worker, initargs=(cfg, target_frames, True, codec))
-    return PoolResults(pool, pool.imap(compute_clip, tasks, chunksize=POOL_CHUNK))
+    return PoolResults(tasks, workers, (cfg, target_frames, True, codec), window=IN_FLIGHT_PER_WORKER * workers)
 
 
 def _in_process(tasks: Iterable[ClipTask]) -> Iterator[ClipResult]:

@@ -305,3 +305,42 @@ def test_in_process_build_computes_with_one_thread_like_a_pool_worker(folder_big
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+class ToneSource:
+    """A picklable audio source (pool workers import this module)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self):
+        return tone(0.5, seed=self.seed, freq=200 + 40 * self.seed), 16000
+
+
+class KillsItsProcess:
+    """What the OOM killer or a segfaulting decoder does to the worker computing a clip."""
+
+    def __call__(self):
+        import os
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_on_one_clip_fails_that_clip_only(tmp_path):
+    """It used to hang the build forever (and every resume): the pool's task was lost."""
+    from c2fdata.build_worker import clip_results, close_results
+
+    tasks = [ClipTask(f"c{k}", ToneSource(k)) for k in range(12)]
+    tasks.insert(5, ClipTask("killer", KillsItsProcess()))
+    cfg = FbankConfig()
+    pooled = clip_results(tasks, 2, cfg, 64)
+    try:
+        got = list(pooled)
+    finally:
+        close_results(pooled)
+    alone = clip_results([t for t in tasks if t.clip_id != "killer"], 1, cfg, 64)
+    want = list(alone)
+    assert len(got) == 13 and got[5].failed and got[5].reason == "crashed"
+    assert got[5].detail.startswith("killer: the process computing it died")
+    for a, b in zip(got[:5] + got[6:], want):
+        assert not a.failed and a.frames == b.frames and np.array_equal(a.features, b.features)
