@@ -122,7 +122,12 @@ def fbank(audio: np.ndarray, sample_rate: int, cfg: FbankConfig, source: str = "
             f"{cfg.frame_length_ms} ms window",
         )
     wave = wave - wave.mean()
-    return kaldi_fbank(wave, **cfg.kaldi_kwargs())  # (frames, n_mels)
+    feats = kaldi_fbank(wave, **cfg.kaldi_kwargs())  # (frames, n_mels)
+    if not torch.isfinite(feats).all():  # finite samples so large that their power overflows
+        peak = float(np.abs(audio).max())
+        raise BadClip("non-finite", f"{source}: the features are not finite (peak sample {peak:.3g}; audio is "
+                                    "expected in [-1, 1])")
+    return feats
 
 
 def pad_or_crop(feats: torch.Tensor, target_frames: int) -> tuple[torch.Tensor, int]:

@@ -72,3 +72,13 @@ def test_frame_count_formula_matches_kaldi():
     cfg = FbankConfig()
     for n in (400, 401, 560, 16000, 160000, 12345):
         assert cfg.n_frames(n) == ast_fbank(torch.ones(1, n) + torch.randn(1, n)).shape[0]
+
+
+def test_samples_so_large_their_features_overflow_are_refused():
+    """Finite samples (a float wav written unscaled, ~1e30): fbank's power overflows to inf."""
+    from c2fdata.features import BadClip, FbankConfig, fbank
+
+    x = (np.sin(np.arange(8000) / 10) * 1e30).astype(np.float32)
+    with pytest.raises(BadClip, match=r"huge.wav: the features are not finite \(peak sample 1e\+30"):
+        fbank(x, 16000, FbankConfig(), source="huge.wav")
+    assert np.isfinite(fbank(x / 1e30, 16000, FbankConfig()).numpy()).all()
