@@ -246,6 +246,8 @@ def info(store, as_json, problems):
         d = store_info(store)
     except ValueError as err:  # StoreFormatError, StorageError
         fail(str(err))
+    except RuntimeError as err:  # a damaged metadata chunk (zstd): verify names the split
+        fail(f"{store}: part of the store cannot be read ({err}); `c2fdata verify {store}` says where")
     if problems:
         d["problems"] = build_problems(store)
     if as_json:

@@ -33,8 +33,14 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     hinted = False  # the rebuild recipe comes with the first corrupt clip; later ones name their block
     for split in a["splits"]:
         g = group[split]
-        status, frames, labels = g["status"][:], g["frames"][:], g["labels"][:]
-        ids = g["ids"][:]
+        try:
+            status, frames, labels = g["status"][:], g["frames"][:], g["labels"][:]
+            ids = g["ids"][:]
+        except Exception as err:  # noqa: BLE001  (zstd, decode or missing-chunk errors: name them, go on)
+            problems.append(f"{split}: its clip list (status, frames, labels or ids) cannot be read "
+                            f"({type(err).__name__}: {err}); rebuild the store")
+            done += a["splits"][split]["clips"]
+            continue
         n = len(status)
         if g["features"].shape != (n, target, n_mels):
             problems.append(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})")

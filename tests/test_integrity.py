@@ -284,3 +284,30 @@ def test_missing_clips(expected, served, missing):
 def test_missing_clips_refuses_what_the_plan_does_not_hold():
     with pytest.raises(ValueError, match="subsequence"):
         missing_clips(np.array([1, 2]), np.array([2, 1]))
+
+
+def test_a_damaged_clip_list_is_reported_not_a_traceback(tmp_path):
+    """One flipped byte in a split's status chunk: verify names the split, info says to verify."""
+    import numpy as np
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from c2fdata.build import BuildConfig, build_store
+    from c2fdata.cli import main as data_cli
+    from c2fdata.verify import verify_store
+
+    for k in range(6):
+        (tmp_path / "d" / "train" / "a").mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "d" / "train" / "a" / f"{k}.wav",
+                 (0.1 * np.random.default_rng(k).standard_normal(16000)).astype("float32"), 16000)
+    store = tmp_path / "s"
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=store, block_clips=2))
+    chunk = next((store / "train" / "status" / "c").iterdir())
+    raw = bytearray(chunk.read_bytes())
+    raw[0] ^= 1
+    chunk.write_bytes(bytes(raw))
+    problems = verify_store(store)
+    assert len(problems) == 1 and problems[0].startswith("train: its clip list (status, frames, labels or ids) "
+                                                         "cannot be read")
+    r = CliRunner().invoke(data_cli, ["info", str(store)])
+    assert r.exit_code == 2 and "part of the store cannot be read" in r.output and "c2fdata verify" in r.output
