@@ -224,3 +224,12 @@ def test_bad_mixup_settings(store):
         config(store, mixup=0.5, mixup_domain="waveform")
     with pytest.raises(ValueError, match="mixup_alpha must be > 0"):
         config(store, mixup=0.5, mixup_alpha=0)
+
+
+def test_power_mixup_stays_finite_when_the_weight_rounds_to_zero():
+    from c2fdata.pipeline.mixup import mix_features
+
+    a, b = np.full((8, 4), -3.0, np.float32), np.full((8, 4), -5.0, np.float32)
+    out = mix_features(a, 8, b, 4, 4.65e-53, "power")  # float32(4.65e-53) == 0
+    assert np.isfinite(out).all()
+    assert np.allclose(out[:4], -5.0)  # all partner where it is

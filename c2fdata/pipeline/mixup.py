@@ -72,6 +72,8 @@ def mix_features(a: np.ndarray, frames_a: int, b: np.ndarray, frames_b: int, lam
     if domain == "features":
         out[:n] = l * x + (np.float32(1) - l) * y
     elif domain == "power":
+        # a weight that rounds to 0 in float32 (tiny mixup_alpha) would make log(l) -inf below
+        l = max(l, np.finfo(np.float32).tiny)
         mixed = np.logaddexp(x + np.log(l), y + np.log(np.float32(1) - l))  # log(l e^x + (1 - l) e^y)
         mixed[m:] = x[m:] + np.log(l)  # past the partner's end: silence, no power of its own
         out[:n] = mixed
