@@ -251,9 +251,11 @@ def test_gpu_loaders_skip_and_count_like_the_cpu_loader(corrupt, backend):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_on_corrupt_raise_raises(corrupt, backend, workers):
     with make_loader(cfg(corrupt, backend, num_workers=workers, on_corrupt="raise")) as loader:
-        with pytest.raises(CorruptClipError, match="split 'train', row 9"):
+        with pytest.raises(CorruptClipError, match="split 'train', row 9") as raised:
             collect(loader)
         assert loader.skipped_clips == []
+    if backend == "torch":  # from worker processes too, whole: not rebuilt from its message
+        assert (raised.value.split, raised.value.row, raised.value.path) == ("train", 9, str(corrupt))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from c2fdata.compress import compress
 from c2fdata.pipeline.loader import Loader, mask_fill, reciprocal
 from c2fdata.pipeline.sampling import Batch, BatchSource, record_skipped
+from c2fdata.shard_io import CorruptClipError
 
 __all__ = ["TorchLoader", "crop_or_pad", "normalize", "reciprocal", "mask", "transform"]
 
 PREFETCH_BATCHES = 2  # per worker: one being built while one waits keeps the consumer fed
+CORRUPT = "corrupt_clip_error"  # the key under which a worker hands over a CorruptClipError
 
 
 def crop_or_pad(x: torch.Tensor, start: int, frames: int) -> torch.Tensor:
@@ -114,7 +116,14 @@ class _Batches(Dataset):
 
     def __getitem__(self, request) -> dict[str, torch.Tensor]:
         cfg, epoch, k = request
-        return transform(self.source.read(epoch, k, cfg), cfg, self.mean, self.std)
+        try:
+            return transform(self.source.read(epoch, k, cfg), cfg, self.mean, self.std)
+        except CorruptClipError as err:
+            if get_worker_info() is None:
+                raise
+            # handed over whole: a worker's exception reaches the main process rebuilt from its
+            # message alone, without the store, split, row and clip id it names
+            return {CORRUPT: err}
 
 
 class _Requests(Sampler):
@@ -165,6 +174,8 @@ class TorchLoader(Loader):
         if start >= len(self.plan):
             return
         for k, batch in enumerate(self._dataloader(), start):
+            if CORRUPT in batch:
+                raise batch[CORRUPT]
             record_skipped(self.reader, self.plan, epoch, k, batch["index"], self.skipped_clips)
             if gpu:
                 batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
