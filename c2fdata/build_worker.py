@@ -89,7 +89,7 @@ def compute_clip(task: ClipTask) -> ClipResult:
     cfg, target, codec = _SETTINGS
     try:
         audio, sr = task.source()
-        feats = fbank(audio, sr, cfg, source=str(getattr(task.source, "path", task.clip_id)))
+        feats = fbank(audio, sr, cfg, source=str(getattr(task.source, "path", task.clip_id)), max_frames=target)
     except BadClip as err:
         return ClipResult.failure(err.reason, err.detail)
     except Exception as err:  # a decoder bug must not kill a build of millions

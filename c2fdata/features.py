@@ -96,11 +96,14 @@ def to_mono_float(audio: np.ndarray, source: str) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def fbank(audio: np.ndarray, sample_rate: int, cfg: FbankConfig, source: str = "<array>") -> torch.Tensor:
+def fbank(audio: np.ndarray, sample_rate: int, cfg: FbankConfig, source: str = "<array>",
+          max_frames: int | None = None) -> torch.Tensor:
     """Mono audio at any rate -> (frames, n_mels) float32, AST's recipe.
 
     Resamples to cfg.sample_rate, removes the mean, runs Kaldi fbank. Raises BadClip for empty,
     non-finite, or too-short (< one window) audio; callers decide whether that is fatal.
+    `max_frames`: only the first frames (a build keeps target_frames): the same values, bit for
+    bit, without computing an hour-long file's spectrogram for them.
     """
     import torch
 
@@ -121,7 +124,9 @@ def fbank(audio: np.ndarray, sample_rate: int, cfg: FbankConfig, source: str = "
             f"{source}: {wave.shape[1]} samples at {cfg.sample_rate} Hz, shorter than one "
             f"{cfg.frame_length_ms} ms window",
         )
-    wave = wave - wave.mean()
+    wave = wave - wave.mean()  # over the whole clip, as AST
+    if max_frames is not None:  # frames are computed window by window: the first ones need no more samples
+        wave = wave[:, :(max_frames - 1) * cfg.hop_samples + cfg.window_samples]
     feats = kaldi_fbank(wave, **cfg.kaldi_kwargs())  # (frames, n_mels)
     if not torch.isfinite(feats).all():  # finite samples so large that their power overflows
         peak = float(np.abs(audio).max())

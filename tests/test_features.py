@@ -82,3 +82,14 @@ def test_samples_so_large_their_features_overflow_are_refused():
     with pytest.raises(BadClip, match=r"huge.wav: the features are not finite \(peak sample 1e\+30"):
         fbank(x, 16000, FbankConfig(), source="huge.wav")
     assert np.isfinite(fbank(x / 1e30, 16000, FbankConfig()).numpy()).all()
+
+
+@pytest.mark.parametrize("sr", [16000, 22050])
+def test_the_first_frames_alone_equal_the_whole_spectrograms_first_frames(sr):
+    """A build keeps target_frames: computing only those (max_frames) must change no bit, the
+    mean being still the whole clip's (AST subtracts it before the fbank)."""
+    x = (np.random.default_rng(0).standard_normal(sr * 30) * 0.1).astype(np.float32) + 0.05
+    whole = fbank(x, sr, FbankConfig())
+    for frames in (1024, 128):
+        part = fbank(x, sr, FbankConfig(), max_frames=frames)
+        assert part.shape[0] == frames and torch.equal(part, whole[:frames])
