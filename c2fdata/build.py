@@ -215,7 +215,10 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
                 progress(computed, total)
     finally:
         close_results(results)
-    stats = st.finalize(group, cfg.out)
+    if computed == 0 and group.attrs.get("finalized"):
+        stats = group.attrs["stats"]  # a finished store, built again: nothing to do, nothing rewritten
+    else:
+        stats = st.finalize(group, cfg.out)
     return BuildResult(
         path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),

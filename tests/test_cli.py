@@ -33,8 +33,10 @@ def test_build_info_verify(folder_root, tmp_path):
 def test_rerun_is_a_no_op(folder_root, tmp_path):
     args = ["build", "--dataset", "folder", "--root", str(folder_root), "--out", str(tmp_path / "s"), "--target-frames", "128"]
     assert CliRunner().invoke(main, args).exit_code == 0
+    before = (tmp_path / "s" / "zarr.json").read_bytes()
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "computed 0 clips" in r.output
+    assert (tmp_path / "s" / "zarr.json").read_bytes() == before  # not even finalized_at
 
 
 def test_clear_errors(tmp_path):
