@@ -129,8 +129,8 @@ class PoolResults:
             self._stop()
         # forkserver: children do not inherit the parent's threads/locks (torch, zarr's event loop)
         ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-        self._pool = ProcessPoolExecutor(self._workers, mp_context=ctx, initializer=init_worker,
-                                         initargs=self._initargs)
+        workers = min(self._workers, 61) if sys.platform == "win32" else self._workers  # Windows' limit
+        self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=self._initargs)
 
     def _stop(self) -> None:
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
@@ -142,6 +142,7 @@ class PoolResults:
 
     def _ordered(self) -> Iterator[ClipResult]:
         from collections import deque
+        from concurrent.futures import Future
         from concurrent.futures.process import BrokenProcessPool
 
         in_flight: deque = deque()  # (chunk of tasks, future), oldest first
@@ -151,7 +152,12 @@ class PoolResults:
                 chunk = list(itertools.islice(self._tasks, POOL_CHUNK))
                 if not chunk:
                     return
-                in_flight.append((chunk, self._pool.submit(compute_chunk, chunk)))
+                try:
+                    future = self._pool.submit(compute_chunk, chunk)
+                except BrokenProcessPool as err:  # a worker died since: the chunk goes the same way as the others
+                    future = Future()
+                    future.set_exception(err)
+                in_flight.append((chunk, future))
 
         fill()
         while in_flight:

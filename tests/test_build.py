@@ -330,17 +330,25 @@ def test_a_worker_killed_on_one_clip_fails_that_clip_only(tmp_path):
     """It used to hang the build forever (and every resume): the pool's task was lost."""
     from c2fdata.build_worker import clip_results, close_results
 
-    tasks = [ClipTask(f"c{k}", ToneSource(k)) for k in range(12)]
-    tasks.insert(5, ClipTask("killer", KillsItsProcess()))
+    import time
+
+    # more clips than the pool keeps in flight (2 workers x 4 chunks x 4 clips), taken slowly (as
+    # while writing blocks), so that the worker dies while the main process is busy: new chunks
+    # are then submitted to a broken pool too
+    tasks = [ClipTask(f"c{k}", ToneSource(k % 13)) for k in range(60)]
+    tasks.insert(40, ClipTask("killer", KillsItsProcess()))
     cfg = FbankConfig()
     pooled = clip_results(tasks, 2, cfg, 64)
+    got = []
     try:
-        got = list(pooled)
+        for result in pooled:
+            got.append(result)
+            time.sleep(0.02)
     finally:
         close_results(pooled)
     alone = clip_results([t for t in tasks if t.clip_id != "killer"], 1, cfg, 64)
     want = list(alone)
-    assert len(got) == 13 and got[5].failed and got[5].reason == "crashed"
-    assert got[5].detail.startswith("killer: the process computing it died")
-    for a, b in zip(got[:5] + got[6:], want):
+    assert len(got) == 61 and got[40].failed and got[40].reason == "crashed"
+    assert got[40].detail.startswith("killer: the process computing it died")
+    for a, b in zip(got[:40] + got[41:], want):
         assert not a.failed and a.frames == b.frames and np.array_equal(a.features, b.features)
