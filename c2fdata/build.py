@@ -17,6 +17,7 @@ from c2fdata import store as st
 from c2fdata.build_worker import ClipResult, ClipTask, clip_results, close_results
 from c2fdata.codec import DEFAULT_CODEC, get_codec
 from c2fdata.datasets import Clip, DatasetSpec, prepare
+from c2fdata.datasets.base import limited
 from c2fdata.features import FbankConfig
 
 
@@ -99,22 +100,6 @@ class BlockResult:
     @property
     def failed(self) -> int:
         return int(np.count_nonzero(self.status == st.FAILED))
-
-
-def limited(clips: list[Clip], limit: int | None) -> list[Clip]:
-    """At most `limit` clips for a quick trial, taken in turn from each label (a clip's first),
-    in their order in the split: a split listed class by class (a folder tree) would otherwise
-    give its first class only."""
-    if not limit or len(clips) <= limit:
-        return clips
-    queues: dict[str, list[int]] = {}
-    for i, c in enumerate(clips):
-        queues.setdefault(c.labels[0] if c.labels else "", []).append(i)
-    picked, k = [], 0
-    while len(picked) < limit:
-        picked += [q[k] for q in queues.values() if k < len(q)][:limit - len(picked)]
-        k += 1
-    return [clips[i] for i in sorted(picked)]
 
 
 def _labels_and_issues(spec: DatasetSpec, limit: int | None):

@@ -141,7 +141,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
 @click.option("--split", required=True, help="Which split's clips.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="As for build.")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N clips of the split.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only N clips of the split (in turn from each class).")
 @click.option("--fold", type=int, default=1, show_default=True, help="esc50: as for build.")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed (as for build).")
 def export_audio(dataset, split, out, root, limit, fold, seed):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c2fdata.datasets import prepare
+from c2fdata.datasets.base import limited
 from c2fdata.features import BadClip
 
 
@@ -37,7 +38,8 @@ def file_name(clip_id: str, taken: set[str]) -> str:
 
 def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = None, limit: int | None = None,
                  progress: Callable[[int, int], None] | None = None, **options) -> ExportResult:
-    """Write the first `limit` clips (all by default) of `split` to `out` (see the module docstring)."""
+    """Write `limit` clips (all by default) of `split` to `out`, taken in turn from each class as
+    `c2fdata build --limit` takes them (see the module docstring)."""
     import soundfile as sf
 
     spec = prepare(dataset, root, **options)
@@ -45,7 +47,7 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
         raise ValueError(f"dataset {dataset!r} has no split {split!r}; its splits are {sorted(spec.clips)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (clips to write), got {limit}")
-    clips = spec.clips[split][:limit]
+    clips = limited(spec.clips[split], limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result, taken = ExportResult(out), set()

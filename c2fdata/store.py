@@ -225,7 +225,10 @@ def _what_differs(was: dict, now: dict) -> str:
         if was.get(key) != now[key]:
             diff.append(f"{key} {was.get(key)!r} here, {now[key]!r} now ({option})")
     if was.get("vocabulary") != now["vocabulary"]:
-        diff.append(f"{len(was.get('vocabulary') or [])} classes here, {len(now['vocabulary'])} now")
+        old, new = ([tuple(c) if isinstance(c, list) else c for c in v or []] for v in (was.get("vocabulary"), now["vocabulary"]))
+        gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+        diff.append(f"{len(old)} classes here, {len(new)} now" + (f" (not here any more: {gone[:3]}, new: {added[:3]})"
+                                                                  if gone or added else " (another order)"))
     def counts(a: dict) -> dict:
         return {s: v["clips"] for s, v in (a.get("splits") or {}).items()}
 

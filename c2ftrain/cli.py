@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def _printer(state: dict):
     `.stop()` on the result when training ends."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # stderr stays stderr (rich would send it to stdout while the bar shows); one bar, rank 0's
     bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True)
+                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True,
+                   redirect_stdout=False, redirect_stderr=False, disable=os.environ.get("RANK", "0") != "0")
     task = None
 
     def epoch_bar(e: dict) -> None:
@@ -109,17 +112,26 @@ RUN_OPTIONS = {"recipe": "RECIPE", "run_dir": "--out", "no_baseline": "--no-base
 
 def check_run_dir(command: str, resume_dir: Path | None, run_dir: Path | None, record: str) -> None:
     """`--resume DIR` goes on as the run was started, so options that would change it are refused
-    (not silently ignored); a new run never overwrites a directory that holds one."""
+    (not silently ignored); a new run never overwrites a directory that holds trained work (a
+    checkpoint or a finished run; a start that failed before its first checkpoint may be redone).
+    Rank 0 decides: under torchrun, the others may start after it has written the directory."""
     ctx = click.get_current_context()
+    if os.environ.get("RANK", "0") != "0":
+        return
     if resume_dir:
         given = [flag for name, flag in RUN_OPTIONS.items()
                  if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:
             fail(f"--resume {resume_dir} goes on with the recipe, seeds and runs it was started with "
                  f"({resume_dir / record}); leave out {', '.join(given)}, or start a new run with them")
-    elif run_dir is not None and (Path(run_dir) / record).is_file():
-        fail(f"{run_dir} already holds a run ({Path(run_dir) / record}); continue it with "
+    elif run_dir is not None and (Path(run_dir) / record).is_file() and trained_work(Path(run_dir)):
+        fail(f"{run_dir} already holds a run ({trained_work(Path(run_dir))}); continue it with "
              f"`c2ftrain {command} --resume {run_dir}`, or choose another --out (finished runs are never overwritten)")
+
+
+def trained_work(run_dir: Path) -> Path | None:
+    """A checkpoint or finished run under run_dir, if any."""
+    return next((p for pattern in ("**/outcome.json", "**/checkpoints/last.pt") for p in run_dir.glob(pattern)), None)
 
 
 def parse_overrides(overrides: tuple[str, ...]) -> dict:

@@ -234,6 +234,13 @@ def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tm
                                       "--json", "--device", "cpu"])
     assert json.loads(r.stdout) == json.loads(given.stdout)
     state = load_checkpoint(run / "final.pt")
+    assert state["eval_split"] == "eval"
+    state["eval_split"] = "valid"  # as a run whose recipe evaluates on a split this store lacks
+    save_checkpoint(tmp_path / "other.pt", state)
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "other.pt"), "--device", "cpu"])
+    assert r.exit_code == 2 and "no split 'valid'" in r.output  # the recorded split, not "eval"
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "other.pt"), "--split", "eval", "--json", "--device", "cpu"])
+    assert json.loads(r.stdout) == json.loads(given.stdout)
     state["store"] = str(tmp_path / "moved")
     save_checkpoint(tmp_path / "moved.pt", state)
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "moved.pt")])

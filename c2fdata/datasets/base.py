@@ -228,3 +228,19 @@ def index_audio(root: Path) -> AudioIndex:
         notes.append(f"{len(twins)} clip names have more than one file under {root}; the first by path is used "
                      f"(e.g. {stem}: {', '.join(map(str, where))})")
     return AudioIndex(paths, notes)
+
+
+def limited(clips: list[Clip], limit: int | None) -> list[Clip]:
+    """At most `limit` clips for a quick trial, taken in turn from each label (a clip's first),
+    in their order in the split: a split listed class by class (a folder tree) would otherwise
+    give its first class only."""
+    if not limit or len(clips) <= limit:
+        return clips
+    queues: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        queues.setdefault(c.labels[0] if c.labels else "", []).append(i)
+    picked, k = [], 0
+    while len(picked) < limit:
+        picked += [q[k] for q in queues.values() if k < len(q)][:limit - len(picked)]
+        k += 1
+    return [clips[i] for i in sorted(picked)]
