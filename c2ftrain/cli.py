@@ -38,7 +38,13 @@ def _printer(state: dict):
     """The console's view of a training: a line per run and evaluation, and between evaluations a
     (transient) bar of the epoch's batches with the loss, every LOG_EVERY_STEPS steps. Call
     `.stop()` on the result when training ends."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     # stderr stays stderr (rich would send it to stdout while the bar shows); one bar, rank 0's
     bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -193,8 +199,13 @@ def print_outcome(report: dict) -> None:
 def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log, device):
     """Train RECIPE (a shipped name or a .toml path; default: demo) coarse-to-fine and its baseline."""
     from c2fdata.store import StoreFormatError
+    from c2ftrain.experiment import (
+        default_run_dir,
+        load_run_config,
+        run_experiment,
+        seed_list,
+    )
     from c2ftrain.init_weights import InitError
-    from c2ftrain.experiment import default_run_dir, load_run_config, run_experiment, seed_list
     from c2ftrain.recipe import RecipeError, load_recipe
 
     check_run_dir("run", resume_dir, run_dir, "config.json")
@@ -355,7 +366,13 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
     continue); prints mean ± std per run and paired deltas per cell."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from c2fdata.store import StoreFormatError
     from c2ftrain.init_weights import InitError

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import zarr
+from conftest import tone
 
 from c2fdata import store as st
 from c2fdata.build import BuildConfig, StrictError, build_store
 from c2fdata.build_worker import ClipTask, compute_clip, init_worker
 from c2fdata.features import BadClip, FbankConfig
-from c2fdata.reader import StoreReader, StoreFormatError
+from c2fdata.reader import StoreFormatError, StoreReader
 from c2fdata.shard_io import ShardedClipReader
 from c2fdata.verify import verify_store
-from conftest import tone
 
 
 @pytest.fixture
@@ -328,9 +328,9 @@ class KillsItsProcess:
 
 def test_a_worker_killed_on_one_clip_fails_that_clip_only(tmp_path):
     """It used to hang the build forever (and every resume): the pool's task was lost."""
-    from c2fdata.build_worker import clip_results, close_results
-
     import time
+
+    from c2fdata.build_worker import clip_results, close_results
 
     # more clips than the pool keeps in flight (2 workers x 4 chunks x 4 clips), taken slowly (as
     # while writing blocks), so that the worker dies while the main process is busy: new chunks

@@ -215,7 +215,7 @@ def test_a_coarse_checkpoint_is_resampled_as_its_recipe_resamples():
 
 def test_folders_are_walked_as_a_build_walks_them(trained, tmp_path):
     """Hidden files are no clips; files c2f cannot decode are reported, each with what to do."""
-    root, _, run = trained
+    _, _, run = trained
     folder = tmp_path / "mixed"
     folder.mkdir()
     sf.write(folder / "a.wav", tone(1.0, freq=1500), 16000)
@@ -227,7 +227,7 @@ def test_folders_are_walked_as_a_build_walks_them(trained, tmp_path):
 
 
 def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tmp_path):
-    root, store, run = trained
+    _, store, run = trained
     r = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     given = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--store", str(store), "--split", "eval",
