@@ -57,12 +57,15 @@ def _printer(state: dict):
         if task is None:
             bar.start()
             task = bar.add_task("", total=None, loss="")
-        bar.update(task, description=f"{e['run']} phase {e['phase'] + 1} ({e['phase_label']}) epoch {e['epoch'] + 1}",
-                   completed=e["batch"], total=e["batches"], loss=f"loss {e['loss']:.3f}")
+        bar.update(task, description=e.get("description") or
+                   f"{e['run']} phase {e['phase'] + 1} ({e['phase_label']}) epoch {e['epoch'] + 1}",
+                   completed=e["batch"], total=e["batches"], loss="" if e["loss"] is None else f"loss {e['loss']:.3f}")
 
     def on_event(e: dict) -> None:
         if e["event"] == "step":
             epoch_bar(e)
+        elif e["event"] == "eval_batch":
+            epoch_bar({**e, "description": f"{e['run']} evaluating ({e['what']})", "loss": None})
         if e["event"] == "start":
             console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":

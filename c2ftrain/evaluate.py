@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,16 +17,20 @@ from c2ftrain.model import AST, ASTConfig
 
 
 @torch.no_grad()
-def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist()) -> dict:
+def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist(),
+                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of `model` over every clip the loader serves (all ranks together), at the
-    resolution the model and loader are set to."""
+    resolution the model and loader are set to; `progress(done, total)` after each batch."""
     model.eval()
     scores, targets, index = [], [], []
     loader.set_epoch(0)
-    for batch in loader:
+    total = len(loader)
+    for k, batch in enumerate(loader, 1):
         scores.append(class_scores(model, batch["features"].to(device, non_blocking=True), multi_label, device))
         targets.append(batch["labels"])
         index.append(batch["index"])
+        if progress:
+            progress(k, total)
     s, t = gather_cat(d, torch.cat(scores).cpu()), gather_cat(d, torch.cat(targets).cpu())
     i = gather_cat(d, torch.cat(index).cpu())
     order = torch.argsort(i)  # rank shards interleave; every clip once

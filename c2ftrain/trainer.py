@@ -352,7 +352,13 @@ class PhaseTrainer:
         """Metrics of a full-resolution copy of `model` (the training model keeps its resolution)."""
         full = copy.deepcopy(model)
         full_resolution(self.cfg).apply(full, self.recipe.model)
-        return evaluate_loader(full, loader, self.multi_label, self.device, self.dist)
+        return evaluate_loader(full, loader, self.multi_label, self.device, self.dist,
+                               progress=self._eval_progress(f"full resolution, {loader.cfg.split}"))
+
+    def _eval_progress(self, what: str) -> Callable[[int, int], None]:
+        """An evaluation's batches, as events for the console (an AudioSet evaluation takes minutes)."""
+        return lambda done, total: self.on_event({"event": "eval_batch", "run": self.label, "what": what,
+                                                  "batch": done, "batches": total})
 
     def _eval_entry(self, model: AST, eval_loader, phase: Phase, state: RunState, full: bool = True) -> dict:
         """One evaluation: of a coarse phase, also as the coarse model sees the data (whether
@@ -367,7 +373,7 @@ class PhaseTrainer:
         if phase.coarse:
             eval_loader.set_phase(*loader_phase(phase))
             entry["metrics_at_phase_resolution"] = evaluate_loader(
-                model, eval_loader, self.multi_label, self.device, self.dist)
+                model, eval_loader, self.multi_label, self.device, self.dist, progress=self._eval_progress(phase.label))
             eval_loader.set_phase("none", 1)
         return entry
 
@@ -475,7 +481,8 @@ class PhaseTrainer:
         averaged.load_state_dict({k: v.to(self.device) for k, v in state.average.items()})
         if self.dist.is_main:
             save_checkpoint(self.out / "final_averaged.pt", {**self.model_record(averaged), "epochs": state.averaged})
-        metrics = evaluate_loader(averaged, eval_loader, self.multi_label, self.device, self.dist)
+        metrics = evaluate_loader(averaged, eval_loader, self.multi_label, self.device, self.dist,
+                                  progress=self._eval_progress("weight average"))
         return {f"averaged/{k}": v for k, v in metrics.items()} | {"averaged/epochs": state.averaged}
 
     def _extra_eval_splits(self, model: AST) -> dict:

@@ -539,3 +539,13 @@ def test_run_wide_decay_has_no_jump_when_a_plateau_ends_early(toy_store, tmp_pat
     assert 4 < len(seen) < len(uninterrupted)
     resumed = PhaseTrainer(recipe, recipe.phases, tmp_path / "killed", "c2f", device="cpu").run(resume=True)
     assert seen == uninterrupted and resumed.metrics == out.metrics
+
+
+def test_evaluations_report_their_batches(toy_store, tmp_path):
+    events = []
+    recipe = toy_recipe(toy_store)
+    PhaseTrainer(recipe, recipe.phases[-1:], tmp_path / "run", "c2f", device="cpu", on_event=events.append).run()
+    batches = [e for e in events if e["event"] == "eval_batch"]
+    evals = [e for e in events if e["event"] == "eval"]
+    # the eval split: 32 clips in batches of 2 x 16 = 32, one batch per evaluation
+    assert [(e["what"], e["batch"], e["batches"]) for e in batches] == [("full resolution, eval", 1, 1)] * len(evals)
