@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from bench.machine import busy_warning, describe
+from c2fdata.console import log_console
 
 # Wide enough for the throughput table when the output goes to a file or a pipe (docs, CI logs).
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = log_console()
 
 
 def machine_line(m: dict) -> str:

@@ -534,9 +534,9 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print every step's commands; run nothing (works without CUDA).")
 def run(json_path, workdir, only, timeout_scale, loader, dry_run):
     """Run every GPU step (a-g) with its own timeout; a pass/fail table; exit 0 when all pass."""
-    from rich.console import Console
+    from c2fdata.console import log_console
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = log_console()
     work = (workdir or Path(tempfile.gettempdir()) / f"c2f-gpu-check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     steps = plan(work, timeout_scale=timeout_scale, loader=loader)
     keys = [k.strip() for k in only.split(",") if k.strip()]

@@ -19,9 +19,10 @@ from rich.table import Table
 
 from c2fdata import __version__
 from c2fdata.codec import CODECS, DEFAULT_CODEC
+from c2fdata.console import log_console
 from c2fdata.datasets import ADAPTERS
 
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # logs keep whole tables
+console = log_console(stderr=True)
 VERIFY_PROBLEMS_SHOWN = 50  # a damaged store can have thousands; the first ones say what happened
 
 
@@ -253,7 +254,7 @@ def info(store, as_json, problems):
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    out = Console(width=None if sys.stdout.isatty() else 160)
+    out = log_console()
     t = Table(title=f"{d['dataset']} store at {d['path']}")
     for col in ("split", "clips", "failed", "missing", "pending", "warnings", "mean frames"):
         t.add_column(col, justify="right" if col != "split" else "left")

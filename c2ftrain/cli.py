@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-# piped into a log file, rich would cut tables at 80 columns: a run's table must stay whole there
-console = Console(width=None if sys.stdout.isatty() else 160)
+from c2fdata.console import log_console
+
+console = log_console()
 
 
 def fail(message: str) -> None:

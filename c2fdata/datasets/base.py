@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol
 
 import numpy as np
 
@@ -133,12 +133,6 @@ class AudioScan:
     files: list[Path] = field(default_factory=list)
     undecodable: list[Path] = field(default_factory=list)  # files libsndfile cannot decode (sorted)
     unreadable: list[str] = field(default_factory=list)  # folders it could not list (permissions)
-
-    def __iadd__(self, other: AudioScan) -> Self:
-        self.files += other.files
-        self.undecodable += other.undecodable
-        self.unreadable += other.unreadable
-        return self
 
     def notes(self, root: Path) -> list[str]:
         out = []

@@ -36,7 +36,8 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     for split_dir in _folders(root, scan):
         for class_dir in _folders(split_dir, scan):
             found = audio_files(class_dir)
-            scan += found
+            scan.undecodable += found.undecodable  # for the notes; its files become clips below
+            scan.unreadable += found.unreadable
             if not found.files:
                 continue
             classes.add(class_dir.name)
