@@ -505,7 +505,9 @@ class PhaseTrainer:
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
-        while not state.record.ended and p.epoch < span.epochs and p.phase_step < span.steps:
+        # p.batch > 0: an epoch begun before a resume is ended (counted, evaluated, checkpointed)
+        # even when its last step is behind it, as when a checkpoint fell on the phase's last step
+        while not state.record.ended and (p.batch > 0 or (p.epoch < span.epochs and p.phase_step < span.steps)):
             self._train_epoch(net, model, optimizer, loader, run_spans, state, res)
             state.record.epochs += 1
             p.epoch, p.batch = p.epoch + 1, 0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_dali
 
 from bench import gpu_check as gc
-from c2fdata.pipeline import dali_available
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {"a": "cuda-tests", "b": "loaders", "c": "throughput", "d": "train", "e": "eval", "f": "torchrun", "g": "resume"}
@@ -288,7 +288,7 @@ def test_the_training_recipe_goes_through_every_method(tmp_path):
     assert load_recipe(gc.write_toy_run(tmp_path, "torch")).data.backend == "torch"
 
 
-@pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
+@needs_dali
 def test_the_loader_comparison_runs_on_the_cpu_backend(tmp_path):
     """Step b's own code, with the DALI loader on the CPU (the GPU check runs it on the GPU)."""
     result = gc.compare_loaders(tmp_path, device="cpu")

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import needs_dali
 
 from c2fdata import store as st
 from c2fdata.features import FbankConfig
-from c2fdata.pipeline import PipelineConfig, dali_available, make_loader
+from c2fdata.pipeline import PipelineConfig, make_loader
 from c2fdata.pipeline.sampling import missing_clips
 from c2fdata.reader import CorruptClipError, StoreReader
 from c2fdata.shard_io import ShardedClipReader
 from c2fdata.verify import verify_store
 from c2fdata.vocab import Vocabulary
 
-needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
 BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]
 
 N_CLIPS, FRAMES, N_MELS, BLOCK = 21, 50, 16, 8  # shards of 8, 8 and 5 clips

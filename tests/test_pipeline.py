@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import needs_dali
 
 from c2fdata.compress import compress as reference_compress
 from c2fdata.features import FbankConfig
@@ -14,7 +15,6 @@ from c2fdata.reader import StoreFormatError, StoreReader
 from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
 
-needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali does not import here")
 
 
 def needs_cuda(test):
@@ -663,7 +663,7 @@ def test_config_round_trips(store):
         PipelineConfig.from_dict({**cfg.to_dict(), "stride": 2})
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_epoch_batches_from_a_start_batch(backend, tmp_path):
     """A resumed run asks for batches k.. of an epoch: the same batches as a full pass's tail,
     and the next epoch starts at batch 0 again."""

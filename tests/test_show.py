@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import needs_dali
 
 from c2fdata.cli import main
 from c2fdata.pipeline import PipelineConfig, make_loader
@@ -22,7 +23,7 @@ def store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method, factor", [("none", 1), ("fshift", 3), ("pool-avg", 4), ("pool-max", 2)])
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_npy_is_what_the_pipeline_serves(store, tmp_path, method, factor, backend):
     out = tmp_path / "x.npy"
     res = CliRunner().invoke(main, ["show", str(store), "--split", "train", "--index", "3",

@@ -166,12 +166,23 @@ MIXUPS = {"dataset": dict(mixup=0.5, mixup_partner="dataset", mixup_domain="powe
           "batch": dict(mixup=0.5, mixup_partner="batch")}
 
 
-@pytest.mark.parametrize("partner", list(MIXUPS))
-def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner):
-    """Kill the run (SIGKILL) right after the checkpoint at step 6, mid-phase 2 and mid-epoch;
-    `--resume` ends with exactly the metrics of an uninterrupted run (mixup on, its partner from
-    the whole set (the loader's draws) or from the batch (the trainer's): its draws must not
-    depend on what else drew from torch's global generator)."""
+# the step whose first checkpoint the run is killed after, and the progress that checkpoint holds
+KILLS = {
+    "mid-phase": (6, {"phase": 1, "epoch": 0, "batch": 2, "phase_step": 2, "global_step": 6}),
+    # the phase's last step, checkpointed inside the epoch before the epoch's end is counted and
+    # evaluated: a resume must still end that epoch (it once went straight on to the next phase,
+    # the phase's evaluation lost; found by the GPU check, whose kill came late on a fast GPU)
+    "phase-end": (4, {"phase": 0, "epoch": 0, "batch": 4, "phase_step": 4, "global_step": 4}),
+}
+
+
+@pytest.mark.parametrize("partner, kill", [("dataset", "mid-phase"), ("batch", "mid-phase"), ("dataset", "phase-end")])
+def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner, kill):
+    """Kill the run (SIGKILL) right after a checkpoint, mid-phase 2 and mid-epoch, or at phase 1's
+    last step before its evaluation; `--resume` ends with exactly the metrics of an uninterrupted
+    run (mixup on, its partner from the whole set (the loader's draws) or from the batch (the
+    trainer's): its draws must not depend on what else drew from torch's global generator)."""
+    kill_step, progress = KILLS[kill]
     mix = MIXUPS[partner]
     ref = PhaseTrainer(toy_recipe(toy_store, **mix), toy_recipe(toy_store, **mix).phases, tmp_path / "ref",
                        "c2f", device="cpu").run()
@@ -186,7 +197,7 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner):
         real = tr.save_checkpoint
         def save_then_die(path, payload):
             real(path, payload)
-            if payload["progress"]["global_step"] == 6:
+            if payload["progress"]["global_step"] == {kill_step}:
                 os.kill(os.getpid(), signal.SIGKILL)
         tr.save_checkpoint = save_then_die
         r = toy_recipe({str(toy_store)!r}, **{mix!r})
@@ -195,7 +206,7 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["progress"] == {"phase": 1, "epoch": 0, "batch": 2, "phase_step": 2, "global_step": 6}
+    assert state["progress"] == progress
     resumed = PhaseTrainer(toy_recipe(toy_store, **mix), toy_recipe(toy_store, **mix).phases, out, "c2f",
                            device="cpu").run(resume=True)
     assert [h["metrics"] for h in resumed.history] == [h["metrics"] for h in ref.history]
