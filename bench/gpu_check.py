@@ -47,9 +47,10 @@ TOY_SPLITS = {"train": 128, "eval": 64, "eval_extra": 32}  # clips; 128 = 8 full
 # some kernels (attention's backward) add in an order that can change between runs: the metrics
 # may then differ by a clip or two. Allowed: 3 of the 64 eval clips.
 METRIC_TOLERANCE = 3 / 64
-# Per-step limits, about twice what each took on one H200 (a 25 s, b 79, c 60, d 88, e 13; f and g,
-# not yet measured, are d's run once and d's run twice); --timeout-scale stretches them all. Most
-# of b, d, f and g is building DALI pipelines, about 7 s each on that machine (reader processes).
+# Per-step limits, about twice the longest each took on one H200 (a 27 s, b 79 then 36, c 60, d 88
+# with DALI and 17 with torch, e 16, f 22 and g 30 with torch); --timeout-scale stretches them all.
+# Much of b, d, f and g with DALI is building pipelines (reader processes): about 7 s each at first
+# there, 2.8 s once the readers stopped importing torch.
 TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 75, "f": 180, "g": 300}
 # Step e's predict on CUDA (bf16 autocast) against the same files on the CPU (float32): the
 # largest difference of any class's score allowed. bf16 keeps 8 mantissa bits (~0.4% relative)

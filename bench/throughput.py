@@ -162,7 +162,7 @@ class _Steps:
         with NvmlSampler(device if cuda else None) as nvml:
             for _ in range(self.s.batches):
                 t = time.perf_counter()
-                batch = next(self.batches)
+                batch = self.next_step_batch()  # its wait counts as data, a skipped batch's too
                 x = batch["features"].to(device, non_blocking=True)  # (B, T/C, F)
                 y = batch["labels"].to(device, non_blocking=True)
                 self.wait_s += time.perf_counter() - t
@@ -188,9 +188,17 @@ class _Steps:
             if not real:
                 self.step(self.x, self.y)
             else:
-                batch = next(self.batches)
+                batch = self.next_step_batch()
                 self.step(batch["features"].to(self.trainer.device), batch["labels"].to(self.trainer.device))
         sync()
+
+    def next_step_batch(self) -> dict:
+        """The loader's next batch for a train step. A compiled step takes full batches only: an
+        epoch's shorter last batch would compile it again (another shape), inside a timed round."""
+        batch = next(self.batches)
+        while self.p.net is not None and batch["features"].shape[0] != self.p.batch_size:
+            batch = next(self.batches)
+        return batch
 
     def open_loader(self) -> None:
         """The trainer's own loader at this phase, built on first use and kept (untimed), primed."""

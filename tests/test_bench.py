@@ -156,6 +156,23 @@ def test_throughput_set_and_compile_reach_the_step(tiny_recipe, tmp_path, monkey
          "--json", str(out)])
     d = json.loads(out.read_text())
     assert (d["compile"], d["optim_fused"]) == ("reduce-overhead", True) and compiled == ["reduce-overhead"] * 2
+    # a compiled step sees full batches only: 48 clips in batches of 10 end each epoch with 8,
+    # which would compile again inside a timed round; 3 rounds of 4 steps cross two epochs
+    sizes = []
+
+    class Recorded(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, **kw):
+            sizes.append(x.shape[0])
+            return self.model(x, **kw)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Recorded(model))
+    run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--compile", "reduce-overhead",
+         "--batch-size", "10", "--repeats", "2", "--warmup", "1", "--batches", "4", "--loader-batches", "1"])
+    assert set(sizes) == {10}, sizes
     result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--compile", "default",
                                        "--warmup", "0"])
     assert result.exit_code != 0 and "--warmup >= 1" in result.output
