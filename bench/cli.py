@@ -234,8 +234,9 @@ def concurrent_table(result: dict, cores: int) -> Table:
               help="Override a recipe key, as c2ftrain run does, e.g. --set optim.fused=true (TOML value).")
 @click.option("--compile", "compile_mode", metavar="MODE",  # checked by bench_throughput: the CLI stays light
               help="torch.compile each phase's model in MODE: default, reduce-overhead (CUDA graphs), "
-                   "max-autotune or max-autotune-no-cudagraphs (compiled in the warm-up round; end to end "
-                   "it skips an epoch's shorter last batch, which would compile again).")
+                   "max-autotune or max-autotune-no-cudagraphs (default: the recipe's model.compile; compiled "
+                   "in the warm-up round; end to end it skips an epoch's shorter last batch, which "
+                   "would compile again).")
 @click.option("--repeats", default=5, show_default=True,
               help="Timed rounds (every phase once per round); median and spread over them.")
 @click.option("--warmup", default=1, show_default=True, help="Untimed rounds before them.")

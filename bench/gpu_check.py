@@ -1,6 +1,6 @@
 """`scripts/gpu-check.sh`: one command that proves c2f's GPU paths work, in minutes on one GPU.
 
-Seven steps, each run as subprocesses with its own timeout, pass/fail and duration (a rich table,
+Eight steps, each run as subprocesses with its own timeout, pass/fail and duration (a rich table,
 and JSON for the record); logs and outputs stay in the work directory:
 
   a  cuda-tests  pytest -m gpu: every CUDA test of the suite runs (none skipped) and passes
@@ -11,8 +11,9 @@ and JSON for the record); logs and outputs stay in the work directory:
   e  eval        c2ftrain eval of d's final.pt gives d's final metric
   f  torchrun    d under torchrun, one process in an NCCL group: d's metrics
   g  resume      d killed (SIGKILL) after its first checkpoint, then --resume: d's metrics
+  h  compile     d with model.compile = "reduce-overhead" (CUDA graphs) trains through every method
 
-`--loader torch` serves steps c-g with the torch loader instead of DALI: the trainer's GPU paths
+`--loader torch` serves steps c-h with the torch loader instead of DALI: the trainer's GPU paths
 on a machine without DALI (step b still needs it). Without CUDA it says so in one line and exits 2,
 running nothing; --dry-run prints every command
 (anywhere, CUDA or not). Exit 0: every step passed; 1: some did not.
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]  # commands run here: the demo recipe
 PY = sys.executable
 METHOD_FACTORS = (("none", 1),) + tuple((m, c) for m in ("fshift", "pool-avg", "pool-max") for c in (1, 2, 4))
 RUN_METHODS = ("fshift", "pool-avg", "pool-max", "patch", "none")  # step d's phases, in order
-LOADERS = ("dali", "torch")  # what serves steps c-g (--loader)
+LOADERS = ("dali", "torch")  # what serves steps c-h (--loader)
 TOY_SPLITS = {"train": 128, "eval": 64, "eval_extra": 32}  # clips; 128 = 8 full batches of 16
 # Runs d, f and g train the same recipe on the same batches, with bf16 autocast on the GPU, where
 # some kernels (attention's backward) add in an order that can change between runs: the metrics
@@ -51,7 +52,11 @@ METRIC_TOLERANCE = 3 / 64
 # with DALI and 17 with torch, e 16, f 22 and g 30 with torch); --timeout-scale stretches them all.
 # Much of b, d, f and g with DALI is building pipelines (reader processes): about 7 s each at first
 # there, 2.8 s once the readers stopped importing torch.
-TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 75, "f": 180, "g": 300}
+# h, not yet run on a GPU, compiles each of d's five phases (a few seconds each for AST base there).
+TIMEOUTS_S = {"a": 90, "b": 180, "c": 120, "d": 180, "e": 75, "f": 180, "g": 300, "h": 240}
+# Step h's compiled kernels round otherwise than d's eager ones, so its metrics are not held to
+# d's; it must learn the toy task (4 classes: chance is 0.25, d reached 0.78 on an H200).
+COMPILED_MIN_METRIC = 0.5
 # Step e's predict on CUDA (bf16 autocast) against the same files on the CPU (float32): the
 # largest difference of any class's score allowed. bf16 keeps 8 mantissa bits (~0.4% relative)
 # through a 2-block model; the scores are probabilities in [0, 1].
@@ -94,7 +99,7 @@ class Step:
 # -- the plan -------------------------------------------------------------------------------------
 def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str = "dali") -> list[Step]:
     """Every step, with its commands, for work directory `work` (nothing is run or written).
-    loader: what serves steps c-g (dali, the default, or torch: the trainer's GPU paths without
+    loader: what serves steps c-h (dali, the default, or torch: the trainer's GPU paths without
     DALI); step b always compares DALI with torch."""
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {', '.join(LOADERS)}, got {loader!r}")
@@ -105,7 +110,7 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
     def timeout(key: str) -> float:
         return TIMEOUTS_S[key] * timeout_scale
 
-    toy, run_d, run_f, run_g = work / "toy", work / "d-run", work / "f-torchrun", work / "g-resume"
+    toy, run_d, run_f, run_g, run_h = work / "toy", work / "d-run", work / "f-torchrun", work / "g-resume", work / "h-compile"
     recipe = toy / "recipe.toml"
     build = () if (root / "stores" / "instruments").exists() else (
         Command((PY, "-m", "c2fdata.cli", "build", "--dataset", "instruments", "--workers", "2")),)
@@ -147,6 +152,10 @@ def plan(work: Path, root: Path = ROOT, timeout_scale: float = 1.0, loader: str 
                       kill_when=run_g / "c2f" / "checkpoints" / "last.pt"),
               Command(c2ftrain("run", "--resume", run_g))),  # as started: --no-baseline is in config.json
              timeout("g"), check=lambda: same_metrics(run_g, run_d), needs=("d",), fresh=(run_g,)),
+        Step("h", "compile", "d's run with model.compile = reduce-overhead (CUDA graphs) trains and learns",
+             (Command(c2ftrain("run", recipe, "--no-baseline", "--set", 'model.compile="reduce-overhead"',
+                               "--out", run_h)),),
+             timeout("h"), check=lambda: compiled_outcome(run_h, run_d), needs=("d",), fresh=(run_h,)),
     ]
 
 
@@ -336,6 +345,17 @@ def predictions(jsonl: Path) -> dict[str, dict[str, float]]:
             row = json.loads(line)
             out[row["path"]] = {c["name"]: c["score"] for c in row["top"]}
     return out
+
+
+def compiled_outcome(run_dir: Path, reference_dir: Path) -> Outcome:
+    passed, detail = train_outcome(run_dir)
+    if not passed:
+        return passed, detail
+    o, ref = outcome_of(run_dir), outcome_of(reference_dir)
+    gap = abs(o["metric"] - ref["metric"])  # for the record: compiled kernels round otherwise
+    if o["metric"] < COMPILED_MIN_METRIC:
+        return False, f"{detail}: below {COMPILED_MIN_METRIC} (the eager run d: {ref['metric']:.3f})"
+    return True, f"{detail} (the eager run d: {ref['metric']:.3f}, gap {gap:.4f})"
 
 
 def torchrun_outcome(run_dir: Path, reference_dir: Path, log: Path) -> Outcome:
@@ -531,10 +551,10 @@ def main() -> None:
 @click.option("--only", default="", help="Run only these steps, e.g. 'b,e' (reuses --workdir outputs).")
 @click.option("--timeout-scale", default=1.0, show_default=True, help="Multiply every step's timeout.")
 @click.option("--loader", type=click.Choice(LOADERS), default="dali", show_default=True,
-              help="What serves steps c-g: torch proves the trainer's GPU paths where DALI is missing.")
+              help="What serves steps c-h: torch proves the trainer's GPU paths where DALI is missing.")
 @click.option("--dry-run", is_flag=True, help="Print every step's commands; run nothing (works without CUDA).")
 def run(json_path, workdir, only, timeout_scale, loader, dry_run):
-    """Run every GPU step (a-g) with its own timeout; a pass/fail table; exit 0 when all pass."""
+    """Run every GPU step (a-h) with its own timeout; a pass/fail table; exit 0 when all pass."""
     from c2fdata.console import log_console
 
     console = log_console()
@@ -543,7 +563,7 @@ def run(json_path, workdir, only, timeout_scale, loader, dry_run):
     keys = [k.strip() for k in only.split(",") if k.strip()]
     unknown = set(keys) - {s.key for s in steps}
     if unknown:
-        raise click.UsageError(f"--only: no step {', '.join(sorted(unknown))}; steps are a-g")
+        raise click.UsageError(f"--only: no step {', '.join(sorted(unknown))}; steps are a-h")
     steps = [s for s in steps if not keys or s.key in keys]
     if dry_run:
         for s in steps:

@@ -47,7 +47,7 @@ from c2fdata.pipeline import resolve_backend
 from c2fdata.storage import as_location
 from c2ftrain.model import AST
 from c2ftrain.phases import Resolution, resolution
-from c2ftrain.recipe import Phase, Recipe
+from c2ftrain.recipe import COMPILE_MODES, Phase, Recipe
 from c2ftrain.trainer import PhaseTrainer, make_optimizer, train_step
 
 FIGURES = ("loader", "model", "end_to_end")  # the three rates measured per phase
@@ -68,7 +68,6 @@ GPU_TARGETS = {
     "gpu_busy_min": 0.90,  # in every phase: the GPU inside train steps for >= 90% of the wall time
     "end_to_end_speedup_at_c4_min": 3.0,
 }
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 NVML_SAMPLE_S = 0.05  # NVML averages over its own window (1/6 s to 1 s); finer sampling adds nothing
 
 
@@ -297,7 +296,10 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
     phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys).
     batch_size: every phase's batch instead of the recipe's (how the split moves with the batch).
     compile_mode: torch.compile's mode for each phase's model ("default", "reduce-overhead": CUDA
-    graphs, ...); compiling happens in the warm-up round, which must then be kept (warmup >= 1)."""
+    graphs, ...; default: the recipe's model.compile); compiling happens in the warm-up round,
+    which must then be kept (warmup >= 1)."""
+    if compile_mode is None and recipe.model.compile != "none":
+        compile_mode = recipe.model.compile
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
     if compile_mode is not None and settings.warmup < 1:

@@ -135,7 +135,8 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     either way), the mask value without masks, the mixup partner and domain without mixup, the
     FLOPs budget of a run without a budget phase (keyed as unset), whether coarse phases are
     also evaluated at full resolution (when they are, as before the setting, or the run has no
-    coarse phase), and the fused optimizer update when off (the default, as before it existed)."""
+    coarse phase), and the fused optimizer update and torch.compile when off (the defaults, as
+    before they existed)."""
     d = recipe.to_dict()
     for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
@@ -143,6 +144,8 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
         d["optim"].pop("lr_scope")
     if not d["optim"]["fused"]:
         d["optim"].pop("fused")
+    if d["model"]["compile"] == "none":
+        d["model"].pop("compile")
     data = d["data"]
     if not (data["freq_mask_bins"] or data["time_mask_frames"]):
         data.pop("mask_value")

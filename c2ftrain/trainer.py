@@ -505,6 +505,11 @@ class PhaseTrainer:
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        if self.recipe.model.compile != "none":  # anew each phase: its resolution has its own shapes
+            # what earlier phases compiled fits their shapes only: dropped, so that a run's phases
+            # do not add up to dynamo's limit of recompiles per function (past it, eager again)
+            torch._dynamo.reset()
+            net = torch.compile(net, mode=self.recipe.model.compile)
         # p.batch > 0: an epoch begun before a resume is ended (counted, evaluated, checkpointed)
         # even when its last step is behind it, as when a checkpoint fell on the phase's last step
         while not state.record.ended and (p.batch > 0 or (p.epoch < span.epochs and p.phase_step < span.steps)):

@@ -246,6 +246,8 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     assert run_key(inert, demo.baseline_phases) == key
     fused = dataclasses.replace(demo, optim=dataclasses.replace(demo.optim, fused=True))
     assert run_key(fused, demo.baseline_phases) != key  # another update's rounding: another run
+    compiled = dataclasses.replace(demo, model=dataclasses.replace(demo.model, compile="reduce-overhead"))
+    assert run_key(compiled, demo.baseline_phases) != key  # other kernels' rounding: another run
     assert run_key(demo, demo.phases) == "0829d51a527f"  # the demo's c2f key before eval.full_resolution_during_coarse
     coarse_only = dataclasses.replace(demo, eval=dataclasses.replace(demo.eval, full_resolution_during_coarse=False))
     assert run_key(coarse_only, demo.baseline_phases) == key  # no coarse phase: nothing changes

@@ -15,7 +15,8 @@ from conftest import needs_dali
 from bench import gpu_check as gc
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = {"a": "cuda-tests", "b": "loaders", "c": "throughput", "d": "train", "e": "eval", "f": "torchrun", "g": "resume"}
+STEPS = {"a": "cuda-tests", "b": "loaders", "c": "throughput", "d": "train", "e": "eval", "f": "torchrun", "g": "resume",
+         "h": "compile"}
 
 
 def gpu_check(*args, timeout=120):
@@ -56,7 +57,8 @@ def test_dry_run_prints_every_steps_commands_and_writes_nothing(tmp_path):
                      "toy-run", "--loader dali",
                      "-m c2ftrain run", "--no-baseline", "-m c2ftrain eval", "d-run/c2f/final.pt",
                      "NCCL_DEBUG=INFO", "torch.distributed.run --standalone --nproc_per_node=1",
-                     "SIGKILL once", "g-resume/c2f/checkpoints/last.pt", "run --resume"):
+                     "SIGKILL once", "g-resume/c2f/checkpoints/last.pt", "run --resume",
+                     "--set 'model.compile=\"reduce-overhead\"' --out", "h-compile"):
         assert fragment in out, fragment
     assert not (tmp_path / "work").exists()
 
@@ -231,6 +233,12 @@ def test_runs_agree_within_the_tolerance_at_every_evaluation(tmp_path):
         gc.history_gaps(lacking, gc.outcome_of(ref))
     assert gc.train_outcome(ref) == (True, "accuracy 0.875 after 3 evaluations")
     assert not gc.train_outcome(outcome(tmp_path / "two", [0.5], methods=("pool-avg", "none")))[0]
+    # the compiled run of step h: not held to d's metrics (other kernels), but it must learn
+    assert gc.compiled_outcome(outcome(tmp_path / "h", [0.25, 0.5, 0.625]), ref) == (
+        True, "accuracy 0.625 after 3 evaluations (the eager run d: 0.875, gap 0.2500)")
+    passed, detail = gc.compiled_outcome(outcome(tmp_path / "h-chance", [0.25, 0.25, 0.3125]), ref)
+    assert not passed and "below 0.5" in detail
+    assert not gc.compiled_outcome(outcome(tmp_path / "h-short", [0.9], methods=("none",)), ref)[0]
 
 
 def test_eval_and_torchrun_checks(tmp_path):

@@ -146,6 +146,41 @@ def test_fused_adam_trains_as_the_default_adam(toy_store, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-4)
 
 
+def test_compiled_training_equals_eager(toy_store, tmp_path, monkeypatch):
+    """model.compile wraps the train step's model in torch.compile, anew in each phase (each has
+    its own shapes and positional table), and trains the model that is checkpointed. Dynamo
+    traces for real here; its graphs run as traced (inductor would compile C++ for minutes on
+    this CPU), so the run must equal the eager one exactly."""
+    import torch._dynamo
+
+    graphs, real_compile = [], torch.compile
+
+    def traced_only(model, mode=None):
+        def backend(gm, example_inputs):
+            graphs.append(mode)
+            return gm.forward
+
+        return real_compile(model, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", traced_only)
+    torch._dynamo.reset()
+    eager = toy_recipe(toy_store)
+    compiled = recipe_from_dict({**eager.to_dict(), "model": {**eager.to_dict()["model"], "compile": "reduce-overhead"}})
+    try:
+        a = PhaseTrainer(compiled, compiled.phases, tmp_path / "compiled", "c2f", device="cpu").run()
+    finally:
+        torch._dynamo.reset()
+    b = PhaseTrainer(eager, eager.phases, tmp_path / "eager", "c2f", device="cpu").run()
+    assert len(graphs) >= len(eager.phases) and set(graphs) == {"reduce-overhead"}
+    assert [h["metrics"] for h in a.history] == [h["metrics"] for h in b.history]
+    wa, wb = (load_checkpoint(tmp_path / k / "final.pt")["model"] for k in ("compiled", "eager"))
+    assert wa.keys() == wb.keys()  # the model's own names, not the compiled wrapper's (_orig_mod.)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    with pytest.raises(RecipeError, match="model.compile must be \"none\" or one of default, reduce-overhead"):
+        recipe_from_dict({**eager.to_dict(), "model": {**eager.to_dict()["model"], "compile": "fast"}})
+
+
 def test_kept_optimizer_state_still_trains_the_new_pos_embed(toy_store):
     from c2ftrain.model import AST, ast_config
     from c2ftrain.trainer import make_optimizer
