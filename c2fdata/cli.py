@@ -247,7 +247,7 @@ def info(store, as_json, problems):
         d = store_info(store)
     except ValueError as err:  # StoreFormatError, StorageError
         fail(str(err))
-    except RuntimeError as err:  # a damaged metadata chunk (zstd): verify names the split
+    except RuntimeError as err:  # not expected (read_meta names damaged metadata): still say what to do
         fail(f"{store}: part of the store cannot be read ({err}); `c2fdata verify {store}` says where")
     if problems:
         d["problems"] = build_problems(store)
@@ -269,6 +269,10 @@ def info(store, as_json, problems):
     mean = "n/a (not finalised)" if d["mean"] is None else f"{d['mean']:.4f}, std {d['std']:.4f}"
     out.print(f"normalisation mean {mean}; {d['bytes'] / 2**20:,.1f} MiB in {d['files']:,} files; "
               f"codec {d['codec']}; format v{d['format_version']} by c2f {d['tool_version']}")
+    if not d["metadata_checksums"]:
+        out.print("metadata without checksums: this store was built before c2f checked its labels, frame "
+                  "counts and status flags (clips are checked); a flipped bit there would be served. "
+                  "Rebuild it (another --out) to add them.")
     if problems and d["problems"]:
         _print_problems(d["problems"], out)
         _list_problems(d["problems"], out)

@@ -32,9 +32,7 @@ def store_info(path: str | Path) -> dict:
     missing = a.get("missing", {})
     splits = {}
     for split, c in done.items():
-        frames = group[split]["frames"][:]
-        status = group[split]["status"][:]
-        errors = group[split]["errors"][:]
+        frames, status, errors = (st.read_meta(group, split, k, loc.url) for k in ("frames", "status", "errors"))
         ok = status == st.OK
         splits[split] = {
             "clips": c["ok"], "listed": c["clips"], "failed": c["failed"], "pending": c["pending"],
@@ -57,6 +55,7 @@ def store_info(path: str | Path) -> dict:
         "n_mels": feats["n_mels"], "frame_shift_ms": feats["frame_shift_ms"],
         "frame_length_ms": feats["frame_length_ms"], "sample_rate": feats["sample_rate"],
         "features": feats, "bytes": size, "files": files, "notes": st.store_notes(a),
+        "metadata_checksums": st.meta_checksummed(group),
     }
 
 
@@ -66,9 +65,7 @@ def build_problems(path: str | Path, limit: int | None = None) -> list[dict]:
     group = st.open_store(path)
     out = []
     for split in group.attrs["splits"]:
-        errors = group[split]["errors"][:]
-        status = group[split]["status"][:]
-        ids = group[split]["ids"][:]
+        errors, status, ids = (st.read_meta(group, split, k, path.url) for k in ("errors", "status", "ids"))
         for i in [i for i, e in enumerate(errors) if e]:
             reason, _, detail = str(errors[i]).partition(": ")
             out.append({"split": split, "id": str(ids[i]), "reason": reason, "detail": detail,

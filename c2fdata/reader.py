@@ -11,7 +11,7 @@ import numpy as np
 
 from c2fdata.shard_io import CorruptClipError, ShardedClipReader
 from c2fdata.storage import as_location
-from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store
+from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store, read_meta
 from c2fdata.vocab import Vocabulary
 
 __all__ = ["StoreReader", "StoreFormatError", "CorruptClipError", "rebuild_hint"]
@@ -132,10 +132,13 @@ class StoreReader:
 
     @cached_property
     def rows(self) -> np.ndarray:
-        status = self._group[self.split]["status"][:]
-        return np.flatnonzero(status == OK)
+        return np.flatnonzero(self._meta("status") == OK)
 
     # -- metadata ------------------------------------------------------------------------------
+    def _meta(self, name: str) -> np.ndarray:
+        """A metadata array of the split, whole, its chunks' crc32c checked (DamagedStoreError)."""
+        return read_meta(self._group, self.split, name, self.path)
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -181,16 +184,16 @@ class StoreReader:
 
     @cached_property
     def ids(self) -> list[str]:
-        return [str(x) for x in self._group[self.split]["ids"][:][self.rows]]
+        return [str(x) for x in self._meta("ids")[self.rows]]
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        lab = self._group[self.split]["labels"][:][self.rows]
+        lab = self._meta("labels")[self.rows]
         return lab.astype(np.float32) if self.multi_label else lab.astype(np.int64)
 
     @cached_property
     def _frames(self) -> np.ndarray:
-        return self._group[self.split]["frames"][:][self.rows].astype(np.int64)
+        return self._meta("frames")[self.rows].astype(np.int64)
 
     def labels(self) -> np.ndarray:
         """(N, K) float32 multi-hot, or (N,) int64 class indices."""
@@ -200,7 +203,7 @@ class StoreReader:
         return self._frames
 
     def failed(self) -> int:
-        return int((self._group[self.split]["status"][:] == FAILED).sum())
+        return int((self._meta("status") == FAILED).sum())
 
     # -- data ----------------------------------------------------------------------------------
     def features(self, i: int) -> np.ndarray:
@@ -214,7 +217,10 @@ class StoreReader:
 
     def _corrupt(self, i: int, row: int, err: CorruptClipError) -> CorruptClipError:
         ids = self.__dict__.get("ids")  # the cached list if there is one, else just this id
-        clip_id = ids[i] if ids is not None else str(self._group[self.split]["ids"][row])
+        try:
+            clip_id = ids[i] if ids is not None else str(self._group[self.split]["ids"][row])
+        except (ValueError, RuntimeError):  # its ids chunk is damaged too: the row still says which clip
+            clip_id = "(unreadable)"
         n_rows = self.attrs["splits"][self.split]["clips"]
         hint = rebuild_hint(self.path, self.split, row, self.attrs["block_clips"], n_rows)
         return CorruptClipError(

@@ -16,6 +16,11 @@ Layout (format versions 1 to 3)::
     STORE/build/missing.json     clips listed by the metadata but absent on disk
     STORE/build/prepare.json     metadata problems (unknown labels, ...)
 
+Every chunk of the metadata arrays (frames to labels above) ends in a crc32c that zarr checks on
+every read, as every clip does: a flipped bit raises instead of serving a wrong label or frame
+count. Stores built before that have none (`c2fdata info` says so); rebuilding adds them. An
+older c2f reads either kind (zarr decodes the codec), so the format version is unchanged.
+
 Clips are built in blocks of `block_clips` consecutive clips. A block is the unit of work, of
 sharding (`--shard K/N` takes every N-th block) and of commit: its features shard, frames,
 errors and statistics are written first and its status flags last, so a clip is complete iff
@@ -42,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.errors import ContainsGroupError
 
 from c2fdata import __version__
@@ -56,10 +62,58 @@ READ_VERSIONS = (1, 2, 3)
 PENDING, OK, FAILED = 0, 1, 2
 DEFAULT_BLOCK_CLIPS = 32  # clips per shard file; see docs/STORE.md for the measurement
 META_CHUNK = 4096  # rows per chunk of the write-once metadata arrays (ids, labels)
+# Metadata chunks: zarr's default zstd, then a crc32c checked on every read.
+META_CODECS = {"compressors": (ZstdCodec(), Crc32cCodec())}
+PER_BLOCK = ("status", "frames", "errors", "stat_sums")  # a chunk per block, rewritten with the block
+WRITE_ONCE = ("ids", "labels")  # chunks of META_CHUNK rows, written from the dataset's metadata at creation
 
 
 class StoreFormatError(ValueError):
     """A path that is not a c2f store, or a store of another format version."""
+
+
+class DamagedStoreError(StoreFormatError):
+    """A metadata array (status, frames, labels, ids, errors, statistics) that cannot be read: a
+    chunk fails its crc32c or does not decode."""
+
+
+def _where(group: zarr.Group) -> str:
+    store = group.store
+    return str(getattr(store, "root", None) or getattr(store, "path", None) or "the store")
+
+
+def read_meta(group: zarr.Group, split: str, name: str, where: str | None = None) -> np.ndarray:
+    """A split's metadata array, whole; DamagedStoreError naming it if a chunk cannot be read."""
+    try:
+        return group[split][name][:]
+    except (ValueError, RuntimeError) as err:  # zarr's crc32c: ValueError; a zstd frame: RuntimeError
+        where = where or _where(group)
+        raise DamagedStoreError(
+            f"{where}: part of the store cannot be read: split {split!r}, its {name} "
+            f"({type(err).__name__}: {err}); `c2fdata verify {where}` says where, and how to rebuild it"
+        ) from err
+
+
+def damaged_blocks(group: zarr.Group, split: str, name: str) -> list[tuple[int, Exception]]:
+    """The blocks whose chunk of a per-block metadata array (PER_BLOCK) cannot be read, each
+    with its error."""
+    array = group[split][name]
+    n = array.shape[0]
+    # stat_sums holds a row per block; the others a row per clip, in chunks of a block
+    ranges = [(k, k + 1) for k in range(n)] if name == "stat_sums" else block_ranges(n, int(group.attrs["block_clips"]))
+    out = []
+    for b, (s, e) in enumerate(ranges):
+        try:
+            array[s:e]
+        except (ValueError, RuntimeError) as err:
+            out.append((b, err))
+    return out
+
+
+def meta_checksummed(group: zarr.Group) -> bool:
+    """Whether every metadata array of every split carries a crc32c (stores built before do not)."""
+    return all(any(isinstance(c, Crc32cCodec) for c in group[split][name].compressors)
+               for split in group.attrs["splits"] for name in PER_BLOCK + WRITE_ONCE)
 
 
 @dataclass(frozen=True)
@@ -261,14 +315,14 @@ def _create_split(group: zarr.Group, name: str, meta: SplitMeta, frames: int, n_
         # the codec's chain ends in a crc32c per clip, checked on every read
         **codec.inner_codecs(),
     )
-    g.create_array("frames", shape=(n,), dtype="int32", chunks=(block,), fill_value=0)
-    g.create_array("status", shape=(n,), dtype="uint8", chunks=(block,), fill_value=PENDING)
-    g.create_array("errors", shape=(n,), dtype=str, chunks=(block,), fill_value="")
-    g.create_array("stat_sums", shape=(n_blocks, 3), dtype="float64", chunks=(1, 3), fill_value=0.0)
-    ids = g.create_array("ids", shape=(n,), dtype=str, chunks=(min(max(n, 1), META_CHUNK),))
+    g.create_array("frames", shape=(n,), dtype="int32", chunks=(block,), fill_value=0, **META_CODECS)
+    g.create_array("status", shape=(n,), dtype="uint8", chunks=(block,), fill_value=PENDING, **META_CODECS)
+    g.create_array("errors", shape=(n,), dtype=str, chunks=(block,), fill_value="", **META_CODECS)
+    g.create_array("stat_sums", shape=(n_blocks, 3), dtype="float64", chunks=(1, 3), fill_value=0.0, **META_CODECS)
+    ids = g.create_array("ids", shape=(n,), dtype=str, chunks=(min(max(n, 1), META_CHUNK),), **META_CODECS)
     labels = g.create_array(
         "labels", shape=meta.labels.shape, dtype=meta.labels.dtype,
-        chunks=(min(max(n, 1), META_CHUNK),) + meta.labels.shape[1:], fill_value=0,
+        chunks=(min(max(n, 1), META_CHUNK),) + meta.labels.shape[1:], fill_value=0, **META_CODECS,
     )
     if n:
         ids[:] = np.asarray(meta.ids, dtype=object).astype(str)
@@ -282,7 +336,7 @@ def block_ranges(n: int, block: int) -> list[tuple[int, int]]:
 def pending_blocks(group: zarr.Group, split: str, shard: tuple[int, int] = (0, 1)) -> list[int]:
     """Blocks of this builder's shard (every N-th block, from K) not yet committed."""
     k, n = shard
-    status = group[split]["status"][:]
+    status = read_meta(group, split, "status")
     block = group.attrs["block_clips"]
     return [
         b for b, (s, e) in enumerate(block_ranges(len(status), block))
@@ -311,7 +365,7 @@ def write_block(
 def completion(group: zarr.Group) -> dict[str, dict[str, int]]:
     out = {}
     for split in group.attrs["splits"]:
-        st = group[split]["status"][:]
+        st = read_meta(group, split, "status")
         out[split] = {
             "clips": int(st.size), "ok": int((st == OK).sum()),
             "failed": int((st == FAILED).sum()), "pending": int((st == PENDING).sum()),
@@ -331,7 +385,7 @@ def finalize(group: zarr.Group, path: str | Path = "", train_split: str | None =
     if train_split is not None and train_split not in done:
         raise ValueError(f"{path}: no split {train_split!r}; splits are {', '.join(sorted(done))}")
     train = train_split or group.attrs["train_split"]
-    total, total_sq, count = group[train]["stat_sums"][:].sum(axis=0)
+    total, total_sq, count = read_meta(group, train, "stat_sums", str(path) or None).sum(axis=0)
     if count == 0:  # checked before anything is written: a refused split changes nothing
         raise ValueError(f"{path}: no usable clip in the train split {train!r}, nothing to normalise with; "
                          f"take the statistics from another split with `c2fdata finalize {path} --train-split SPLIT`")

@@ -33,14 +33,12 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     hinted = False  # the rebuild recipe comes with the first corrupt clip; later ones name their block
     for split in a["splits"]:
         g = group[split]
-        try:
-            status, frames, labels = g["status"][:], g["frames"][:], g["labels"][:]
-            ids = g["ids"][:]
-        except Exception as err:  # noqa: BLE001  (zstd, decode or missing-chunk errors: name them, go on)
-            problems.append(f"{split}: its clip list (status, frames, labels or ids) cannot be read "
-                            f"({type(err).__name__}: {err}); rebuild the store")
+        meta, unreadable = _read_metadata(g)
+        problems += _metadata_problems(group, split, unreadable, path)
+        if unreadable.keys() & {"status", "frames", "labels", "ids"}:  # the clips cannot be checked
             done += a["splits"][split]["clips"]
             continue
+        status, frames, labels, ids = (meta[k] for k in ("status", "frames", "labels", "ids"))
         n = len(status)
         if g["features"].shape != (n, target, n_mels):
             problems.append(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})")
@@ -85,6 +83,35 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
         problems.append(f"normalisation stats invalid: {stats}")
     return problems
+
+
+def _read_metadata(g) -> tuple[dict[str, np.ndarray], dict[str, Exception]]:
+    """A split's metadata arrays, and the error of each that cannot be read."""
+    meta, unreadable = {}, {}
+    for name in st.PER_BLOCK + st.WRITE_ONCE:
+        try:
+            meta[name] = g[name][:]
+        except Exception as err:  # noqa: BLE001  (crc32c, zstd or decode errors: name them, go on)
+            unreadable[name] = err
+    return meta, unreadable
+
+
+def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path: str) -> list[str]:
+    """What to do about each unreadable metadata array: the blocks to rebuild for the arrays
+    written block by block; a new build for those written once from the dataset's metadata."""
+    out = []
+    block, n = int(group.attrs["block_clips"]), group.attrs["splits"][split]["clips"]
+    for name, err in unreadable.items():
+        if name in st.PER_BLOCK:
+            bad = st.damaged_blocks(group, split, name) or [(None, err)]
+            for b, e in bad:
+                how = rebuild_hint(path, split, b * block, block, n) if b is not None else "rebuild the store"
+                out.append(f"{split}: its {name} cannot be read{'' if b is None else f' in block {b}'} "
+                           f"({type(e).__name__}: {e}): {how}")
+        else:
+            out.append(f"{split}: its {name} cannot be read ({type(err).__name__}: {err}); written once, from "
+                       f"the dataset's metadata, when the store was created: build the store anew (another --out)")
+    return out
 
 
 def _zarr_read(array, array_dir, row: int, block_clips: int) -> np.ndarray:

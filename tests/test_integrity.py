@@ -5,6 +5,7 @@ backends) leave the clip out of its batch with a warning and count it, or raise 
 on_corrupt="raise". Each test flips bytes inside one clip's chunk of a real shard file.
 """
 
+import json
 import logging
 import pickle
 import re
@@ -288,28 +289,88 @@ def test_missing_clips_refuses_what_the_plan_does_not_hold():
         missing_clips(np.array([1, 2]), np.array([2, 1]))
 
 
-def test_a_damaged_clip_list_is_reported_not_a_traceback(tmp_path):
-    """One flipped byte in a split's status chunk: verify names the split, info says to verify."""
-    import numpy as np
+def _folder_store(tmp_path, store, monkeypatch=None):
     import soundfile as sf
-    from click.testing import CliRunner
 
     from c2fdata.build import BuildConfig, build_store
-    from c2fdata.cli import main as data_cli
-    from c2fdata.verify import verify_store
 
     for k in range(6):
-        (tmp_path / "d" / "train" / "a").mkdir(parents=True, exist_ok=True)
-        sf.write(tmp_path / "d" / "train" / "a" / f"{k}.wav",
+        (tmp_path / "d" / "train" / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "d" / "train" / "ab"[k % 2] / f"{k}.wav",
                  (0.1 * np.random.default_rng(k).standard_normal(16000)).astype("float32"), 16000)
-    store = tmp_path / "s"
-    build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=store, block_clips=2))
-    chunk = next((store / "train" / "status" / "c").iterdir())
+    config = BuildConfig(dataset="folder", root=tmp_path / "d", out=store, block_clips=2)
+    build_store(config)
+    return config
+
+
+def _flip_first_byte(chunk):
     raw = bytearray(chunk.read_bytes())
     raw[0] ^= 1
     chunk.write_bytes(bytes(raw))
+
+
+def test_every_metadata_chunk_is_checksummed(tmp_path):
+    """zarr.json of every metadata array lists a crc32c codec (read from the file, not our code)."""
+    store = tmp_path / "s"
+    _folder_store(tmp_path, store)
+    for name in ("frames", "status", "errors", "stat_sums", "ids", "labels", "features"):
+        codecs = json.dumps(json.loads((store / "train" / name / "zarr.json").read_text())["codecs"])
+        assert '"crc32c"' in codecs, (name, codecs)
+
+
+def test_a_damaged_status_chunk_names_its_block_and_the_recipe_rebuilds_it(tmp_path):
+    """One flipped byte in block 1's status chunk: verify names the array and the block with the
+    recipe that rebuilds it; readers and info refuse with what to do; following the recipe and
+    re-running the build gives the clean store back."""
+    from click.testing import CliRunner
+
+    from c2fdata.build import build_store
+    from c2fdata.cli import main as data_cli
+
+    store = tmp_path / "s"
+    config = _folder_store(tmp_path, store)
+    clean = [StoreReader(store, "train")[i][0] for i in range(6)]
+    _flip_first_byte(store / "train" / "status" / "c" / "1")
     problems = verify_store(store)
-    assert len(problems) == 1 and problems[0].startswith("train: its clip list (status, frames, labels or ids) "
-                                                         "cannot be read")
+    assert len(problems) == 1 and problems[0].startswith("train: its status cannot be read in block 1 (ValueError: ")
+    assert "checksum" in problems[0] and "rebuild block 1 of split 'train' (rows 2..3)" in problems[0]
+    with pytest.raises(st.DamagedStoreError, match="split 'train', its status .*c2fdata verify"):
+        len(StoreReader(store, "train"))
     r = CliRunner().invoke(data_cli, ["info", str(store)])
     assert r.exit_code == 2 and "part of the store cannot be read" in r.output and "c2fdata verify" in r.output
+    exec(re.search(r'python -c "([^"]+)"', problems[0]).group(1), {})  # noqa: S102  (what verify tells a user to run)
+    build_store(config)  # the same build command again: recomputes block 1
+    assert verify_store(store) == []
+    reader = StoreReader(store, "train")
+    for i in range(6):
+        np.testing.assert_array_equal(reader[i][0], clean[i])
+
+
+def test_a_damaged_label_chunk_is_refused_not_served(tmp_path):
+    """Labels are written once, from the dataset's metadata: a flipped byte in them fails the
+    chunk's crc32c (without it, a wrong label would be served and verify would pass)."""
+    store = tmp_path / "s"
+    _folder_store(tmp_path, store)
+    _flip_first_byte(store / "train" / "labels" / "c" / "0")
+    with pytest.raises(st.DamagedStoreError, match="split 'train', its labels"):
+        StoreReader(store, "train").labels()
+    problems = verify_store(store)
+    assert len(problems) == 1 and problems[0].startswith("train: its labels cannot be read (ValueError: ")
+    assert "build the store anew" in problems[0]
+
+
+def test_a_store_without_metadata_checksums_is_read_and_named(tmp_path, monkeypatch):
+    """A store built before metadata checksums (zarr's default codecs) is read as before; info
+    says that its metadata is unchecked and how to change that."""
+    from click.testing import CliRunner
+
+    from c2fdata.cli import main as data_cli
+
+    monkeypatch.setattr(st, "META_CODECS", {})  # what stores were built with before
+    store = tmp_path / "old"
+    _folder_store(tmp_path, store)
+    assert '"crc32c"' not in (store / "train" / "labels" / "zarr.json").read_text()
+    assert len(StoreReader(store, "train")) == 6 and verify_store(store) == []
+    r = CliRunner().invoke(data_cli, ["info", str(store)])
+    assert r.exit_code == 0 and "metadata without checksums" in " ".join(r.output.split())
+    assert st.meta_checksummed(st.open_store(store)) is False
