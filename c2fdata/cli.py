@@ -302,6 +302,44 @@ def verify(store):
 
 @main.command()
 @click.argument("store")
+@click.option("--block", "blocks", multiple=True, metavar="SPLIT:B",
+              help="Mark this block without reading the store first (error messages name it); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Say what would be marked; change nothing.")
+def repair(store, blocks, dry_run):
+    """Mark damaged blocks for rebuilding: every block `verify` finds a problem in that a rebuild
+    fixes (reading the whole store), or the --block ones. Then re-run the build that made the
+    store: it recomputes them from the audio. Run it while nothing else uses the store."""
+    from c2fdata.repair import mark_for_rebuild, parse_block, plan_repair
+    from c2fdata.storage import StorageError
+
+    try:
+        named = [parse_block(b) for b in blocks] or None
+        with LazyProgress("verify") as progress:
+            plan = plan_repair(store, named, progress=progress)
+        if not dry_run:
+            mark_for_rebuild(store, plan)
+    except (ValueError, StorageError) as err:  # StoreFormatError, a bad --block
+        fail(str(err))
+    for text in plan.unrepairable:
+        console.print(f"[red]x[/] not repaired (a block's rebuild does not fix it): {text}")
+    if not plan.n_blocks:
+        console.print(f"nothing to rebuild in {store}" + (" (see above)" if plan.unrepairable else ""))
+        sys.exit(1 if plan.unrepairable else 0)
+    t = Table(title=("would mark" if dry_run else "marked") + f" for rebuilding in {store}")
+    for col in ("split", "blocks", "which"):
+        t.add_column(col)
+    for split, b in plan.blocks.items():
+        t.add_row(split, str(len(b)), ", ".join(map(str, sorted(b)[:20])) + (" ..." if len(b) > 20 else ""))
+    log_console().print(t)
+    if not dry_run:
+        console.print(f"now re-run the `c2fdata build` command that made {store} (the same options): it "
+                      f"recomputes these {plan.n_blocks} block(s) from the audio and finalises the store; "
+                      f"until then readers refuse it as unfinalised")
+    sys.exit(1 if plan.unrepairable else 0)
+
+
+@main.command()
+@click.argument("store")
 @click.option("--split", required=True, help="Split to read.")
 @click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
 @click.option("--method", type=click.Choice(list(METHODS)), help="Only this method (default: all).")

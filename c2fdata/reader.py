@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import weakref
 from functools import cached_property
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from c2fdata.shard_io import CorruptClipError, ShardedClipReader
 from c2fdata.storage import as_location
-from c2fdata.store import FAILED, OK, PENDING, StoreFormatError, open_store, read_meta
+from c2fdata.store import FAILED, OK, StoreFormatError, open_store, read_meta
 from c2fdata.vocab import Vocabulary
 
 __all__ = ["StoreReader", "StoreFormatError", "CorruptClipError", "rebuild_hint"]
@@ -36,29 +37,16 @@ if hasattr(os, "register_at_fork"):
 
 
 def rebuild_hint(path: str | Path, split: str, row: int, block_clips: int, n_rows: int) -> str:
-    """How to rebuild the block holding a corrupt clip at `row`.
-
-    No c2fdata command resets a block: the build recomputes blocks whose status flags are
-    pending, so the recipe deletes the block's shard file (a partial write into a shard whose
-    index is corrupt fails) and sets its flags to pending, then re-runs the build."""
+    """How to rebuild the block holding a damaged clip (or metadata chunk) at `row`: `c2fdata
+    repair` marks it (the build recomputes blocks whose clips are pending), then the build."""
     block = int(row) // int(block_clips)
     start, end = block * int(block_clips), min((block + 1) * int(block_clips), int(n_rows))
-    loc = as_location(path)
-    shard = loc.child(split, "features", "c", str(block), "0", "0")
-    if loc.fs is None:
-        delete = f"import pathlib, zarr; pathlib.Path({shard.path!r}).unlink(missing_ok=True); "
-        group = f"zarr.open_group({loc.url!r}, mode='r+')"
-    else:
-        delete = (f"import zarr; from c2fdata.storage import as_location as L; from c2fdata.store import open_store; "
-                  f"s = L({shard.url!r}); s.fs.rm_file(s.path) if s.exists() else None; ")
-        group = f"open_store({loc.url!r}, mode='r+')"
     return (
-        f"rebuild block {block} of split {split!r} (rows {start}..{end - 1}). No c2fdata command "
-        f"resets a block: delete its shard file and mark its clips pending (status {PENDING}), e.g. "
-        f"python -c \"{delete}{group}[{split!r}]['status'][{start}:{end}] = {PENDING}\", "
-        f"then re-run the same `c2fdata build ...` command: it "
-        f"recomputes pending blocks from the audio and finalises the store again (with --shard K/N, "
-        f"on the builder with K = {block} mod N)"
+        f"rebuild block {block} of split {split!r} (rows {start}..{end - 1}): "
+        f"`c2fdata repair {shlex.quote(str(path))} --block {shlex.quote(f'{split}:{block}')}` marks it for "
+        f"rebuilding (its shard file deleted, its clips pending), then re-run the same `c2fdata build ...` "
+        f"command: it recomputes pending blocks from the audio and finalises the store again (with "
+        f"--shard K/N, on the builder with K = {block} mod N)"
     )
 
 

@@ -97,6 +97,13 @@ class Location:
     def is_file(self) -> bool:
         return os.path.isfile(self.path) if self.fs is None else self.fs.isfile(self.path)
 
+    def remove(self) -> None:
+        """Delete this file; nothing if it is not there."""
+        if self.fs is None:
+            Path(self.path).unlink(missing_ok=True)
+        elif self.fs.exists(self.path):
+            self.fs.rm_file(self.path)
+
     def read_bytes(self) -> bytes:
         if self.fs is None:
             return Path(self.path).read_bytes()

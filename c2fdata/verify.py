@@ -1,7 +1,10 @@
-"""`c2fdata verify`: read every clip back and check it; a list of what is wrong (empty = fine)."""
+"""`c2fdata verify`: read every clip back and check it; a list of what is wrong (empty = fine).
+`c2fdata repair` acts on the same scan (`scan_store`): the problems a block's rebuild fixes
+carry that block."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -13,19 +16,31 @@ from c2fdata.shard_io import CorruptClipError, ShardedClipReader
 from c2fdata.storage import as_location
 
 
+@dataclass(frozen=True)
+class Problem:
+    text: str
+    split: str | None = None
+    block: int | None = None  # set when rebuilding this block of `split` fixes it (`c2fdata repair`)
+
+
 def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Every problem of the store at path (a local folder or an s3:// URL); empty when fine."""
+    return [p.text for p in scan_store(path, progress)]
+
+
+def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """verify_store's problems, each with the block whose rebuild fixes it where there is one."""
     loc = as_location(path)
     path = loc.url
     try:
         group = st.open_store(path)
     except st.StoreFormatError as err:
-        return [str(err)]
+        return [Problem(str(err))]
     a = dict(group.attrs)
-    problems: list[str] = []
+    problems: list[Problem] = []
     if not a.get("finalized"):
-        problems.append("not finalised: a build or some shards are unfinished (re-run the build, then "
-                        f"`c2fdata finalize {path}`)")
+        problems.append(Problem("not finalised: a build or some shards are unfinished (re-run the build, then "
+                                f"`c2fdata finalize {path}`)"))
     n_classes = len(a["vocabulary"])
     target, n_mels = a["target_frames"], a["features"]["n_mels"]
     total = sum(s["clips"] for s in a["splits"].values())
@@ -41,47 +56,50 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
         status, frames, labels, ids = (meta[k] for k in ("status", "frames", "labels", "ids"))
         n = len(status)
         if g["features"].shape != (n, target, n_mels):
-            problems.append(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})")
+            problems.append(Problem(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})", split))
             continue
         for name, arr in (("frames", frames), ("labels", labels), ("ids", ids)):
             if len(arr) != n:
-                problems.append(f"{split}: {name} has {len(arr)} rows, status has {n}")
+                problems.append(Problem(f"{split}: {name} has {len(arr)} rows, status has {n}", split))
         if (status == st.PENDING).any():
-            problems.append(f"{split}: {int((status == st.PENDING).sum())} clips pending (incomplete build)")
+            problems.append(Problem(f"{split}: {int((status == st.PENDING).sum())} clips pending (incomplete build)",
+                                    split))
         if a["multi_label"]:
             bad = np.flatnonzero((labels > 1).any(axis=1))
         else:
             bad = np.flatnonzero(((labels < 0) | (labels >= n_classes)) & (status == st.OK))
-        problems += [f"{split}/{ids[i]}: label out of range" for i in bad[:20]]
+        problems += [Problem(f"{split}/{ids[i]}: label out of range", split) for i in bad[:20]]
         array_dir = loc.child(split, "features")
         fast = ShardedClipReader(array_dir) if ShardedClipReader.supports(array_dir) else None
         for i in range(n):
             done += 1
             if status[i] != st.OK:
                 continue
-            where = f"{split}/{ids[i]} (row {i})"
+            where, block = f"{split}/{ids[i]} (row {i})", i // a["block_clips"]
             try:
                 x = fast.read(i, check=True) if fast else _zarr_read(g["features"], array_dir, i, a["block_clips"])
             except (CorruptClipError, ValueError) as err:  # zarr's crc32c codec raises ValueError
-                block = i // a["block_clips"]
                 how = rebuild_hint(path, split, i, a["block_clips"], n) if not hinted else "rebuild it likewise"
-                problems.append(f"{where}: unreadable: {err} (block {block}: {how})")
+                problems.append(Problem(f"{where}: unreadable: {err} (block {block}: {how})", split, block))
                 hinted = True
                 continue
-            except Exception as err:
-                problems.append(f"{where}: unreadable: {err}")
+            except Exception as err:  # noqa: BLE001  (any other read failure: name the clip, go on)
+                problems.append(Problem(f"{where}: unreadable: {err}", split, block))
                 continue
+            bad_clip = None
             if not 0 < frames[i] <= target:
-                problems.append(f"{where}: frame count {frames[i]} outside 1..{target}")
+                bad_clip = f"frame count {frames[i]} outside 1..{target}"
             elif not np.isfinite(x[: frames[i]]).all():
-                problems.append(f"{where}: non-finite values")
+                bad_clip = "non-finite values"
             elif frames[i] < target and np.any(x[frames[i]:]):
-                problems.append(f"{where}: non-zero padding after frame {frames[i]}")
+                bad_clip = f"non-zero padding after frame {frames[i]}"
+            if bad_clip:  # what a build never writes: recomputing the block writes it anew
+                problems.append(Problem(f"{where}: {bad_clip}", split, block))
             if progress and (done % 256 == 0 or done == total):
                 progress(done, total)
     stats = a.get("stats")
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
-        problems.append(f"normalisation stats invalid: {stats}")
+        problems.append(Problem(f"normalisation stats invalid: {stats}"))
     return problems
 
 
@@ -96,7 +114,7 @@ def _read_metadata(g) -> tuple[dict[str, np.ndarray], dict[str, Exception]]:
     return meta, unreadable
 
 
-def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path: str) -> list[str]:
+def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path: str) -> list[Problem]:
     """What to do about each unreadable metadata array: the blocks to rebuild for the arrays
     written block by block; a new build for those written once from the dataset's metadata."""
     out = []
@@ -106,11 +124,12 @@ def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path
             bad = st.damaged_blocks(group, split, name) or [(None, err)]
             for b, e in bad:
                 how = rebuild_hint(path, split, b * block, block, n) if b is not None else "rebuild the store"
-                out.append(f"{split}: its {name} cannot be read{'' if b is None else f' in block {b}'} "
-                           f"({type(e).__name__}: {e}): {how}")
+                out.append(Problem(f"{split}: its {name} cannot be read{'' if b is None else f' in block {b}'} "
+                                   f"({type(e).__name__}: {e}): {how}", split, b))
         else:
-            out.append(f"{split}: its {name} cannot be read ({type(err).__name__}: {err}); written once, from "
-                       f"the dataset's metadata, when the store was created: build the store anew (another --out)")
+            out.append(Problem(f"{split}: its {name} cannot be read ({type(err).__name__}: {err}); written once, "
+                               f"from the dataset's metadata, when the store was created: build the store anew "
+                               f"(another --out)", split))
     return out
 
 

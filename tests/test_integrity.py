@@ -106,7 +106,7 @@ def test_reader_raises_naming_store_split_row_and_id(corrupt, monkeypatch, path)
     msg = str(err)
     assert str(corrupt) in msg and "split 'train', row 9" in msg and "'clip9'" in msg
     assert "checksum" in msg and f"c2fdata verify {corrupt}" in msg and "block 1" in msg
-    assert "No c2fdata command resets a block" in msg and "re-run the same `c2fdata build" in msg
+    assert f"`c2fdata repair {corrupt} --block train:1`" in msg and "re-run the same `c2fdata build" in msg
     assert (err.path, err.split, err.row, err.clip_id) == (str(corrupt), "train", BAD, "clip9")
     assert isinstance(err, ValueError)
     with pytest.raises(CorruptClipError, match="row 9"):
@@ -145,16 +145,31 @@ def test_corrupt_shard_index_fails_every_clip_of_its_shard_only(clean, tmp_path,
         np.testing.assert_array_equal(r[i][0], feats[i])
 
 
-def test_the_rebuild_recipe_in_the_message_works(corrupt, tmp_path):
+@pytest.mark.parametrize("how", ["named", "scan"])
+def test_the_rebuild_recipe_in_the_message_works(corrupt, tmp_path, how):
+    """The command the error names (`repair --block`), or `repair` finding the block itself,
+    marks exactly that block for the build to recompute; the store is unfinalised until then."""
+    from click.testing import CliRunner
+
+    from c2fdata.cli import main as data_cli
+
     store = tmp_path / "s"
     shutil.copytree(corrupt, store)
     with pytest.raises(CorruptClipError) as info:
         StoreReader(store, "train")[BAD]
-    snippet = re.search(r'python -c "([^"]+)"', str(info.value)).group(1)
-    exec(snippet, {})  # what the message tells a user to run
+    command = re.search(r"`c2fdata (repair [^`]+)`", str(info.value)).group(1).split()
+    args = command if how == "named" else command[:2]  # what the message says, or a scan
+    dry = CliRunner().invoke(data_cli, args + ["--dry-run"])
+    assert dry.exit_code == 0 and "would mark" in dry.output and shard_file(store).exists()
+    r = CliRunner().invoke(data_cli, args)
+    assert r.exit_code == 0, r.output
+    assert "re-run the `c2fdata build` command" in " ".join(r.output.split())
     group = zarr.open_group(str(store), mode="r+")
     assert st.pending_blocks(group, "train") == [1]  # the build resumes exactly this block
-    assert len(StoreReader(store, "train")) == N_CLIPS - BLOCK  # pending clips are not served
+    assert not shard_file(store).exists() and not group.attrs["finalized"]
+    with pytest.raises(st.StoreFormatError, match="not finalised"):
+        StoreReader(store, "train")
+    assert len(StoreReader(store, "train", allow_unfinalized=True)) == N_CLIPS - BLOCK  # pending: not served
     # ... and recomputes it as `c2fdata build` does: write_block, then finalize
     feats, frames = features()
     s, e = BLOCK, 2 * BLOCK
@@ -338,7 +353,10 @@ def test_a_damaged_status_chunk_names_its_block_and_the_recipe_rebuilds_it(tmp_p
         len(StoreReader(store, "train"))
     r = CliRunner().invoke(data_cli, ["info", str(store)])
     assert r.exit_code == 2 and "part of the store cannot be read" in r.output and "c2fdata verify" in r.output
-    exec(re.search(r'python -c "([^"]+)"', problems[0]).group(1), {})  # noqa: S102  (what verify tells a user to run)
+    command = re.search(r"`c2fdata (repair [^`]+)`", problems[0]).group(1).split()  # what verify says to run
+    assert command[-2:] == ["--block", "train:1"]
+    r = CliRunner().invoke(data_cli, command)
+    assert r.exit_code == 0, r.output
     build_store(config)  # the same build command again: recomputes block 1
     assert verify_store(store) == []
     reader = StoreReader(store, "train")
@@ -374,3 +392,38 @@ def test_a_store_without_metadata_checksums_is_read_and_named(tmp_path, monkeypa
     r = CliRunner().invoke(data_cli, ["info", str(store)])
     assert r.exit_code == 0 and "metadata without checksums" in " ".join(r.output.split())
     assert st.meta_checksummed(st.open_store(store)) is False
+
+
+def test_repair_marks_nothing_on_a_clean_store_and_refuses_what_it_cannot_fix(clean, tmp_path):
+    from click.testing import CliRunner
+
+    from c2fdata.cli import main as data_cli
+
+    store = tmp_path / "s"
+    shutil.copytree(clean, store)
+    r = CliRunner().invoke(data_cli, ["repair", str(store)])
+    assert r.exit_code == 0 and "nothing to rebuild" in r.output and st.open_store(store).attrs["finalized"]
+    for block, message in (("train:3", "split 'train' has blocks 0..2, not 3"), ("eval:0", "no split 'eval'"),
+                           ("train", "expected SPLIT:BLOCK")):
+        r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", block])
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+    # labels are written once from the dataset's metadata: no block's rebuild restores them
+    _flip_first_byte(store / "train" / "labels" / "c" / "0")
+    r = CliRunner().invoke(data_cli, ["repair", str(store)])
+    assert r.exit_code == 1 and "not repaired" in r.output and "its labels cannot be read" in r.output
+    assert st.open_store(store).attrs["finalized"]  # nothing was changed
+
+
+def test_repair_rewrites_a_damaged_status_chunk_of_the_last_short_block(clean, tmp_path):
+    """Block 2 holds 5 clips of 8: its status chunk, damaged, is rewritten whole as pending."""
+    from c2fdata.repair import mark_for_rebuild, plan_repair
+
+    store = tmp_path / "s"
+    shutil.copytree(clean, store)
+    _flip_first_byte(store / "train" / "status" / "c" / "2")
+    plan = plan_repair(store)
+    assert plan.blocks == {"train": [2]} and plan.unrepairable == []
+    mark_for_rebuild(store, plan)
+    group = st.open_store(store)
+    assert st.pending_blocks(group, "train") == [2]
+    assert list(st.read_meta(group, "train", "status")) == [st.OK] * 16 + [st.PENDING] * 5

@@ -121,12 +121,22 @@ def test_sharded_build_into_s3(s3, audio, local_store):
 def test_missing_shard_and_corrupt_clip_on_s3_raise(s3, audio):
     url = f"s3://{BUCKET}/damaged"
     build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3))
+    before = StoreReader(url, "train").features(4)
     s3.delete_object(Bucket=BUCKET, Key="damaged/train/features/c/1/0/0")
     reader = StoreReader(url, "train")
-    with pytest.raises(CorruptClipError, match=r"row 4 .*shard file missing.*rebuild block 1.*rm_file"):
+    with pytest.raises(CorruptClipError, match=rf"row 4 .*shard file missing.*`c2fdata repair {url} --block train:1`"):
         reader.features(4)
     reader.features(0)
     assert sum("missing" in p for p in verify_store(url)) == 3
+    # the recovery the message gives, on S3: repair finds the block, the same build recomputes it
+    from c2fdata.repair import mark_for_rebuild, plan_repair
+
+    plan = plan_repair(url)
+    assert plan.blocks == {"train": [1]} and plan.unrepairable == []
+    mark_for_rebuild(url, plan)
+    build_store(BuildConfig(dataset="folder", root=audio, out=url, block_clips=3))
+    assert verify_store(url) == []
+    np.testing.assert_array_equal(StoreReader(url, "train").features(4), before)
 
 
 def test_local_read_cache(s3, audio, local_store, tmp_path, monkeypatch):

@@ -1,0 +1,91 @@
+"""`c2fdata repair`: mark a store's damaged blocks for rebuilding.
+
+The build recomputes the blocks whose clips are pending, so repairing a block is: delete its
+shard file (a partial write into a shard whose index is corrupt would fail) and set its status
+flags to pending, which rewrites the block's status chunk whole (a damaged one included). The
+same `c2fdata build` command then recomputes those blocks from the audio, rewriting their
+frames, errors and statistics, and finalises the store again. Until then the store is marked
+unfinalised, so that no reader trains on it with blocks missing.
+
+Which blocks: those named (`--block SPLIT:B`, as error messages give them), or every block
+`verify` finds a problem in that a rebuild fixes (`scan_store`). What a rebuild cannot fix (ids
+or labels, written once from the dataset's metadata) is reported, not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+
+from c2fdata import store as st
+from c2fdata.storage import as_location
+from c2fdata.verify import scan_store
+
+
+@dataclass
+class RepairPlan:
+    blocks: dict[str, list[int]] = field(default_factory=dict)  # split -> blocks to rebuild
+    unrepairable: list[str] = field(default_factory=list)  # problems a block's rebuild does not fix
+
+    @property
+    def n_blocks(self) -> int:
+        return sum(len(b) for b in self.blocks.values())
+
+
+def parse_block(text: str) -> tuple[str, int]:
+    """'SPLIT:B' -> (split, block)."""
+    split, sep, block = text.rpartition(":")
+    if not sep or not split or not block.isdigit():
+        raise ValueError(f"--block {text!r}: expected SPLIT:BLOCK, e.g. train:12 (error messages name both)")
+    return split, int(block)
+
+
+def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> RepairPlan:
+    """The blocks to rebuild: `blocks` as given (checked against the store), or, when None, every
+    block with a problem `verify` finds that its rebuild fixes (reads the whole store)."""
+    plan = RepairPlan()
+    if blocks is None:
+        for p in scan_store(path, progress):
+            if p.block is not None:
+                plan.blocks.setdefault(p.split, [])
+                if p.block not in plan.blocks[p.split]:
+                    plan.blocks[p.split].append(p.block)
+            elif "pending (incomplete build)" not in p.text and not p.text.startswith("not finalised"):
+                plan.unrepairable.append(p.text)  # an unfinished build is the build's to finish
+        return plan
+    attrs = dict(st.open_store(path).attrs)
+    for split, b in blocks:
+        if split not in attrs["splits"]:
+            raise ValueError(f"{path}: no split {split!r}; splits are {', '.join(sorted(attrs['splits']))}")
+        n_blocks = len(st.block_ranges(attrs["splits"][split]["clips"], attrs["block_clips"]))
+        if not 0 <= b < n_blocks:
+            raise ValueError(f"{path}: split {split!r} has blocks 0..{n_blocks - 1}, not {b}")
+        if b not in plan.blocks.setdefault(split, []):
+            plan.blocks[split].append(b)
+    return plan
+
+
+def mark_for_rebuild(path: str | Path, plan: RepairPlan) -> None:
+    """Delete each planned block's shard file and set its clips pending; the store is then
+    unfinalised until the build has recomputed them."""
+    if not plan.n_blocks:
+        return
+    loc = as_location(path)
+    group = st.open_store(loc, mode="r+")
+    block_clips = int(group.attrs["block_clips"])
+    for split, blocks in plan.blocks.items():
+        status = group[split]["status"]
+        ranges = st.block_ranges(status.shape[0], block_clips)
+        for b in sorted(blocks):
+            shard = loc.child(split, "features", "c", str(b), "0", "0")
+            if shard.exists():
+                shard.remove()
+            start, end = ranges[b]
+            try:  # the whole chunk is written: zarr need not read the damaged one first
+                status[start:end] = st.PENDING
+            except (ValueError, RuntimeError):  # it read it anyway: remove the chunk, then write
+                loc.child(split, "status", "c", str(b)).remove()
+                status[start:end] = st.PENDING
+    group.attrs.update({"finalized": False})
