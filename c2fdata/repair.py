@@ -14,9 +14,9 @@ or labels, written once from the dataset's metadata) is reported, not touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 from c2fdata import store as st
 from c2fdata.storage import as_location
