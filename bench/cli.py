@@ -306,8 +306,9 @@ def throughput_table(result: dict) -> Table:
               help="Worker processes of every loader (DALI: also its operator threads).")
 @click.option("--loader", "backends", multiple=True, type=click.Choice(["dali", "torch"]),
               help="c2f backends to run (default: both, DALI where it imports).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="Where c2f's loaders compress and normalise (the AST-style loader is CPU-only).")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "cuda"]), default="cpu", show_default=True,
+              help="Where c2f's loaders compress and normalise (the AST-style loader is CPU-only); gpu "
+                   "(the loaders' name, DALI's) and cuda (throughput's, torch's) are the same.")
 @click.option("--no-ast", is_flag=True, help="Skip the AST-style loader.")
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--warmup", default=1, show_default=True)
@@ -320,6 +321,7 @@ def loaders(clips, seconds, batch_size, workers, backends, device, no_ast, repea
     and batch; loader-only samples/s at C = 1, 2, 4 for Frame-Shift and average pooling."""
     from bench.loaders import bench_loaders
 
+    device = "gpu" if device == "cuda" else device  # one name inside: PipelineConfig's
     m = describe()
     console.print(machine_line(m))
     try:

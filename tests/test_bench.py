@@ -214,7 +214,7 @@ def test_store_writes_the_figures(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_gpu_options_refused_without_cuda(tiny_recipe):
     for args in (["throughput", "--recipe", str(tiny_recipe), "--device", "cuda"],
-                 ["loaders", "--clips", "4", "--device", "gpu"]):
+                 ["loaders", "--clips", "4", "--device", "gpu"], ["loaders", "--clips", "4", "--device", "cuda"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0 and "CUDA is not available" in result.output
 
