@@ -194,8 +194,12 @@ class _Steps:
     def next_step_batch(self) -> dict:
         """The loader's next batch for a train step. A compiled step takes full batches only: an
         epoch's shorter last batch would compile it again (another shape), inside a timed round."""
-        batch = next(self.batches)
+        batch, skipped = next(self.batches), 0
         while self.p.net is not None and batch["features"].shape[0] != self.p.batch_size:
+            skipped += 1
+            if skipped > len(self.served[-1]):  # a whole epoch without one: there is none
+                raise ValueError(f"phase {self.p.number}: no full batch of {self.p.batch_size} in an epoch of its "
+                                 f"split, and a compiled step takes full batches only; lower --batch-size")
             batch = next(self.batches)
         return batch
 

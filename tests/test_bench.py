@@ -173,6 +173,11 @@ def test_throughput_set_and_compile_reach_the_step(tiny_recipe, tmp_path, monkey
     run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--compile", "reduce-overhead",
          "--batch-size", "10", "--repeats", "2", "--warmup", "1", "--batches", "4", "--loader-batches", "1"])
     assert set(sizes) == {10}, sizes
+    # a split of 48 clips holds no full batch of 64: said, not an endless wait for one
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--compile",
+                                       "reduce-overhead", "--batch-size", "64", "--repeats", "1", "--batches", "1",
+                                       "--loader-batches", "1"])
+    assert result.exit_code != 0 and "no full batch of 64" in result.output, result.output
     result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--compile", "default",
                                        "--warmup", "0"])
     assert result.exit_code != 0 and "--warmup >= 1" in result.output

@@ -245,6 +245,8 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner, ki
     resumed = PhaseTrainer(toy_recipe(toy_store, **mix), toy_recipe(toy_store, **mix).phases, out, "c2f",
                            device="cpu").run(resume=True)
     assert [h["metrics"] for h in resumed.history] == [h["metrics"] for h in ref.history]
+    counted = [(r.epochs, r.steps, r.samples, r.ended) for r in ref.records]  # each phase's own count
+    assert [(r.epochs, r.steps, r.samples, r.ended) for r in resumed.records] == counted
     a = load_checkpoint(out / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "ref" / "final.pt")["model"]
     for k in a:
