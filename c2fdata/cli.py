@@ -307,8 +307,9 @@ def verify(store):
 @click.option("--dry-run", is_flag=True, help="Say what would be marked; change nothing.")
 def repair(store, blocks, dry_run):
     """Mark damaged blocks for rebuilding: every block `verify` finds a problem in that a rebuild
-    fixes (reading the whole store), or the --block ones. Then re-run the build that made the
-    store: it recomputes them from the audio. Run it while nothing else uses the store."""
+    fixes (reading the whole store), or the --block ones. Their features are deleted; re-run the
+    build that made the store, which recomputes them from the audio (it must still be there). Run
+    it while nothing else uses the store."""
     from c2fdata.repair import mark_for_rebuild, parse_block, plan_repair
     from c2fdata.storage import StorageError
 
@@ -332,9 +333,14 @@ def repair(store, blocks, dry_run):
         t.add_row(split, str(len(b)), ", ".join(map(str, sorted(b)[:20])) + (" ..." if len(b) > 20 else ""))
     log_console().print(t)
     if not dry_run:
-        console.print(f"now re-run the `c2fdata build` command that made {store} (the same options): it "
-                      f"recomputes these {plan.n_blocks} block(s) from the audio and finalises the store; "
-                      f"until then readers refuse it as unfinalised")
+        from c2fdata.store import open_store
+
+        split = open_store(store).attrs["train_split"]
+        console.print(f"now re-run the `c2fdata build` command that made {store}, with the same options and "
+                      f"--train-split {split} (its statistics split): it recomputes these {plan.n_blocks} block(s) "
+                      f"from the audio and finalises the store; sharded builds (--shard K/N): the builders with "
+                      f"K = block mod N. Until then readers refuse the store as unfinalised. Then run `c2fdata "
+                      f"verify {store}` again: damage behind an unreadable status or frames chunk shows only then.")
     sys.exit(1 if plan.unrepairable else 0)
 
 

@@ -12,7 +12,16 @@ import numpy as np
 
 from c2fdata.shard_io import CorruptClipError, ShardedClipReader
 from c2fdata.storage import as_location
-from c2fdata.store import FAILED, OK, StoreFormatError, open_store, read_meta
+from c2fdata.store import (
+    FAILED,
+    OK,
+    PENDING,
+    DamagedStoreError,
+    StoreFormatError,
+    chunks_missing,
+    open_store,
+    read_meta,
+)
 from c2fdata.vocab import Vocabulary
 
 __all__ = ["StoreReader", "StoreFormatError", "CorruptClipError", "rebuild_hint"]
@@ -120,7 +129,28 @@ class StoreReader:
 
     @cached_property
     def rows(self) -> np.ndarray:
-        return np.flatnonzero(self._meta("status") == OK)
+        status = self._meta("status")
+        if self.attrs.get("finalized"):
+            self._check_complete(status)
+        return np.flatnonzero(status == OK)
+
+    def _check_complete(self, status: np.ndarray) -> None:
+        """A finalised store has every clip committed and every metadata chunk file: zarr reads
+        a lost one as zeros (pending clips, class 0, no frames), which must not be served."""
+        pending = np.flatnonzero(status == PENDING)
+        if pending.size:
+            blocks = sorted({int(r) // int(self.attrs["block_clips"]) for r in pending})
+            raise DamagedStoreError(
+                f"{self.path}: split {self.split!r} is finalised, yet {pending.size} of its clips read as pending "
+                f"(blocks {', '.join(map(str, blocks[:10]))}{' ...' if len(blocks) > 10 else ''}): their status "
+                f"chunks are lost. `c2fdata verify {self.path}` lists the damage; `c2fdata repair {self.path}` "
+                f"marks those blocks for the same build command to recompute")
+        for name in ("status", "frames", "labels", "ids"):
+            if missing := chunks_missing(self._group, self.split, name):
+                raise DamagedStoreError(
+                    f"{self.path}: split {self.split!r}: {missing} chunk file(s) of its {name} are missing (deleted, "
+                    f"or not copied with the store); zarr would read them as zeros. `c2fdata verify {self.path}` "
+                    f"says which and what to do")
 
     # -- metadata ------------------------------------------------------------------------------
     def _meta(self, name: str) -> np.ndarray:
@@ -181,7 +211,13 @@ class StoreReader:
 
     @cached_property
     def _frames(self) -> np.ndarray:
-        return self._meta("frames")[self.rows].astype(np.int64)
+        frames = self._meta("frames")[self.rows].astype(np.int64)
+        if frames.size and frames.min() <= 0:  # a served clip has frames: zeros are a lost chunk
+            row = int(self.rows[int(np.argmin(frames))])
+            raise DamagedStoreError(f"{self.path}: split {self.split!r}, row {row}: no frames recorded for a clip "
+                                    f"that built fine (its frames chunk lost?); `c2fdata verify {self.path}` says "
+                                    f"what to do")
+        return frames
 
     def labels(self) -> np.ndarray:
         """(N, K) float32 multi-hot, or (N,) int64 class indices."""

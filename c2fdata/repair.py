@@ -9,7 +9,9 @@ unfinalised, so that no reader trains on it with blocks missing.
 
 Which blocks: those named (`--block SPLIT:B`, as error messages give them), or every block
 `verify` finds a problem in that a rebuild fixes (`scan_store`). What a rebuild cannot fix (ids
-or labels, written once from the dataset's metadata) is reported, not touched.
+or labels, written once from the dataset's metadata) is reported, and then nothing is touched:
+that store must be built anew anyway. The rebuild recomputes from the audio: it must still be
+where the build found it.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
     block with a problem `verify` finds that its rebuild fixes (reads the whole store)."""
     plan = RepairPlan()
     if blocks is None:
-        for p in scan_store(path, progress):
+        problems = scan_store(path, progress)
+        for p in problems:
             if p.block is not None:
                 plan.blocks.setdefault(p.split, [])
                 if p.block not in plan.blocks[p.split]:
                     plan.blocks[p.split].append(p.block)
             elif "pending (incomplete build)" not in p.text and not p.text.startswith("not finalised"):
                 plan.unrepairable.append(p.text)  # an unfinished build is the build's to finish
+        if any(p.anew for p in problems):  # a new build anyway: this store's blocks are left as they are
+            plan.blocks = {}
         return plan
     attrs = dict(st.open_store(path).attrs)
     for split, b in blocks:
@@ -83,9 +88,5 @@ def mark_for_rebuild(path: str | Path, plan: RepairPlan) -> None:
             if shard.exists():
                 shard.remove()
             start, end = ranges[b]
-            try:  # the whole chunk is written: zarr need not read the damaged one first
-                status[start:end] = st.PENDING
-            except (ValueError, RuntimeError):  # it read it anyway: remove the chunk, then write
-                loc.child(split, "status", "c", str(b)).remove()
-                status[start:end] = st.PENDING
+            status[start:end] = st.PENDING  # the block's whole chunk: zarr never reads a damaged one first
     group.attrs.update({"finalized": False})

@@ -18,8 +18,11 @@ Layout (format versions 1 to 3)::
 
 Every chunk of the metadata arrays (frames to labels above) ends in a crc32c that zarr checks on
 every read, as every clip does: a flipped bit raises instead of serving a wrong label or frame
-count. Stores built before that have none (`c2fdata info` says so); rebuilding adds them. An
-older c2f reads either kind (zarr decodes the codec), so the format version is unchanged.
+count. Every such chunk is written, all-zero ones too, so that a missing chunk file (which zarr
+would read as zeros: class 0, no frames, pending) is an error: `chunks_missing`. Stores built
+before that have neither (`c2fdata info` says so); rebuilding adds them, and `verify` still
+compares their ids and labels with the fingerprint. An older c2f reads either kind (zarr decodes
+the codec), so the format version is unchanged.
 
 Clips are built in blocks of `block_clips` consecutive clips. A block is the unit of work, of
 sharding (`--shard K/N` takes every N-th block) and of commit: its features shard, frames,
@@ -110,6 +113,16 @@ def damaged_blocks(group: zarr.Group, split: str, name: str) -> list[tuple[int, 
     return out
 
 
+def chunks_missing(group: zarr.Group, split: str, name: str) -> int:
+    """How many chunk files of a metadata array are absent. Every chunk is written (at creation,
+    or with its block), so in a finalised store, or for the write-once arrays, any absent one is
+    a lost file; stores built before metadata checksums skipped all-zero chunks: 0 for them."""
+    array = group[split][name]
+    if not any(isinstance(c, Crc32cCodec) for c in array.compressors):
+        return 0
+    return array.nchunks - array.nchunks_initialized
+
+
 def meta_checksummed(group: zarr.Group) -> bool:
     """Whether every metadata array of every split carries a crc32c (stores built before do not)."""
     return all(any(isinstance(c, Crc32cCodec) for c in group[split][name].compressors)
@@ -122,7 +135,8 @@ class SplitMeta:
     labels: np.ndarray  # (N, K) uint8 multi-hot, or (N,) int32
 
 
-def _fingerprint(attrs: dict, splits: dict[str, SplitMeta]) -> str:
+def fingerprint(attrs: dict, splits: dict[str, SplitMeta]) -> str:
+    """What identifies a store's content: its settings, and every split's clip ids and labels."""
     h = hashlib.sha256()
     keys = ("dataset", "features", "vocabulary", "multi_label", "target_frames", "block_clips")
     settings = {k: attrs[k] for k in keys}
@@ -213,7 +227,7 @@ def create_or_open(
         "stats": None,
         **(extra_attrs or {}),
     }
-    attrs["fingerprint"] = _fingerprint(attrs, splits)
+    attrs["fingerprint"] = fingerprint(attrs, splits)
     if loc.child("zarr.json").is_file() or (loc.fs is None and loc.exists()):
         return _open_same(loc, attrs)
     if train_split not in splits:
@@ -249,13 +263,15 @@ def _open_same(loc: Location, attrs: dict) -> zarr.Group:
             f"{loc.url} exists but {why} (fingerprint {found} != {attrs['fingerprint']}); use another "
             "--out, or delete it to start over"
         )
-    # The statistics split is not part of the fingerprint (no clip depends on it): a build not
-    # finalised yet takes the new one, a finalised store says how its statistics were made.
+    # The statistics split is not part of the fingerprint (no clip depends on it): a build never
+    # finalised yet takes the new one; a store that has statistics (finalised, or being rebuilt
+    # after `c2fdata repair`) says how they were made.
     was, now = group.attrs["train_split"], attrs["train_split"]
     if was != now:
-        if group.attrs.get("finalized"):
+        if group.attrs.get("finalized") or group.attrs.get("stats"):
+            state = "is finalised with" if group.attrs.get("finalized") else "is being rebuilt (repair) with"
             raise StoreFormatError(
-                f"{loc.url} is finalised with normalisation statistics from split {was!r}; this build takes them "
+                f"{loc.url} {state} normalisation statistics from split {was!r}; this build takes them "
                 f"from {now!r}. Keep the store as it is with --train-split {was}, or take its statistics from "
                 f"{now!r} with `c2fdata finalize {loc.url} --train-split {now}` (models trained on it before were "
                 "fed the old statistics)")
@@ -319,10 +335,12 @@ def _create_split(group: zarr.Group, name: str, meta: SplitMeta, frames: int, n_
     g.create_array("status", shape=(n,), dtype="uint8", chunks=(block,), fill_value=PENDING, **META_CODECS)
     g.create_array("errors", shape=(n,), dtype=str, chunks=(block,), fill_value="", **META_CODECS)
     g.create_array("stat_sums", shape=(n_blocks, 3), dtype="float64", chunks=(1, 3), fill_value=0.0, **META_CODECS)
-    ids = g.create_array("ids", shape=(n,), dtype=str, chunks=(min(max(n, 1), META_CHUNK),), **META_CODECS)
+    every_chunk = {"config": {"write_empty_chunks": True}}  # all-zero ones too: an absent one was lost
+    ids = g.create_array("ids", shape=(n,), dtype=str, chunks=(min(max(n, 1), META_CHUNK),), **META_CODECS,
+                         **every_chunk)
     labels = g.create_array(
         "labels", shape=meta.labels.shape, dtype=meta.labels.dtype,
-        chunks=(min(max(n, 1), META_CHUNK),) + meta.labels.shape[1:], fill_value=0, **META_CODECS,
+        chunks=(min(max(n, 1), META_CHUNK),) + meta.labels.shape[1:], fill_value=0, **META_CODECS, **every_chunk,
     )
     if n:
         ids[:] = np.asarray(meta.ids, dtype=object).astype(str)
@@ -353,13 +371,13 @@ def write_block(
     start = block_index * group.attrs["block_clips"]
     end = start + len(frames)
     # every clip gets its chunk, all-zero ones too, so that a block with OK clips always has its
-    # shard file and a missing one is an error, never a block of zeros
+    # shard file and a missing one is an error, never a block of zeros; the metadata likewise
     with zarr.config.set({"array.write_empty_chunks": True}):
         g["features"][start:end] = store_codec(group.attrs).stored(features)
-    g["frames"][start:end] = frames
-    g["errors"][start:end] = np.asarray(errors, dtype=object).astype(str)
-    g["stat_sums"][block_index] = sums
-    g["status"][start:end] = status
+        g["frames"][start:end] = frames
+        g["errors"][start:end] = np.asarray(errors, dtype=object).astype(str)
+        g["stat_sums"][block_index] = sums
+        g["status"][start:end] = status
 
 
 def completion(group: zarr.Group) -> dict[str, dict[str, int]]:

@@ -21,6 +21,7 @@ class Problem:
     text: str
     split: str | None = None
     block: int | None = None  # set when rebuilding this block of `split` fixes it (`c2fdata repair`)
+    anew: bool = False  # only a new build fixes it (ids or labels lost: written once, at creation)
 
 
 def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -46,6 +47,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
     total = sum(s["clips"] for s in a["splits"].values())
     done = 0
     hinted = False  # the rebuild recipe comes with the first corrupt clip; later ones name their block
+    written: dict[str, st.SplitMeta] = {}  # ids and labels as read, against the fingerprint
     for split in a["splits"]:
         g = group[split]
         meta, unreadable = _read_metadata(g)
@@ -54,6 +56,8 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
             done += a["splits"][split]["clips"]
             continue
         status, frames, labels, ids = (meta[k] for k in ("status", "frames", "labels", "ids"))
+        written[split] = st.SplitMeta([str(x) for x in ids], labels)
+        problems += _lost_chunks(group, split, status, loc)
         n = len(status)
         if g["features"].shape != (n, target, n_mels):
             problems.append(Problem(f"{split}: features shape {g['features'].shape} != ({n}, {target}, {n_mels})", split))
@@ -61,7 +65,13 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
         for name, arr in (("frames", frames), ("labels", labels), ("ids", ids)):
             if len(arr) != n:
                 problems.append(Problem(f"{split}: {name} has {len(arr)} rows, status has {n}", split))
-        if (status == st.PENDING).any():
+        if (status == st.PENDING).any() and a.get("finalized"):  # every clip was committed: flags lost
+            for b, (s, e) in enumerate(st.block_ranges(n, a["block_clips"])):
+                if (status[s:e] == st.PENDING).any():
+                    problems.append(Problem(
+                        f"{split}: block {b} reads as pending in a finalised store (its status chunk lost or "
+                        f"reset): {rebuild_hint(path, split, s, a['block_clips'], n)}", split, b))
+        elif (status == st.PENDING).any():
             problems.append(Problem(f"{split}: {int((status == st.PENDING).sum())} clips pending (incomplete build)",
                                     split))
         if a["multi_label"]:
@@ -97,6 +107,11 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
                 problems.append(Problem(f"{where}: {bad_clip}", split, block))
             if progress and (done % 256 == 0 or done == total):
                 progress(done, total)
+    if len(written) == len(a["splits"]) and (found := st.fingerprint(a, written)) != a.get("fingerprint"):
+        problems.append(Problem(
+            f"the clip ids or labels read from the store are not those it was built with (fingerprint "
+            f"{found} != {a.get('fingerprint')}): a chunk file of ids or labels lost or changed. Written once, "
+            f"from the dataset's metadata: build the store anew (another --out)", anew=True))
     stats = a.get("stats")
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
         problems.append(Problem(f"normalisation stats invalid: {stats}"))
@@ -121,7 +136,10 @@ def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path
     block, n = int(group.attrs["block_clips"]), group.attrs["splits"][split]["clips"]
     for name, err in unreadable.items():
         if name in st.PER_BLOCK:
-            bad = st.damaged_blocks(group, split, name) or [(None, err)]
+            try:
+                bad = st.damaged_blocks(group, split, name) or [(None, err)]
+            except Exception:  # noqa: BLE001  (its zarr.json or folder itself is gone: the array as a whole)
+                bad = [(None, err)]
             for b, e in bad:
                 how = rebuild_hint(path, split, b * block, block, n) if b is not None else "rebuild the store"
                 out.append(Problem(f"{split}: its {name} cannot be read{'' if b is None else f' in block {b}'} "
@@ -129,7 +147,30 @@ def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path
         else:
             out.append(Problem(f"{split}: its {name} cannot be read ({type(err).__name__}: {err}); written once, "
                                f"from the dataset's metadata, when the store was created: build the store anew "
-                               f"(another --out)", split))
+                               f"(another --out)", split, anew=True))
+    return out
+
+
+def _lost_chunks(group, split: str, status: np.ndarray, loc) -> list[Problem]:
+    """Metadata chunk files that should be there and are not (stores with metadata checksums
+    write every chunk: zarr would read a lost one as zeros). The write-once arrays need a new
+    build; a committed block's chunks are rewritten with the block."""
+    out = []
+    block = int(group.attrs["block_clips"])
+    ranges = st.block_ranges(len(status), block)
+    uncommitted = sum(1 for s, e in ranges if (status[s:e] == st.PENDING).all())
+    for name in st.WRITE_ONCE:
+        if lost := st.chunks_missing(group, split, name):
+            out.append(Problem(f"{split}: {lost} chunk file(s) of its {name} are missing; written once, from the "
+                               f"dataset's metadata: build the store anew (another --out)", split, anew=True))
+    for name in ("frames", "errors", "stat_sums"):  # status: a lost chunk reads as pending (above)
+        if st.chunks_missing(group, split, name) <= uncommitted:
+            continue
+        for b, (s, e) in enumerate(ranges):
+            key = ("c", str(b), "0") if name == "stat_sums" else ("c", str(b))
+            if (status[s:e] != st.PENDING).any() and not loc.child(split, name, *key).exists():
+                out.append(Problem(f"{split}: block {b}'s {name} chunk file is missing: "
+                                   f"{rebuild_hint(loc.url, split, s, block, len(status))}", split, b))
     return out
 
 

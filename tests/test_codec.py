@@ -132,8 +132,8 @@ def test_a_float16_store_of_format_1_without_codec_attribute_still_opens(tmp_pat
     assert verify_store(path) == []
     # a float16 store's fingerprint is what it was before codecs, so an old build still resumes
     old = meta["attributes"]
-    assert st._fingerprint(old, {}) == st._fingerprint({**old, "codec": "float16"}, {})
-    assert st._fingerprint(old, {}) != st._fingerprint({**old, "codec": "q32-lz4"}, {})
+    assert st.fingerprint(old, {}) == st.fingerprint({**old, "codec": "float16"}, {})
+    assert st.fingerprint(old, {}) != st.fingerprint({**old, "codec": "q32-lz4"}, {})
 
 
 def test_unknown_codec_and_codec_mismatch_are_refused_clearly(tmp_path, monkeypatch):

@@ -427,3 +427,86 @@ def test_repair_rewrites_a_damaged_status_chunk_of_the_last_short_block(clean, t
     group = st.open_store(store)
     assert st.pending_blocks(group, "train") == [2]
     assert list(st.read_meta(group, "train", "status")) == [st.OK] * 16 + [st.PENDING] * 5
+
+
+@pytest.mark.parametrize("lost", ["labels", "ids", "status", "frames"])
+def test_a_lost_metadata_chunk_file_is_not_read_as_zeros(tmp_path, lost):
+    """zarr reads an absent chunk as its fill value: class 0, empty ids, pending clips, no frames.
+    Stores with metadata checksums write every chunk, so an absent one is refused by the reader
+    and named by verify; repair marks the blocks a rebuild restores (status, frames), and leaves
+    a store whose ids or labels are lost to be built anew."""
+    from click.testing import CliRunner
+
+    from c2fdata.build import build_store
+    from c2fdata.cli import main as data_cli
+
+    store = tmp_path / "s"
+    config = _folder_store(tmp_path, store)
+    clean = StoreReader(store, "train")
+    before = (clean.labels().copy(), clean.frames().copy(), clean.ids)
+    chunk = store / "train" / lost / "c" / ("0" if lost in ("labels", "ids") else "1")
+    chunk.unlink()
+    with pytest.raises(st.DamagedStoreError, match="missing|pending|no frames"):
+        r = StoreReader(store, "train")
+        r.labels(), r.frames(), r.ids
+    problems = verify_store(store)
+    assert problems and any(lost in p or "pending" in p for p in problems), problems
+    r = CliRunner().invoke(data_cli, ["repair", str(store)])
+    if lost in ("labels", "ids"):  # written once: nothing in the store restores them
+        assert r.exit_code == 1 and "build the store anew" in " ".join(r.output.split())
+        assert st.open_store(store).attrs["finalized"]
+        return
+    assert r.exit_code == 0 and "--train-split train" in " ".join(r.output.split()), r.output
+    build_store(config)
+    assert verify_store(store) == []
+    after = StoreReader(store, "train")
+    np.testing.assert_array_equal(after.labels(), before[0])
+    np.testing.assert_array_equal(after.frames(), before[1])
+    assert after.ids == before[2]
+
+
+def test_an_older_store_with_a_lost_label_chunk_fails_verify_by_its_fingerprint(tmp_path, monkeypatch):
+    """Stores built before metadata checksums skip all-zero chunks, so a missing chunk file is no
+    proof there; verify still compares the ids and labels it reads with the fingerprint."""
+    monkeypatch.setattr(st, "META_CODECS", {})
+    store = tmp_path / "old"
+    _folder_store(tmp_path, store)
+    (store / "train" / "labels" / "c" / "0").unlink()
+    problems = verify_store(store)
+    assert len(problems) == 1 and "not those it was built with" in problems[0]
+
+
+def test_verify_reports_a_metadata_array_whose_description_is_damaged(tmp_path):
+    store = tmp_path / "s"
+    _folder_store(tmp_path, store)
+    meta = store / "train" / "status" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])  # truncated
+    problems = verify_store(store)
+    assert problems and problems[0].startswith("train: its status cannot be read"), problems
+
+
+def test_repair_then_rebuild_keeps_the_statistics_split_chosen_with_finalize(tmp_path):
+    """A split chosen with `finalize --train-split` outlives a repair: the rebuild that would
+    take the build's own guess instead is refused, saying which option keeps it."""
+    import soundfile as sf
+
+    from c2fdata.build import BuildConfig, build_store
+    from c2fdata.repair import mark_for_rebuild, plan_repair
+
+    for split in ("train", "valid"):
+        for k in range(4):
+            (tmp_path / "d" / split / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+            sf.write(tmp_path / "d" / split / "ab"[k % 2] / f"{k}.wav",
+                     (0.1 * (1 + k) * np.random.default_rng(k).standard_normal(16000)).astype("float32"), 16000)
+    store = tmp_path / "s"
+    config = BuildConfig(dataset="folder", root=tmp_path / "d", out=store, block_clips=2)
+    build_store(config)
+    group = zarr.open_group(str(store), mode="r+")
+    chosen = st.finalize(group, store, train_split="valid")
+    mark_for_rebuild(store, plan_repair(store, [("train", 0)]))
+    with pytest.raises(st.StoreFormatError,
+                       match=r"being rebuilt \(repair\) with normalisation statistics from split 'valid'.*--train-split valid"):
+        build_store(config)
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=store, block_clips=2,
+                            options={"train_split": "valid"}))  # what --train-split valid passes
+    assert st.open_store(store).attrs["stats"] == chosen and verify_store(store) == []
