@@ -206,8 +206,23 @@ def _print_problems(problems, out: Console | None = None) -> None:
     (out or console).print(t)
 
 
+def _tsv_field(value) -> str:
+    return str(value).replace("\t", " ").replace("\n", " ")  # one field per column, one line per row
+
+
+PROBLEM_TABLE_MAX_ROWS = 2000  # beyond, tab-separated lines: rich takes ~8 s per 20,000 table rows
+
+
 def _list_problems(problems, out: Console) -> None:
-    """Every problem, one row each (`info --problems`: a list to act on, on stdout)."""
+    """Every problem, one row each (`info --problems`: a list to act on, on stdout). A long list
+    (AudioSet's missing clips run to hundreds of thousands) comes as tab-separated lines."""
+    if len(problems) > PROBLEM_TABLE_MAX_ROWS:
+        lines = ["\t".join(("split", "clip", "reason", "effect", "detail"))]
+        lines += ["\t".join(_tsv_field(v) for v in (p["split"], p["id"], p["reason"], _effect(p), p["detail"]))
+                  for p in problems]
+        click.echo(f"{len(problems)} problems the build recorded (tab-separated):")
+        click.echo("\n".join(lines))
+        return
     t = Table(title=f"{len(problems)} problems the build recorded")
     for col in ("split", "clip", "reason", "effect", "detail"):
         t.add_column(col, overflow="fold")

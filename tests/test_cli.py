@@ -66,7 +66,7 @@ def test_progress_bar_only_once_work_starts(tmp_path):
     assert "features" not in r.output
 
 
-def test_info_problems_lists_every_clip_on_stdout(tmp_path):
+def test_info_problems_lists_every_clip_on_stdout(tmp_path, monkeypatch):
     import numpy as np
     import soundfile as sf
 
@@ -82,3 +82,10 @@ def test_info_problems_lists_every_clip_on_stdout(tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.count("│") == 6 and line.startswith("│ train")]
     assert [row.split("│")[2].strip() for row in rows] == ["dog/0", "dog/1", "dog/2", "dog/bad"]
     assert [row.split("│")[3].strip() for row in rows] == ["short"] * 3 + ["unreadable"]
+    # a long list (AudioSet's missing clips) comes as tab-separated lines, not a table
+    monkeypatch.setattr("c2fdata.cli.PROBLEM_TABLE_MAX_ROWS", 2)
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "s"), "--problems"])
+    lines = r.stdout.splitlines()
+    at = lines.index("split\tclip\treason\teffect\tdetail")
+    assert [line.split("\t")[1:3] for line in lines[at + 1:at + 5]] == [
+        ["dog/0", "short"], ["dog/1", "short"], ["dog/2", "short"], ["dog/bad", "unreadable"]]
