@@ -217,7 +217,7 @@ def _list_problems(problems, out: Console) -> None:
     """Every problem, one row each (`info --problems`: a list to act on, on stdout). A long list
     (AudioSet's missing clips run to hundreds of thousands) comes as tab-separated lines."""
     if len(problems) > PROBLEM_TABLE_MAX_ROWS:
-        lines = ["\t".join(("split", "clip", "reason", "effect", "detail"))]
+        lines = ["split\tclip\treason\teffect\tdetail"]
         lines += ["\t".join(_tsv_field(v) for v in (p["split"], p["id"], p["reason"], _effect(p), p["detail"]))
                   for p in problems]
         click.echo(f"{len(problems)} problems the build recorded (tab-separated):")
