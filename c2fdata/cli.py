@@ -341,7 +341,8 @@ def repair(store, blocks, dry_run):
     if not plan.n_blocks:
         console.print(f"nothing to rebuild in {store}" + (" (see above)" if plan.unrepairable else ""))
         sys.exit(1 if plan.unrepairable else 0)
-    t = Table(title=("would mark" if dry_run else "marked") + f" for rebuilding in {store}")
+    console.print(("would mark" if dry_run else "marked") + f" for rebuilding in {store}:")
+    t = Table()
     for col in ("split", "blocks", "which"):
         t.add_column(col)
     for split, b in plan.blocks.items():
