@@ -118,15 +118,16 @@ def chunks_missing(group: zarr.Group, split: str, name: str) -> int:
     or with its block), so in a finalised store, or for the write-once arrays, any absent one is
     a lost file; stores built before metadata checksums skipped all-zero chunks: 0 for them."""
     array = group[split][name]
-    if not any(isinstance(c, Crc32cCodec) for c in array.compressors):
-        return 0
-    return array.nchunks - array.nchunks_initialized
+    return array.nchunks - array.nchunks_initialized if _checksummed(array) else 0
+
+
+def _checksummed(array: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in array.compressors)
 
 
 def meta_checksummed(group: zarr.Group) -> bool:
     """Whether every metadata array of every split carries a crc32c (stores built before do not)."""
-    return all(any(isinstance(c, Crc32cCodec) for c in group[split][name].compressors)
-               for split in group.attrs["splits"] for name in PER_BLOCK + WRITE_ONCE)
+    return all(_checksummed(group[split][name]) for split in group.attrs["splits"] for name in PER_BLOCK + WRITE_ONCE)
 
 
 @dataclass(frozen=True)
