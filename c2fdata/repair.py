@@ -55,8 +55,8 @@ def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
                 plan.blocks.setdefault(p.split, [])
                 if p.block not in plan.blocks[p.split]:
                     plan.blocks[p.split].append(p.block)
-            elif "pending (incomplete build)" not in p.text and not p.text.startswith("not finalised"):
-                plan.unrepairable.append(p.text)  # an unfinished build is the build's to finish
+            elif not p.unfinished:  # an unfinished build is the build's to finish
+                plan.unrepairable.append(p.text)
         if any(p.anew for p in problems):  # a new build anyway: this store's blocks are left as they are
             plan.blocks = {}
         return plan

@@ -22,6 +22,7 @@ class Problem:
     split: str | None = None
     block: int | None = None  # set when rebuilding this block of `split` fixes it (`c2fdata repair`)
     anew: bool = False  # only a new build fixes it (ids or labels lost: written once, at creation)
+    unfinished: bool = False  # a build not finished yet: the build's to finish, nothing to repair
 
 
 def verify_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -41,7 +42,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
     problems: list[Problem] = []
     if not a.get("finalized"):
         problems.append(Problem("not finalised: a build or some shards are unfinished (re-run the build, then "
-                                f"`c2fdata finalize {path}`)"))
+                                f"`c2fdata finalize {path}`)", unfinished=True))
     n_classes = len(a["vocabulary"])
     target, n_mels = a["target_frames"], a["features"]["n_mels"]
     total = sum(s["clips"] for s in a["splits"].values())
@@ -73,7 +74,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
                         f"reset): {rebuild_hint(path, split, s, a['block_clips'], n)}", split, b))
         elif (status == st.PENDING).any():
             problems.append(Problem(f"{split}: {int((status == st.PENDING).sum())} clips pending (incomplete build)",
-                                    split))
+                                    split, unfinished=True))
         if a["multi_label"]:
             bad = np.flatnonzero((labels > 1).any(axis=1))
         else:
