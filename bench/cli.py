@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -12,6 +15,7 @@ from rich.table import Table
 
 from bench.machine import busy_warning, describe
 from c2fdata.console import log_console
+from c2fdata.stacks import StallWatch, install_stack_dumps
 
 # Wide enough for the throughput table when the output goes to a file or a pipe (docs, CI logs).
 console = log_console()
@@ -32,9 +36,37 @@ def write_json(path: Path | None, payload: dict) -> None:
         console.print(f"wrote {path}")
 
 
+@contextmanager
+def reporting(first: str, stall_s: float = 0.0) -> Iterator[Callable[[str], None]]:
+    """say(text): what a long benchmark does now. On a terminal a spinner shows it; off one (a log,
+    a GPU job's output) each goes to stderr as a line with the seconds since the start, so that a
+    run that stopped shows where. stall_s > 0: every thread's stack on stderr once stall_s seconds
+    pass without a say() (and every stall_s seconds after), the run going on."""
+    errors = log_console(stderr=True)
+    start = time.monotonic()
+    with StallWatch(stall_s) as watch:
+        if console.is_terminal:
+            with console.status(first) as status:
+                def say(text: str) -> None:
+                    watch.progress()
+                    status.update(text)
+
+                yield say
+        else:
+            def say(text: str) -> None:
+                watch.progress()
+                errors.print(f"[{time.monotonic() - start:7.1f} s] {text}", markup=False, highlight=False)
+
+            say(first)
+            yield say
+
+
 @click.group()
 def main() -> None:
-    """Benchmarks of c2f's stores, loaders and training steps (warm-up excluded, medians of repeats)."""
+    """Benchmarks of c2f's stores, loaders and training steps (warm-up excluded, medians of repeats).
+
+    `kill -USR1 PID` prints where every thread of a running benchmark is, and it goes on."""
+    install_stack_dumps()
 
 
 @main.command()
@@ -244,8 +276,12 @@ def concurrent_table(result: dict, cores: int) -> Table:
 @click.option("--loader-batches", default=50, show_default=True, help="Batches per repeat of the loader alone.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Draw the split into FILE.png.")
+@click.option("--stall-dump", "stall_s", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="Print every thread's stack to stderr whenever SECONDS pass without progress (a compile, "
+                   "a pipeline or a step that hangs); the run goes on. 0 (default): off; `kill -USR1 PID` "
+                   "prints them at any time.")
 def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_size, overrides, compile_mode,
-               repeats, warmup, batches, loader_batches, json_path, plot_path):
+               repeats, warmup, batches, loader_batches, json_path, plot_path, stall_s):
     """Per phase: samples/s of the loader alone, the model's train step alone (synthetic input of
     the phase's shape) and both together; data-loading share; speed-ups against C = 1."""
     from bench.throughput import ThroughputSettings, bench_throughput
@@ -257,9 +293,10 @@ def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_
         numbers = list(range(1, len(rec.phases) + 1)) if all_phases else list(phase_numbers or [1])
         settings = ThroughputSettings(repeats=repeats, warmup=warmup, batches=batches, loader_batches=loader_batches)
         console.print(machine_line(describe()))
-        with console.status("measuring (warm-up excluded)..."):
+        with reporting("building the phases' models", stall_s) as say:
             result = bench_throughput(rec, numbers, store=store, backend=backend, device=device,
-                                      batch_size=batch_size, compile_mode=compile_mode, settings=settings)
+                                      batch_size=batch_size, compile_mode=compile_mode, settings=settings,
+                                      progress=say)
     except (ValueError, FileNotFoundError, ImportError) as err:  # RecipeError is a ValueError
         raise click.ClickException(str(err)) from None
     console.print(throughput_table(result))

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import click
 
+from c2fdata.stacks import DUMP_SIGNAL as STACK_DUMP_SIGNAL
+
 ROOT = Path(__file__).resolve().parents[1]  # commands run here: the demo recipe's store is stores/instruments
 PY = sys.executable
 METHOD_FACTORS = (("none", 1),) + tuple((m, c) for m in ("fshift", "pool-avg", "pool-max") for c in (1, 2, 4))
@@ -173,14 +175,16 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
             if proc.poll() is not None:
                 return f"ended (exit code {proc.returncode}) before {cmd.kill_when.name} appeared: nothing to kill"
             if not cmd.kill_when.exists():
-                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}"
+                dump_stacks(proc)
+                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}{STACKS_NOTE}"
             proc.send_signal(signal.SIGKILL)  # the training process alone, as a crash would
             proc.wait()
             return ""
         rc = proc.wait(timeout=max(deadline - time.monotonic(), 0.001))
         return "" if rc == 0 else f"exit code {rc}"
     except subprocess.TimeoutExpired:
-        return f"timed out after {timeout_s:.0f} s"
+        dump_stacks(proc)
+        return f"timed out after {timeout_s:.0f} s{STACKS_NOTE}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -189,6 +193,24 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
         proc.wait()
         if cmd.stdout:
             out.close()
+
+
+STACKS_NOTE = " (where it was: the Python stacks at the end of its log)"
+STACK_DUMP_WAIT_S = 3.0  # for every process of the group to write its stacks before the SIGKILL
+
+
+def dump_stacks(proc: subprocess.Popen) -> None:
+    """Ask every process of a command that ran out of time where it is: c2f's commands print all
+    their threads' stacks on SIGUSR1 (into the step's log) and go on; others (pytest, torchrun's
+    agent, spawned reader processes) end on it, as they would on the SIGKILL that follows."""
+    try:
+        os.killpg(proc.pid, STACK_DUMP_SIGNAL)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=STACK_DUMP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def exit_on_sigterm() -> None:

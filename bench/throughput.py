@@ -34,7 +34,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -136,8 +136,10 @@ class _Steps:
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
         self.busy_s = 0.0  # GPU time inside train steps during the last end-to-end run (CUDA)
         self.nvml: list[float] = []  # NVML utilisation samples (0-1) during the last end-to-end run
+        self._stepped = False
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._stepped = True
         t = self.trainer  # the trainer's own step, so that the bench times what training runs
         net = self.p.model if self.p.net is None else self.p.net  # (a compiled module has no truth value)
         train_step(net, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
@@ -176,6 +178,11 @@ class _Steps:
         self.nvml = nvml.samples
         self.busy_s = sum(a.elapsed_time(b) for a, b in events) / 1000
         return n
+
+    @property
+    def primed(self) -> bool:
+        """Whether a step has run (a compiled model compiles at its first)."""
+        return self._stepped
 
     def prime(self, real: bool = False) -> None:
         """A few untimed steps: on synthetic input before the model alone (no batch is drawn, so
@@ -224,17 +231,24 @@ class _Steps:
         return sum(counts) if counts else None
 
 
-def _round(steps: list[_Steps], timed: bool) -> None:
-    """Every phase once: model alone, then loader alone and end to end on the phase's own loader."""
+def _round(steps: list[_Steps], timed: bool, say: Callable[[str], None] = lambda text: None) -> None:
+    """Every phase once: model alone, then loader alone and end to end on the phase's own loader.
+    say(text): what comes next, before each part (the CLI's progress line)."""
     for st in steps:
+        what = f"phase {st.p.number} ({st.p.phase.label})"
+        compiling = st.p.net is not None and not st.primed
+        say(f"{what}: model alone{', compiling' if compiling else ''}")
         st.prime()
         cpu0, t0 = descendants_cpu_s(), time.perf_counter()
         _timed(st, "model", st.model, timed)
         wall, cpu1 = time.perf_counter() - t0, descendants_cpu_s()
         if timed and cpu0 is not None and cpu1 is not None:  # what every loader's processes did behind it
             st.p.rates.setdefault("loader_cores_during_model", []).append(max(0.0, cpu1 - cpu0) / wall)
+        say(f"{what}: {'building its loader' if st.batches is None else 'priming its loader'}")
         st.open_loader()
+        say(f"{what}: loader alone")
         _timed(st, "loader", st.loader, timed)
+        say(f"{what}: end to end")
         t0 = time.perf_counter()
         _timed(st, "end_to_end", st.end_to_end, timed)
         wall = time.perf_counter() - t0
@@ -295,13 +309,18 @@ def _paired_speedup(p: _Phase, ref: _Phase, key: str) -> float:
 
 def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
                      backend: str | None = None, device: str = "cpu", batch_size: int | None = None,
-                     compile_mode: str | None = None, settings: ThroughputSettings = ThroughputSettings()) -> dict:
+                     compile_mode: str | None = None, settings: ThroughputSettings = ThroughputSettings(),
+                     progress: Callable[[str], None] | None = None) -> dict:
     """Figures of the phases `phase_numbers` (1-based) of `recipe` and of its full-resolution
     phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys).
     batch_size: every phase's batch instead of the recipe's (how the split moves with the batch).
     compile_mode: torch.compile's mode for each phase's model ("default", "reduce-overhead": CUDA
     graphs, ...; default: the recipe's model.compile); compiling happens in the warm-up round,
-    which must then be kept (warmup >= 1)."""
+    which must then be kept (warmup >= 1).
+    progress(text): called before each part of the run with what comes next ("round 2/6 (timed):
+    phase 1 (pool-avg C=4): end to end"), so that a caller can show it, and a stalled run shows
+    where it stalled."""
+    say = progress or (lambda text: None)
     if compile_mode is None and recipe.model.compile != "none":
         compile_mode = recipe.model.compile
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
@@ -351,8 +370,12 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         with contextlib.ExitStack() as open_loaders:  # each closed even if another's close fails
             for st in steps:
                 open_loaders.callback(st.close_loader)
-            for r in range(settings.warmup + settings.repeats):
-                _round(steps, timed=r >= settings.warmup)
+            rounds = settings.warmup + settings.repeats
+            for r in range(rounds):
+                kind = "timed" if r >= settings.warmup else "warm-up"
+                _round(steps, timed=r >= settings.warmup,
+                       say=lambda text, r=r, kind=kind: say(f"round {r + 1}/{rounds} ({kind}): {text}"))
+            say("closing the loaders")
         for st in steps:  # DALI: one pipeline per phase, whatever the number of rounds
             st.p.builds = st.builds
         loader_backend = resolve_backend(trainer.base)  # the backend that really served the batches

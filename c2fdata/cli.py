@@ -20,6 +20,7 @@ from rich.table import Table
 from c2fdata import __version__
 from c2fdata.codec import CODECS, DEFAULT_CODEC
 from c2fdata.console import log_console
+from c2fdata.stacks import install_stack_dumps
 from c2fdata.datasets import ADAPTERS
 
 console = log_console(stderr=True)
@@ -83,7 +84,10 @@ def fail(message: str) -> None:
 @click.version_option(__version__)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
-    """Build, inspect and check c2f feature stores (Kaldi fbank in chunked Zarr)."""
+    """Build, inspect and check c2f feature stores (Kaldi fbank in chunked Zarr).
+
+    `kill -USR1 PID` prints where every thread of a running command is, and it goes on."""
+    install_stack_dumps()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
 

@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from c2fdata.console import log_console
+from c2fdata.stacks import install_stack_dumps
 
 console = log_console()
 
@@ -31,7 +32,10 @@ def fail(message: str) -> None:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool) -> None:
-    """Train audio spectrogram transformers coarse-to-fine."""
+    """Train audio spectrogram transformers coarse-to-fine.
+
+    `kill -USR1 PID` prints where every thread of a running command is, and it goes on."""
+    install_stack_dumps()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
 
 

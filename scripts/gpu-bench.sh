@@ -8,6 +8,8 @@
 # Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-<NAME>].json and .png (default DIR: results).
 # Options after -- go to `bench throughput` as they are, e.g.
 #   bash scripts/gpu-bench.sh --loader torch --tag graphs -- --compile reduce-overhead --set optim.fused=true
+# Each part of the run is a line on stderr, and a part silent for 90 s (a compile, a stall) prints
+# every thread's stack there (--stall-dump; pass another after --).
 # On one H200 the torch loader's run took about 60 s (store already built; building it, 20 s).
 # Exit 0: every loader's run ended well; 1: one failed (the others still ran); 2: bad use or no CUDA.
 set -euo pipefail
@@ -46,7 +48,7 @@ mkdir -p "$out"
 rc=0
 for l in "${loaders[@]}"; do  # one loader failing (DALI missing, say) still lets the other run
   "$PY" -m bench.cli throughput --recipe audioset_balanced --store "$store" --all --device cuda --loader "$l" \
-    --repeats "$repeats" --warmup 1 --batches "$batches" --loader-batches 50 "${batch[@]}" "${extra[@]}" \
+    --repeats "$repeats" --warmup 1 --batches "$batches" --loader-batches 50 --stall-dump 90 "${batch[@]}" "${extra[@]}" \
     --json "$out/throughput-asb-gpu-$l$tag.json" --plot "$out/throughput-asb-gpu-$l$tag.png" || rc=1
 done
 exit $rc

@@ -185,6 +185,30 @@ def test_throughput_set_and_compile_reach_the_step(tiny_recipe, tmp_path, monkey
     assert result.exit_code != 0 and "[optim] fused: expected true or false, got 7" in result.output
 
 
+def test_throughput_says_what_it_measures_before_each_part(tiny_recipe, monkeypatch):
+    """Off a terminal every part of the run is a line on stderr, so that the log of a run that
+    stopped (a GPU job's time limit) shows where; 'compiling' only where a compiled model takes
+    its first step."""
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
+    result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--compile", "default",
+                                       "--repeats", "1", "--warmup", "1", "--batches", "1", "--loader-batches", "1"])
+    assert result.exit_code == 0, result.output
+    said = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if line.startswith("[")]
+    first, second = "round 1/2 (warm-up): phase", "round 2/2 (timed): phase"
+    assert said == ["building the phases' models",
+                    f"{first} 1 (pool-avg C=4): model alone, compiling", f"{first} 1 (pool-avg C=4): building its loader",
+                    f"{first} 1 (pool-avg C=4): loader alone", f"{first} 1 (pool-avg C=4): end to end",
+                    f"{first} 2 (full): model alone, compiling", f"{first} 2 (full): building its loader",
+                    f"{first} 2 (full): loader alone", f"{first} 2 (full): end to end",
+                    f"{second} 1 (pool-avg C=4): model alone", f"{second} 1 (pool-avg C=4): priming its loader",
+                    f"{second} 1 (pool-avg C=4): loader alone", f"{second} 1 (pool-avg C=4): end to end",
+                    f"{second} 2 (full): model alone", f"{second} 2 (full): priming its loader",
+                    f"{second} 2 (full): loader alone", f"{second} 2 (full): end to end",
+                    "closing the loaders"], said
+    seconds = [float(line[1:].split(" s]")[0]) for line in result.stderr.splitlines() if line.startswith("[")]
+    assert seconds == sorted(seconds) and "samples/s per phase" in result.stdout
+
+
 def test_throughput_refuses_a_missing_phase(tiny_recipe):
     result = CliRunner().invoke(main, ["throughput", "--recipe", str(tiny_recipe), "--phase", "3"])
     assert result.exit_code != 0 and "phases 1..2" in result.output

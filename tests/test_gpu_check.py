@@ -110,7 +110,7 @@ def test_steps_pass_fail_time_out_and_skip_what_needs_a_failed_step(tmp_path):
     assert results["a"]["passed"] and (tmp_path / "a-step-a.log").read_text().count("$ ") == 2
     assert not results["b"]["passed"] and results["b"]["detail"] == "exit code 3"
     assert "never run" not in (tmp_path / "b-step-b.log").read_text()
-    assert not results["c"]["passed"] and results["c"]["detail"] == "timed out after 1 s" and results["c"]["seconds"] < 10
+    assert not results["c"]["passed"] and results["c"]["detail"] == f"timed out after 1 s{gc.STACKS_NOTE}" and results["c"]["seconds"] < 10
     assert results["d"]["skipped"] and results["d"]["detail"] == "not run: needs step b"
     assert not results["e"]["passed"] and results["e"]["detail"] == "its output is wrong"
     assert not results["f"]["passed"] and results["f"]["detail"].startswith("JSONDecodeError")
@@ -143,7 +143,7 @@ def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
     script = (f"import subprocess, sys, time, pathlib; p = subprocess.Popen([sys.executable, '-c', 'import time; "
               f"time.sleep(60)']); pathlib.Path({str(child_pid)!r}).write_text(str(p.pid)); time.sleep(60)")
     [result] = gc.run_all([python_step("a", script, timeout=3)], tmp_path)
-    assert result["detail"] == "timed out after 3 s"
+    assert result["detail"] == f"timed out after 3 s{gc.STACKS_NOTE}"
     pid = int(child_pid.read_text())
     for _ in range(50):  # killed with its group; reaped by init
         if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
@@ -151,6 +151,19 @@ def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the step's child process {pid} outlived it")
+
+
+def test_a_timed_out_step_logs_where_it_was(tmp_path):
+    """Before the SIGKILL, a step past its time is asked (SIGUSR1) where it is: c2f's commands
+    print every thread's stack into the step's log; the function it hung in is named there."""
+    script = ("import time\nfrom c2fdata.stacks import install_stack_dumps\ninstall_stack_dumps()\n"
+              "def hanging_in_here():\n    time.sleep(60)\nprint('started', flush=True)\nhanging_in_here()\n")
+    start = time.monotonic()
+    [result] = gc.run_all([python_step("a", script, timeout=4)], tmp_path)
+    assert result["detail"] == f"timed out after 4 s{gc.STACKS_NOTE}"
+    assert time.monotonic() - start < 4 + gc.STACK_DUMP_WAIT_S + 5
+    log = (tmp_path / "a-step-a.log").read_text()
+    assert "started" in log and 'in hanging_in_here' in log and "Current thread" in log, log
 
 
 def test_sigterm_kills_the_running_steps_processes(tmp_path):
