@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from c2ftrain.distributed import Dist, init_distributed
-from c2ftrain.recipe import Phase, Recipe, recipe_from_dict
+from c2ftrain.recipe import DataSpec, ModelSpec, Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
 from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, check_same_store, model_config
 
@@ -136,7 +136,12 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
     FLOPs budget of a run without a budget phase (keyed as unset), whether coarse phases are
     also evaluated at full resolution (when they are, as before the setting, or the run has no
     coarse phase), and the fused optimizer update and torch.compile when off (the defaults, as
-    before they existed)."""
+    before they existed). Settings that exist for Frame-Shift or for resampling between
+    resolutions are keyed at their defaults in a run that has no use for them (Frame-Shift's
+    random offset without an fshift phase at C > 1; the interpolation and antialiasing of
+    positional embeddings and patch kernels in a run that trains at full resolution only from
+    random weights), so that a sweep over them shares one baseline and control across its cells,
+    and runs keyed before keep their keys."""
     d = recipe.to_dict()
     for key in ("name", "description", "phases", "baseline", "cv"):
         d.pop(key)
@@ -156,6 +161,10 @@ def run_key(recipe: Recipe, phases: tuple[Phase, ...]) -> str:
         d["eval"].pop("full_resolution_during_coarse")
     if not any(p.until == "budget" for p in phases):
         d["budget_full_epochs"] = None
+    if not any(p.method == "fshift" and not p.full_resolution for p in phases):
+        data["random_offset"] = DataSpec.random_offset
+    if all(p.full_resolution for p in phases) and recipe.model.init == "none":
+        d["model"]["interpolation"], d["model"]["antialias"] = ModelSpec.interpolation, ModelSpec.antialias
     d["run_phases"] = [asdict(p) for p in phases]
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

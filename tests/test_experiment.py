@@ -236,7 +236,7 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     without masks, mixup's partner and domain without mixup, the cv folds) keep the key that
     runs trained before those settings existed have."""
     from c2ftrain.experiment import run_key
-    from c2ftrain.recipe import CvSpec, load_recipe
+    from c2ftrain.recipe import CvSpec, Phase, load_recipe
 
     demo = load_recipe("demo")
     key = run_key(demo, demo.baseline_phases)
@@ -252,6 +252,20 @@ def test_run_key_leaves_out_what_does_not_change_the_run():
     coarse_only = dataclasses.replace(demo, eval=dataclasses.replace(demo.eval, full_resolution_during_coarse=False))
     assert run_key(coarse_only, demo.baseline_phases) == key  # no coarse phase: nothing changes
     assert run_key(coarse_only, demo.phases) != run_key(demo, demo.phases)  # its history differs
+    # Frame-Shift's offset and the resampling settings: nothing to a full-resolution run from
+    # random weights (a sweep over them trains one baseline), something to a run that uses them
+    fixed_start = dataclasses.replace(demo, data=dataclasses.replace(demo.data, random_offset=False))
+    bicubic = dataclasses.replace(demo, model=dataclasses.replace(demo.model, interpolation="bicubic", antialias=False))
+    for other in (fixed_start, bicubic):
+        assert run_key(other, demo.baseline_phases) == key
+    assert run_key(bicubic, demo.phases) != run_key(demo, demo.phases)  # pooling at C=4 -> full: resampled
+    fshift = (Phase(method="fshift", factor=2, epochs=2), Phase(epochs=2))
+    assert run_key(fixed_start, fshift) != run_key(demo, fshift)
+    assert run_key(fixed_start, demo.phases) == run_key(demo, demo.phases)  # the demo pools: no offset drawn
+    pretrained = dataclasses.replace(bicubic, model=dataclasses.replace(bicubic.model, init="weights.pt"))
+    assert run_key(pretrained, demo.baseline_phases) != run_key(
+        dataclasses.replace(pretrained, model=dataclasses.replace(pretrained.model, interpolation="bilinear")),
+        demo.baseline_phases)  # loading weights of another grid resamples them
     masked = dataclasses.replace(demo, data=dataclasses.replace(demo.data, freq_mask_bins=8))
     assert run_key(masked, demo.baseline_phases) != run_key(
         dataclasses.replace(masked, data=dataclasses.replace(masked.data, mask_value="zero")), demo.baseline_phases)
