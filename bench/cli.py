@@ -307,6 +307,65 @@ def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_
         console.print(f"wrote {plot_throughput(result, plot_path)}")
 
 
+@main.command()
+@click.option("--phase", "phase_numbers", type=int, multiple=True,
+              help="Phase of the recipe, 1-based (repeatable; default: every phase).")
+@click.option("--recipe", default="demo", show_default=True, help="Shipped recipe name or a .toml path.")
+@click.option("--store", type=click.Path(path_type=Path), help="Store to read instead of the recipe's.")
+@click.option("--loader", "backends", multiple=True, type=click.Choice(["dali", "torch"]),
+              help="Loader backend (repeatable; default: both, DALI where it imports).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the trainer would train; its loaders hand over there.")
+@click.option("--batch-size", type=int, help="Every phase's batch size instead of the recipe's.")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe key, as c2ftrain run does.")
+@click.option("--step-ms", default=30.0, show_default=True,
+              help="The stand-in step: milliseconds the main thread spins in Python before each next() "
+                   "(AST base at C = 4, batch 12, on an H200: about 30).")
+@click.option("--batches", default=60, show_default=True, help="Timed batches per loader and phase.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed batches before them.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+def handover(phase_numbers, recipe, store, backends, device, batch_size, overrides, step_ms, batches, warmup,
+             json_path):
+    """What a batch costs the training process's main thread when the loader is ahead: the time
+    inside next() behind a stand-in step that keeps the main thread busy. On a fast GPU it is the
+    floor of the data-loading share, next / (next + step)."""
+    from bench.handover import bench_handover
+    from c2fdata.pipeline import dali_available
+    from c2ftrain.cli import parse_overrides
+    from c2ftrain.recipe import load_recipe
+
+    m = describe()
+    try:
+        rec = load_recipe(recipe, parse_overrides(overrides))
+        numbers = list(phase_numbers) or list(range(1, len(rec.phases) + 1))
+        chosen = tuple(backends) or (("dali",) if dali_available() else ()) + ("torch",)
+        console.print(machine_line(m))
+        with reporting("serving batches"):
+            result = bench_handover(rec, numbers, store=store, backends=chosen, device=device, batch_size=batch_size,
+                                    step_ms=step_ms, batches=batches, warmup=warmup)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+    console.print(handover_table(result))
+    write_json(json_path, {"machine": m, **result})
+
+
+def handover_table(result: dict) -> Table:
+    t = Table(title=(f"{result['recipe']}: inside next(), per batch, behind a {result['step_ms']:g} ms busy step "
+                     f"(medians of {result['batches']} batches; ms); model on {result['device']}"))
+    for c in ("loader", "phase", "batch", "next()", "p90", "main thread's CPU", "waiting", "share",
+              "floor share", "first batch s"):
+        t.add_column(c, justify="right")
+    for r in result["rows"]:
+        b = r["batch"]
+        t.add_row(f"{r['loader']} ({r['loader_device']})", f"{r['phase']}: {r['label']}",
+                  f"{'x'.join(map(str, b['shape']))} {b['dtype']}", f"{r['next_ms']['median']:.2f}",
+                  f"{r['next_ms']['p90']:.2f}", f"{r['main_cpu_ms']['median']:.2f}", f"{r['waiting_ms']['median']:.2f}",
+                  f"{r['share_at_step']:.1%}", f"{r['floor_share_at_step']:.1%}", f"{r['first_batch_s']:.1f}")
+    t.caption = ("share: next() / (next() + step), as served; floor share: the main thread's CPU time alone (the "
+                 "hand-over's work), what remains where the workers keep up and no other thread holds the GIL")
+    return t
+
+
 def throughput_table(result: dict) -> Table:
     ld = result["loader"]
     t = Table(title=(f"{result['recipe']}: samples/s per phase, median of {result['settings']['repeats']} "

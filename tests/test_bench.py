@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -207,6 +208,53 @@ def test_throughput_says_what_it_measures_before_each_part(tiny_recipe, monkeypa
                     "closing the loaders"], said
     seconds = [float(line[1:].split(" s]")[0]) for line in result.stderr.splitlines() if line.startswith("[")]
     assert seconds == sorted(seconds) and "samples/s per phase" in result.stdout
+
+
+class _Stub:
+    """A loader whose every batch costs `seconds`, slept (waiting: no CPU) or spun (the main thread's work)."""
+
+    def __init__(self, seconds, busy):
+        self.seconds, self.busy = seconds, busy
+
+    def __len__(self):
+        return 4
+
+    def __iter__(self):
+        from bench.handover import spin
+
+        for _ in range(4):
+            spin(self.seconds) if self.busy else time.sleep(self.seconds)
+            yield {"features": torch.zeros(2, 8, 4, dtype=torch.bfloat16)}
+
+
+def test_handover_splits_next_into_the_main_threads_work_and_waiting():
+    from bench.handover import _serve
+
+    waited = _serve(_Stub(0.02, busy=False), batches=6, warmup=1, step_s=0.01)
+    worked = _serve(_Stub(0.02, busy=True), batches=6, warmup=1, step_s=0.01)
+    assert waited["next_ms"]["median"] >= 19 and waited["main_cpu_ms"]["median"] < 5
+    assert waited["waiting_ms"]["median"] > 15
+    assert worked["main_cpu_ms"]["median"] >= 15 and worked["waiting_ms"]["median"] < 5
+    # 20 ms inside next() behind a 10 ms step: 2/3 of the time; the floor counts the work only
+    assert 0.6 < waited["share_at_step"] < 0.75 and waited["floor_share_at_step"] < 0.35
+    assert 0.6 < worked["floor_share_at_step"] <= worked["share_at_step"] + 0.01
+    assert worked["batch"] == {"shape": [2, 8, 4], "dtype": "bfloat16", "device": "cpu"}
+
+
+def test_handover_serves_the_trainers_loaders(tiny_recipe, tmp_path):
+    out = tmp_path / "h.json"
+    loaders = ["torch"] + (["dali"] if dali_available() else [])
+    run(["handover", "--recipe", str(tiny_recipe), *[a for lo in loaders for a in ("--loader", lo)], "--batches", "3",
+         "--warmup", "1", "--step-ms", "5", "--json", str(out)])
+    d = json.loads(out.read_text())
+    assert [(r["loader"], r["phase"]) for r in d["rows"]] == [(lo, k) for lo in loaders for k in (1, 2)]
+    for r in d["rows"]:
+        assert r["batch"]["shape"] == [8, 16 if r["phase"] == 1 else 64, 128] and r["loader_device"] == "cpu"
+        assert 0 < r["floor_share_at_step"] <= r["share_at_step"] + 0.01 < 1.01
+    result = CliRunner().invoke(main, ["handover", "--recipe", str(tiny_recipe), "--phase", "3"])
+    assert result.exit_code != 0 and "has phases 1..2" in result.output
+    result = CliRunner().invoke(main, ["handover", "--recipe", str(tiny_recipe), "--step-ms", "0"])
+    assert result.exit_code != 0 and "--step-ms must be > 0" in result.output
 
 
 def test_throughput_refuses_a_missing_phase(tiny_recipe):
