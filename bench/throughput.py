@@ -136,10 +136,10 @@ class _Steps:
         self.wait_s = 0.0  # time inside next() during the last end-to-end run
         self.busy_s = 0.0  # GPU time inside train steps during the last end-to-end run (CUDA)
         self.nvml: list[float] = []  # NVML utilisation samples (0-1) during the last end-to-end run
-        self._stepped = False
+        self.stepped = False  # whether a step has run (a compiled model compiles at its first)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._stepped = True
+        self.stepped = True
         t = self.trainer  # the trainer's own step, so that the bench times what training runs
         net = self.p.model if self.p.net is None else self.p.net  # (a compiled module has no truth value)
         train_step(net, self.p.opt, x, y, t.multi_label, t.recipe.optim.clip_grad_norm)
@@ -178,11 +178,6 @@ class _Steps:
         self.nvml = nvml.samples
         self.busy_s = sum(a.elapsed_time(b) for a, b in events) / 1000
         return n
-
-    @property
-    def primed(self) -> bool:
-        """Whether a step has run (a compiled model compiles at its first)."""
-        return self._stepped
 
     def prime(self, real: bool = False) -> None:
         """A few untimed steps: on synthetic input before the model alone (no batch is drawn, so
@@ -236,7 +231,7 @@ def _round(steps: list[_Steps], timed: bool, say: Callable[[str], None] = lambda
     say(text): what comes next, before each part (the CLI's progress line)."""
     for st in steps:
         what = f"phase {st.p.number} ({st.p.phase.label})"
-        compiling = st.p.net is not None and not st.primed
+        compiling = st.p.net is not None and not st.stepped
         say(f"{what}: model alone{', compiling' if compiling else ''}")
         st.prime()
         cpu0, t0 = descendants_cpu_s(), time.perf_counter()
