@@ -32,6 +32,22 @@ class RecipeError(ValueError):
     """A recipe that cannot run, with the key at fault and what to do."""
 
 
+def _check_number(name: str, value, *, at_least: float | None = None, above: float | None = None,
+                  at_most: float | None = None, integer: bool = False, optional: bool = False) -> None:
+    """A recipe number in its range (a bool is not a number here, though Python counts it as one)."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise RecipeError(f"{name} must be {kind}, got {value!r}")
+    if at_least is not None and not value >= at_least:
+        raise RecipeError(f"{name} must be {kind} >= {at_least}, got {value!r}")
+    if above is not None and not value > above:
+        raise RecipeError(f"{name} must be {kind} > {above}, got {value!r}")
+    if at_most is not None and not value <= at_most:
+        raise RecipeError(f"{name} must be {kind} <= {at_most}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Phase:
     method: str = "none"  # none | fshift | pool-avg | pool-max | patch
@@ -57,6 +73,10 @@ class Phase:
     def __post_init__(self):
         if self.until not in UNTIL:
             raise RecipeError(f"phase until must be one of {UNTIL}, got {self.until!r}")
+        _check_number("phase lr", self.lr, above=0, optional=True)
+        _check_number("phase warmup_steps", self.warmup_steps, at_least=0, integer=True, optional=True)
+        _check_number("phase batch_size", self.batch_size, at_least=1, integer=True, optional=True)
+        _check_number("phase min_delta", self.min_delta, at_least=0)
         if self.until == "budget":
             if self.epochs is not None or self.steps is not None:
                 raise RecipeError("a phase with until = \"budget\" takes its length from budget_full_epochs: "
@@ -292,6 +312,17 @@ class OptimSpec:
     def __post_init__(self):
         if not isinstance(self.fused, bool):
             raise RecipeError(f"optim.fused must be true or false, got {self.fused!r}")
+        _check_number("optim.lr", self.lr, above=0)
+        _check_number("optim.weight_decay", self.weight_decay, at_least=0)
+        _check_number("optim.warmup_steps", self.warmup_steps, at_least=0, integer=True)
+        _check_number("optim.min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1)
+        _check_number("optim.clip_grad_norm", self.clip_grad_norm, at_least=0, optional=True)
+        if len(self.betas) != 2:
+            raise RecipeError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for b in self.betas:
+            _check_number("each of optim.betas", b, at_least=0)
+            if not b < 1:
+                raise RecipeError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.decay not in ("matrices", "all"):
             raise RecipeError(f"optim.decay must be \"matrices\" or \"all\", got {self.decay!r}")
         if self.schedule not in SCHEDULES:
@@ -333,6 +364,9 @@ class EvalSpec:
         return last or not phase.coarse or self.full_resolution_during_coarse
 
     def __post_init__(self):
+        _check_number("eval.every_epochs", self.every_epochs, at_least=1, integer=True)
+        _check_number("eval.checkpoint_every_steps", self.checkpoint_every_steps, at_least=0, integer=True)
+        _check_number("eval.batch_size", self.batch_size, at_least=1, integer=True, optional=True)
         if not isinstance(self.full_resolution_during_coarse, bool):
             raise RecipeError(f"eval.full_resolution_during_coarse must be true or false, got "
                               f"{self.full_resolution_during_coarse!r}")
@@ -521,6 +555,10 @@ def _build(cls, data: dict, where: str):
         return cls(**kwargs)
     except TypeError as err:
         raise RecipeError(f"[{where}]: {err}") from None
+    except RecipeError as err:
+        if where.startswith("phases."):  # which of the phases: their checks cannot know
+            raise RecipeError(f"[{where}] {err}") from None
+        raise
 
 
 def _fits(value, hint) -> bool:

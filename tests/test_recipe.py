@@ -48,6 +48,27 @@ def test_overrides():
     ({"optim": {"schedule": "linear"}}, "optim.schedule"),
     ({"optim": {"lr_typo": 1}}, r"\[optim\]: unknown keys \['lr_typo'\]"),
     ({"phases": []}, "at least one"),
+    # numbers out of range: each refused by name, none left to a fallback (0 meaning "the
+    # default"), a ZeroDivisionError mid-run or an optimiser's own message
+    ({"eval": {"every_epochs": 0}}, r"eval.every_epochs must be an integer >= 1, got 0"),
+    ({"eval": {"every_epochs": -1}}, r"eval.every_epochs must be an integer >= 1, got -1"),
+    ({"eval": {"batch_size": 0}}, r"eval.batch_size must be an integer >= 1, got 0"),
+    ({"eval": {"checkpoint_every_steps": -3}}, r"eval.checkpoint_every_steps must be an integer >= 0"),
+    ({"optim": {"lr": -1.0}}, r"optim.lr must be a number > 0, got -1"),
+    ({"optim": {"lr": 0}}, r"optim.lr must be a number > 0, got 0"),
+    ({"optim": {"weight_decay": -1e-4}}, r"optim.weight_decay must be a number >= 0"),
+    ({"optim": {"warmup_steps": -5}}, r"optim.warmup_steps must be an integer >= 0"),
+    ({"optim": {"min_lr_ratio": 1.5}}, r"optim.min_lr_ratio must be a number <= 1"),
+    ({"optim": {"clip_grad_norm": -1.0}}, r"optim.clip_grad_norm must be a number >= 0"),
+    ({"optim": {"betas": [0.9, 1.0]}}, r"optim.betas must be two numbers in \[0, 1\)"),
+    ({"phases": [{"method": "pool-avg", "factor": 4, "epochs": 2}, {"epochs": 1, "lr": -1.0}]},
+     r"\[phases.2\] phase lr must be a number > 0, got -1"),
+    ({"phases": [{"method": "pool-avg", "factor": 4, "epochs": 2, "batch_size": 0}, {"epochs": 1}]},
+     r"\[phases.1\] phase batch_size must be an integer >= 1, got 0"),
+    ({"phases": [{"method": "pool-avg", "factor": 4, "epochs": 2, "warmup_steps": -1}, {"until": "budget"}],
+      "budget_full_epochs": 2.0}, r"\[phases.1\] phase warmup_steps must be an integer >= 0"),
+    ({"phases": [{"method": "pool-avg", "factor": 4, "epochs": 2}, {"until": "budget", "lr": -1.0}],
+      "budget_full_epochs": 2.0}, r"\[phases.2\] phase lr must be a number > 0"),
 ])
 def test_bad_recipes(change, message):
     with pytest.raises(RecipeError, match=message):
