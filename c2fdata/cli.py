@@ -369,7 +369,7 @@ def repair(store, blocks, dry_run):
 @click.option("--split", required=True, help="Split to read.")
 @click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
 @click.option("--method", type=click.Choice(list(METHODS)), help="Only this method (default: all).")
-@click.option("--factor", type=int, help="Only this compression factor (default: 1, 2, 4).")
+@click.option("--factor", type=click.IntRange(min=1), help="Only this compression factor (default: 1, 2, 4).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".png: a picture; .npy: the served array.")
 def show(store, split, index, method, factor, out):
     """See what the model sees: one clip at C = 1, 2, 4 per method (.png), or exactly as served (.npy)."""

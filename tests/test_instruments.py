@@ -41,6 +41,11 @@ def test_spec_contract(spec):
         assert all(c.labels[0] in spec.vocabulary for c in clips)
 
 
+def test_target_frames_is_honoured():
+    """--target-frames, as for every dataset: the clips are then cropped or padded to it."""
+    assert prepare_instruments(seed=0, n_train=16, n_eval=0, n_eval_seen=0, target_frames=128).target_frames == 128
+
+
 def test_classes_balanced_and_all_present_in_train(spec):
     for split, clips in spec.clips.items():
         counts = Counter(c.labels[0] for c in clips)

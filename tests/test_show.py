@@ -48,6 +48,7 @@ def test_png_grid(store, tmp_path):
     (["--index", "6"], "outside 0..5"),
     (["--index", "0", "--method", "fshift", "--factor", "64"], "leaves 0 frames"),
     (["--index", "0", "--split", "eval"], "no split 'eval'"),
+    (["--index", "0", "--method", "pool-avg", "--factor", "0"], "0 is not in the range x>=1"),  # not "all factors"
 ])
 def test_bad_requests(store, tmp_path, args, message):
     base = ["show", str(store), "--out", str(tmp_path / "x.npy")]

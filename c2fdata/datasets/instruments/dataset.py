@@ -49,10 +49,13 @@ def prepare_instruments(
     n_eval: int = 1600,
     n_eval_seen: int = 800,
     clip_seconds: float = 2.5,
+    target_frames: int | None = None,
     **_,
 ) -> DatasetSpec:
     """The instruments dataset (no files: `root` is ignored). Clip i of a split has family
-    i % 16, so every split is balanced; a split asked for 0 clips is left out."""
+    i % 16, so every split is balanced; a split asked for 0 clips is left out. target_frames:
+    frames stored per clip (default: the clip's length, 256 for 2.5 s), cropped or padded as
+    every dataset's are."""
     if n_train < 1 or n_eval < 0 or n_eval_seen < 0:
         raise ValueError(
             "need n_train >= 1, n_eval >= 0, n_eval_seen >= 0; "
@@ -71,7 +74,7 @@ def prepare_instruments(
         name="instruments",
         vocabulary=Vocabulary.from_names(FAMILIES),
         multi_label=False,
-        target_frames=target_frames_for(clip_seconds),
+        target_frames=target_frames or target_frames_for(clip_seconds),
         clips=clips,
         notes=[
             f"rendered from {soundfont_path().name} (pretty-midi) by tinysoundfont, seed {seed}, "
