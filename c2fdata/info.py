@@ -27,6 +27,7 @@ def disk_usage(path: Path | Location) -> tuple[int, int]:
 def store_info(path: str | Path) -> dict:
     loc = as_location(path)
     group = st.open_store(loc)
+    st.check_documents(loc, group.attrs["splits"])
     a = dict(group.attrs)
     done = st.completion(group)
     missing = a.get("missing", {})
@@ -63,6 +64,7 @@ def build_problems(path: str | Path, limit: int | None = None) -> list[dict]:
     """Every problem the build recorded: failed and flagged clips, metadata issues, missing clips."""
     path = as_location(path)
     group = st.open_store(path)
+    st.check_documents(path, group.attrs["splits"])
     out = []
     for split in group.attrs["splits"]:
         errors, status, ids = (st.read_meta(group, split, k, path.url) for k in ("errors", "status", "ids"))

@@ -18,6 +18,7 @@ from c2fdata.store import (
     PENDING,
     DamagedStoreError,
     StoreFormatError,
+    check_documents,
     chunks_missing,
     open_store,
     read_meta,
@@ -79,6 +80,7 @@ class StoreReader:
         attrs = self.attrs
         if self.split not in attrs["splits"]:
             raise ValueError(f"{self.path}: no split {self.split!r}; splits are {sorted(attrs['splits'])}")
+        check_documents(self.path, [self.split])  # zarr's own error would name no file
         if not attrs.get("finalized") and not self.allow_unfinalized:
             raise StoreFormatError(
                 f"{self.path} is not finalised (a build is unfinished or shards are missing); "

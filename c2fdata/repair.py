@@ -79,6 +79,7 @@ def mark_for_rebuild(path: str | Path, plan: RepairPlan) -> None:
         return
     loc = as_location(path)
     group = st.open_store(loc, mode="r+")
+    st.check_documents(loc, group.attrs["splits"])
     block_clips = int(group.attrs["block_clips"])
     for split, blocks in plan.blocks.items():
         status = group[split]["status"]

@@ -81,7 +81,11 @@ class DamagedStoreError(StoreFormatError):
 
 
 def _where(group: zarr.Group) -> str:
+    """The store's folder or URL (s3://...: an fsspec store's path has no protocol)."""
     store = group.store
+    fs = getattr(store, "fs", None)
+    if fs is not None and getattr(store, "path", None):
+        return fs.unstrip_protocol(store.path)
     return str(getattr(store, "root", None) or getattr(store, "path", None) or "the store")
 
 
@@ -89,6 +93,9 @@ def read_meta(group: zarr.Group, split: str, name: str, where: str | None = None
     """A split's metadata array, whole; DamagedStoreError naming it if a chunk cannot be read."""
     try:
         return group[split][name][:]
+    except (json.JSONDecodeError, UnicodeDecodeError):  # its zarr.json, not a chunk
+        check_documents(where or _where(group), [split])  # names the file
+        raise
     except (ValueError, RuntimeError) as err:  # zarr's crc32c: ValueError; a zstd frame: RuntimeError
         where = where or _where(group)
         raise DamagedStoreError(
@@ -182,9 +189,40 @@ def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     loc = as_location(path)
     if not loc.child("zarr.json").is_file():
         raise StoreFormatError(f"{loc.url}: no store here (no zarr.json); build one with `c2fdata build`")
-    group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
+    try:
+        group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        check_documents(loc, ())  # names the file
+        raise
     check_format(dict(group.attrs), loc.url)
     return group
+
+
+# The zarr.json documents of a split (its group's and its arrays'), besides the store's own.
+SPLIT_DOCUMENTS = ("", "features", "status", "frames", "errors", "stat_sums", "ids", "labels")
+
+
+def check_documents(path: str | Path | Location, splits) -> None:
+    """DamagedStoreError naming every zarr.json of the store (its root, and those of `splits`)
+    that is not JSON (truncated, overwritten): zarr itself fails on one with a bare decoding
+    error that names no file. An absent one is left to whoever opens it."""
+    loc = as_location(path)
+    docs = [loc.child("zarr.json")] + [loc.child(s, a, "zarr.json") if a else loc.child(s, "zarr.json")
+                                       for s in splits for a in SPLIT_DOCUMENTS]
+    bad = []
+    for doc in docs:
+        try:
+            json.loads(doc.read_bytes())
+        except FileNotFoundError:
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            bad.append(f"{doc.url} ({err})")
+    if bad:
+        raise DamagedStoreError(
+            f"unreadable store metadata, not JSON: {'; '.join(bad)}. Nothing reads this store until the "
+            "file is restored from a copy of the store; a rebuild (`c2fdata repair`) cannot restore it, so "
+            "without a copy build the store anew"
+        )
 
 
 def create_or_open(
@@ -257,6 +295,7 @@ def _open_same(loc: Location, attrs: dict) -> zarr.Group:
     if not loc.child("zarr.json").is_file():
         raise StoreFormatError(f"{loc.url} exists and is not a c2f store; choose another --out or remove it")
     group = open_store(loc, mode="r+")
+    check_documents(loc, group.attrs["splits"])
     found = group.attrs.get("fingerprint")
     if found != attrs["fingerprint"]:
         why = f"it was built from other metadata or settings: {_what_differs(dict(group.attrs), attrs)}"
@@ -398,6 +437,7 @@ def finalize(group: zarr.Group, path: str | Path = "", train_split: str | None =
     clips are still pending (another shard still building). `train_split` makes another split
     than the build chose the training split (recipes train on it unless they name one), its
     statistics from the per-block sums kept (no clip is read)."""
+    check_documents(path or _where(group), group.attrs["splits"])  # a store is finalised whole
     done = completion(group)
     if any(s["pending"] for s in done.values()):
         return None

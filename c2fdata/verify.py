@@ -36,6 +36,9 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
     path = loc.url
     try:
         group = st.open_store(path)
+        st.check_documents(loc, group.attrs["splits"])
+    except st.DamagedStoreError as err:  # a zarr.json: no rebuild of a block restores it
+        return [Problem(str(err), anew=True)]
     except st.StoreFormatError as err:
         return [Problem(str(err))]
     a = dict(group.attrs)

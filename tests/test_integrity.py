@@ -476,13 +476,29 @@ def test_an_older_store_with_a_lost_label_chunk_fails_verify_by_its_fingerprint(
     assert len(problems) == 1 and "not those it was built with" in problems[0]
 
 
-def test_verify_reports_a_metadata_array_whose_description_is_damaged(tmp_path):
+@pytest.mark.parametrize("document", ["train/status/zarr.json", "train/features/zarr.json", "zarr.json"])
+def test_a_damaged_zarr_json_is_named_by_every_reader(tmp_path, document):
+    """zarr fails on a truncated zarr.json with a bare JSON error naming no file (and verify
+    showed a traceback): every way in names the file and says what to do."""
+    from click.testing import CliRunner
+
+    from c2fdata.cli import main as data_cli
+    from c2fdata.reader import StoreReader
+
     store = tmp_path / "s"
     _folder_store(tmp_path, store)
-    meta = store / "train" / "status" / "zarr.json"
+    meta = store / document
     meta.write_text(meta.read_text()[:40])  # truncated
+    named = f"unreadable store metadata, not JSON: {meta} ("
     problems = verify_store(store)
-    assert problems and problems[0].startswith("train: its status cannot be read"), problems
+    assert len(problems) == 1 and problems[0].startswith(named) and "restored from a copy" in problems[0], problems
+    with pytest.raises(st.DamagedStoreError, match=re.escape(named)):
+        StoreReader(store, "train")
+    for command in (["verify"], ["info"], ["info", "--problems"], ["repair"], ["finalize"]):
+        r = CliRunner().invoke(data_cli, [command[0], str(store), *command[1:]])
+        out = " ".join(r.output.split())
+        assert r.exit_code in (1, 2) and named in out and "Traceback" not in out, (command, r.output)
+    assert meta.read_text() == (store / document).read_text()  # repair touched nothing
 
 
 def test_repair_then_rebuild_keeps_the_statistics_split_chosen_with_finalize(tmp_path):
