@@ -40,6 +40,7 @@ as version 2 would misread. Each codec names its version (codec.FeatureCodec).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
 from zarr.errors import ContainsGroupError
 
 from c2fdata import __version__
@@ -97,11 +99,26 @@ def read_meta(group: zarr.Group, split: str, name: str, where: str | None = None
         check_documents(where or _where(group), [split])  # names the file
         raise
     except (ValueError, RuntimeError) as err:  # zarr's crc32c: ValueError; a zstd frame: RuntimeError
+        _settle_zarr()
         where = where or _where(group)
         raise DamagedStoreError(
             f"{where}: part of the store cannot be read: split {split!r}, its {name} "
             f"({type(err).__name__}: {err}); `c2fdata verify {where}` says where, and how to rebuild it"
         ) from err
+
+
+def _settle_zarr(timeout_s: float = 10.0) -> None:
+    """Let zarr's event loop finish the reads still running. A whole-array read fetches its chunks
+    concurrently; when one fails the others run on, and a process that exits on the error then
+    destroys them mid-flight, which asyncio reports as pages of "Task was destroyed but it is
+    pending!" under the one-line error."""
+    async def wait_for_the_others() -> None:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        if others:
+            await asyncio.wait(others, timeout=timeout_s)
+
+    zarr_sync(wait_for_the_others())
 
 
 def damaged_blocks(group: zarr.Group, split: str, name: str) -> list[tuple[int, Exception]]:

@@ -476,6 +476,31 @@ def test_an_older_store_with_a_lost_label_chunk_fails_verify_by_its_fingerprint(
     assert len(problems) == 1 and "not those it was built with" in problems[0]
 
 
+def test_a_failed_whole_array_read_leaves_no_read_running(tmp_path):
+    """zarr reads a metadata array's chunks concurrently; when one fails its crc32c the others
+    ran on, and a command exiting on the error destroyed them mid-flight: pages of asyncio's
+    "Task was destroyed but it is pending!" under the one-line error, in about half the runs."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def others_running() -> int:
+        return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+
+    store = tmp_path / "s"
+    rng = np.random.default_rng(0)
+    n = 400
+    st.create_store_from_arrays(
+        store, dataset="t", vocabulary=Vocabulary.from_names(["a", "b"]), multi_label=False, block_clips=4,
+        splits={"train": dict(features=rng.standard_normal((n, 8, 128)).astype(np.float16), frames=np.full(n, 8),
+                              labels=[["ab"[i % 2]] for i in range(n)], ids=[str(i) for i in range(n)])})
+    _flip_first_byte(store / "train" / "status" / "c" / "3")  # one of 100 chunks
+    for _ in range(5):
+        with pytest.raises(st.DamagedStoreError, match="its status"):
+            st.read_meta(st.open_store(store), "train", "status")
+        assert sync(others_running()) == 0
+
+
 @pytest.mark.parametrize("document", ["train/status/zarr.json", "train/features/zarr.json", "zarr.json"])
 def test_a_damaged_zarr_json_is_named_by_every_reader(tmp_path, document):
     """zarr fails on a truncated zarr.json with a bare JSON error naming no file (and verify
