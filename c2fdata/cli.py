@@ -71,13 +71,13 @@ class LazyProgress:
         self.close()
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
     # unwrapped (the terminal wraps): a path cut at the console's width could not be copied, and
     # "[...]" in a path or value is text, not markup
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @click.group()
@@ -272,6 +272,8 @@ def info(store, as_json, problems):
         d["problems"] = build_problems(store)
     if as_json:
         click.echo(json.dumps(d, indent=2))
+        if d["damage"]:
+            sys.exit(1)
         return
     out = log_console()
     t = Table(title=f"{d['dataset']} store at {d['path']}")
@@ -296,6 +298,13 @@ def info(store, as_json, problems):
         _print_problems(d["problems"], out)
         _list_problems(d["problems"], out)
     _print_notes(d["notes"])
+    if d["damage"]:
+        from rich.markup import escape
+
+        for line in d["damage"]:
+            out.print(f"[red]damaged[/red]: {escape(line)}")
+        fail(f"the figures above count what zarr reads for the lost parts (zeros); `c2fdata verify {store}` names "
+             f"the blocks, `c2fdata repair {store}` marks them for the same build command to recompute", code=1)
 
 
 @main.command()

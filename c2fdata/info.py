@@ -31,10 +31,16 @@ def store_info(path: str | Path) -> dict:
     a = dict(group.attrs)
     done = st.completion(group)
     missing = a.get("missing", {})
-    splits = {}
+    splits, damage = {}, []
     for split, c in done.items():
         frames, status, errors = (st.read_meta(group, split, k, loc.url) for k in ("frames", "status", "errors"))
         ok = status == st.OK
+        # zarr reads a lost chunk file as zeros (pending clips, no frames, class 0): counted, not averaged in
+        lost = {name: n for name in st.PER_BLOCK + st.WRITE_ONCE if (n := st.chunks_missing(group, split, name))}
+        if lost:
+            damage.append(f"split {split!r}: chunk files missing: " + ", ".join(f"{n} of its {k}" for k, n in lost.items()))
+        elif a.get("finalized") and (ok & (frames <= 0)).any():
+            damage.append(f"split {split!r}: {int((ok & (frames <= 0)).sum())} built clips have no frames recorded")
         splits[split] = {
             "clips": c["ok"], "listed": c["clips"], "failed": c["failed"], "pending": c["pending"],
             "missing": int(missing.get(split, 0)),
@@ -57,6 +63,7 @@ def store_info(path: str | Path) -> dict:
         "frame_length_ms": feats["frame_length_ms"], "sample_rate": feats["sample_rate"],
         "features": feats, "bytes": size, "files": files, "notes": st.store_notes(a),
         "metadata_checksums": st.meta_checksummed(group),
+        "damage": damage,  # what verify would find in the metadata read here; [] when none
     }
 
 

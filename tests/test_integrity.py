@@ -451,6 +451,9 @@ def test_a_lost_metadata_chunk_file_is_not_read_as_zeros(tmp_path, lost):
         r.labels(), r.frames(), r.ids
     problems = verify_store(store)
     assert problems and any(lost in p or "pending" in p for p in problems), problems
+    for args in (["info", str(store)], ["info", str(store), "--json"]):  # its figures would count the zeros
+        r = CliRunner().invoke(data_cli, args)
+        assert r.exit_code == 1 and f"chunk files missing: 1 of its {lost}" in r.output, r.output
     r = CliRunner().invoke(data_cli, ["repair", str(store)])
     if lost in ("labels", "ids"):  # written once: nothing in the store restores them
         assert r.exit_code == 1 and "build the store anew" in " ".join(r.output.split())
