@@ -1,13 +1,16 @@
-"""Checkpoints: written atomically, loadable with torch.load(weights_only=True).
+"""Checkpoints: written atomically, loadable with torch.load(weights_only=True), checked on load.
 
 Only tensors and plain Python containers go in (no pickled classes, no numpy), so
 `weights_only=True` loads them; a checkpoint is written to a temporary file in the same folder
 and renamed over the old one, so a kill at any moment leaves the previous checkpoint intact.
+torch.save writes a zip archive with a CRC-32 per entry, which torch.load does not check: a
+flipped bit in a weight would load as another weight. Loading checks every entry's CRC first.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,10 +31,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    what_now = ("restore it from a copy, or delete it (`c2ftrain run --resume` then trains that run again from "
+                "its start)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every entry, checking its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a c2f checkpoint (truncated, or not written by c2f?): {err}; "
+                         f"{what_now}") from None
+    if damaged is not None:
+        raise ValueError(f"{path} is damaged: its entry {damaged} fails its CRC-32 (a changed byte on disk); "
+                         f"{what_now}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         # torch's unpickler errors ("Unsupported operand 110", "Please file an issue") say
         # nothing to a user; its first line is kept for whoever debugs it.
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a c2f checkpoint (corrupt or truncated?): {first}") from None
+        raise ValueError(f"{path} is not a c2f checkpoint (corrupt or truncated?): {first}; {what_now}") from None

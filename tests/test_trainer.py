@@ -14,7 +14,7 @@ import torch
 
 from c2fdata.store import create_store_from_arrays
 from c2fdata.vocab import Vocabulary
-from c2ftrain.checkpoint import load_checkpoint
+from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.recipe import RecipeError, recipe_from_dict
 from c2ftrain.experiment import run_experiment
 from c2ftrain.phases import swap_into_optimizer
@@ -329,8 +329,28 @@ def test_resume_from_a_checkpoint_of_the_earlier_format(toy_store, tmp_path):
 def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
-    with pytest.raises(ValueError, match=r"last.pt is not a c2f checkpoint \(corrupt or truncated"):
+    with pytest.raises(ValueError, match=r"last.pt is not a c2f checkpoint \(truncated, or not written by c2f"):
         load_checkpoint(bad)
+
+
+def test_a_changed_byte_in_a_checkpoint_is_refused_not_loaded(tmp_path):
+    """torch.load does not check the archive's CRC-32s: a flipped byte in a weight loads as
+    another weight (shown below). load_checkpoint checks them, and says what to do."""
+    path = tmp_path / "last.pt"
+    weight = torch.arange(4096, dtype=torch.float32)
+    save_checkpoint(path, {"model": {"w": weight}, "step": 3})
+    raw = bytearray(path.read_bytes())
+    at = raw.find(weight[1000:1004].numpy().tobytes())  # inside the tensor's stored bytes
+    raw[at] ^= 0x40
+    path.write_bytes(bytes(raw))
+    loaded = torch.load(path, weights_only=True)["model"]["w"]  # the reference: silently different
+    assert not torch.equal(loaded, weight)
+    with pytest.raises(ValueError, match=r"last.pt is damaged: its entry .*data/0 fails its CRC-32.*restore it "
+                                         r"from a copy, or delete it"):
+        load_checkpoint(path)
+    path.write_bytes(bytes(raw[: len(raw) // 2]))  # truncated
+    with pytest.raises(ValueError, match=r"last.pt is not a c2f checkpoint \(truncated.*delete it"):
+        load_checkpoint(path)
 
 
 def test_trainer_starts_from_the_recipes_init(toy_store, tmp_path):
