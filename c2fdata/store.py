@@ -52,7 +52,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
-from zarr.core.sync import sync as zarr_sync  # runs a coroutine on zarr's own event loop
+from zarr.core.sync import (
+    sync as zarr_sync,  # runs a coroutine on zarr's own event loop
+)
 from zarr.errors import ContainsGroupError
 
 from c2fdata import __version__

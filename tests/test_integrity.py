@@ -495,8 +495,8 @@ def test_a_failed_whole_array_read_leaves_no_read_running(tmp_path):
     n = 400
     st.create_store_from_arrays(
         store, dataset="t", vocabulary=Vocabulary.from_names(["a", "b"]), multi_label=False, block_clips=4,
-        splits={"train": dict(features=rng.standard_normal((n, 8, 128)).astype(np.float16), frames=np.full(n, 8),
-                              labels=[["ab"[i % 2]] for i in range(n)], ids=[str(i) for i in range(n)])})
+        splits={"train": {"features": rng.standard_normal((n, 8, 128)).astype(np.float16), "frames": np.full(n, 8),
+                              "labels": [["ab"[i % 2]] for i in range(n)], "ids": [str(i) for i in range(n)]}})
     _flip_first_byte(store / "train" / "status" / "c" / "3")  # one of 100 chunks
     for _ in range(5):
         with pytest.raises(st.DamagedStoreError, match="its status"):
