@@ -492,7 +492,12 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
         click.echo(json.dumps(metrics, indent=2))
     else:
         for k, v in metrics.items():
-            console.print(f"{k:>10}: {v:.4f}")
+            if k != "skipped_clips":
+                console.print(f"{k:>10}: {v:.4f}")
+    if metrics["skipped_clips"]:  # on stderr: --json keeps stdout one JSON object
+        log_console(stderr=True).print(
+            f"[yellow]warning[/yellow]: {metrics['skipped_clips']} clip(s) failed their checksum and were left out of "
+            f"these metrics (each named above); `c2fdata verify` on the store says how to rebuild them")
 
 
 

@@ -76,7 +76,8 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
     split of a store, fed as the model was trained (its clip length and normalisation, recorded
     in the checkpoint); a ValueError for a store whose features or classes differ from the
-    training store's. A checkpoint saved on a GPU loads on a CPU-only machine."""
+    training store's. A checkpoint saved on a GPU loads on a CPU-only machine. skipped_clips:
+    clips left out because they failed their checksum (each warned about), as a run counts them."""
     model, state = load_trained_model(path)
     if store is None:  # the store it was trained on, which every checkpoint names
         if "store" not in state:
@@ -97,6 +98,7 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
                                         norm_std=inputs.norm_std, device="gpu" if device.type == "cuda" else "cpu"),
                          reader)
     try:
-        return evaluate_loader(model.to(device), loader, reader.multi_label, device)
+        metrics = evaluate_loader(model.to(device), loader, reader.multi_label, device)
+        return {**metrics, "skipped_clips": len(getattr(loader, "skipped_clips", ()))}
     finally:
         loader.close()

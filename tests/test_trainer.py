@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,18 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     assert json.loads(r.output)["accuracy"] == outcome.metric
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
     assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output
+    # a clip failing its checksum is left out, counted and said, not scored silently
+    damaged = tmp_path / "damaged"
+    shutil.copytree(toy_store, damaged)
+    shard = damaged / "eval" / "features" / "c" / "0" / "0" / "0"  # block 0
+    data = bytearray(shard.read_bytes())
+    offset = int(np.frombuffer(data[-(16 * 16 + 4):-4], "<u8").reshape(16, 2)[0, 0])  # clip 0, from the shard index
+    data[offset + 10] ^= 0x04
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(damaged), "--json",
+                                  "--device", "cpu"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped_clips"] == 1, r.output
+    assert "1 clip(s) failed their checksum and were left out" in " ".join(r.stderr.split())
 
 
 def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
@@ -111,7 +124,8 @@ def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
     outcome = PhaseTrainer(recipe, recipe.phases, tmp_path, "c2f", device="cpu").run()
     inputs = load_checkpoint(tmp_path / "final.pt")["inputs"]
     assert (inputs["target_frames"], inputs["norm_mean"], inputs["norm_std"]) == (T // 2, -2.0, 0.7)
-    assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {"accuracy": outcome.metric}
+    assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {"accuracy": outcome.metric,
+                                                                                   "skipped_clips": 0}
 
 
 def test_cli_run_errors(tmp_path):
@@ -418,7 +432,7 @@ def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
     from c2ftrain.evaluate import evaluate_checkpoint
 
     assert (evaluate_checkpoint(tmp_path / "three" / "final_averaged.pt", toy_store, device="cpu")
-            == {"accuracy": out.metrics["averaged/accuracy"]})
+            == {"accuracy": out.metrics["averaged/accuracy"], "skipped_clips": 0})
     assert load_checkpoint(tmp_path / "three" / "final_averaged.pt")["inputs"]["norm_mean"] == -2.0
     assert avg["pos_embed"].shape == final["pos_embed"].shape  # coarse epochs enter at full resolution
     assert not torch.equal(avg["head.weight"], final["head.weight"])
