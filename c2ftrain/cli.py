@@ -82,6 +82,9 @@ def _printer(state: dict):
                 m = f"{m} [dim]({own})[/]" if m else f"[dim]{own}[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
+        elif e["event"] == "resumed":
+            console.print(f"  {e['run']}: resumed from {e['checkpoint']} at step {e['step']} (phase {e['phase'] + 1}, "
+                          f"epoch {e['epoch'] + 1}, batch {e['batch']})")
         elif e["event"] == "init" and e["format"] != "scratch":
             console.print(f"  {e['run']}: starting weights {e['init']} ({e['format']}): "
                           f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
@@ -230,7 +233,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
             fail(f"store {rec.store} not found; build it first, e.g. `c2fdata build --dataset instruments`")
     except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    console.print(f"recipe [bold]{rec.name}[/]: {rec.description}")
+    console.print(f"recipe [bold]{rec.name}[/]" + (f": {rec.description}" if rec.description else ""))
     console.print(f"run directory {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
     from c2ftrain.distributed import close_distributed
 
@@ -284,7 +287,7 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
             run_dir = run_dir or Path("runs") / f"{rec.name}-cv-{time.strftime('%Y%m%d-%H%M%S')}"
     except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    console.print(f"recipe [bold]{rec.name}[/]: {rec.description}")
+    console.print(f"recipe [bold]{rec.name}[/]" + (f": {rec.description}" if rec.description else ""))
     console.print(f"cross-validation over folds {folds} into {run_dir}" + (f", seeds {seeds}" if len(seeds) > 1 else ""))
 
     def on_fold(fold: int) -> None:

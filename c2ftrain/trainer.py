@@ -437,6 +437,9 @@ class PhaseTrainer:
         state, opt_state = RunState(), None
         if resume and self.ckpt_path.is_file():  # the checkpoint holds every weight: no init needed
             state, opt_state = self._restore(model)
+            p = state.progress
+            self.on_event({"event": "resumed", "run": self.label, "checkpoint": str(self.ckpt_path),
+                           "phase": p.phase, "epoch": p.epoch, "batch": p.batch, "step": p.global_step})
         else:
             init = initialise(model, self.recipe.model)
             self.on_event({"event": "init", "run": self.label, "init": init["init"], "format": init["format"],

@@ -336,8 +336,11 @@ def test_resume_from_a_checkpoint_of_the_earlier_format(toy_store, tmp_path):
     assert set(state["rng"]) == {"cpu"}
     state["rng"] = state["rng"]["cpu"]
     save_checkpoint(out / "checkpoints" / "last.pt", state)
-    resumed = PhaseTrainer(r, r.phases, out, "c2f", device="cpu").run(resume=True)
+    events = []
+    resumed = PhaseTrainer(r, r.phases, out, "c2f", device="cpu", on_event=events.append).run(resume=True)
     assert resumed.metric == ref.metric
+    said = [e for e in events if e["event"] == "resumed"]  # where it took up, for the console
+    assert len(said) == 1 and said[0]["step"] == state["progress"]["global_step"] > 0
 
 
 def test_corrupt_checkpoint_is_named_not_unpickled(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,20 @@ class AudioSource(Protocol):
     def __call__(self) -> tuple[np.ndarray, int]: ...
 
 
+def _cut_short(extra_info: str) -> str | None:
+    """libsndfile's own note that a WAV's data chunk is shorter than its header says
+    ("data : 64000 (should be 19956)"), or None. FLAC and Ogg fail to decode when cut; WAV is read
+    up to where the file ends. A header written before its length was known (0xFFFFFFFF, as by a
+    program writing to a pipe) is no promise, and a chunk longer than its header says is not cut."""
+    for line in extra_info.splitlines():
+        found = re.match(r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
+        if found:
+            declared, present = map(int, found.groups())
+            if present < declared < 0xFFFFFFFF:
+                return " ".join(line.split())
+    return None
+
+
 @dataclass(frozen=True)
 class FileSource:
     path: str
@@ -34,11 +49,16 @@ class FileSource:
         import soundfile as sf
 
         try:
-            audio, sr = sf.read(self.path, dtype="float32", always_2d=False)
+            with sf.SoundFile(self.path) as f:
+                cut = _cut_short(f.extra_info)
+                audio, sr = f.read(dtype="float32", always_2d=False), f.samplerate
         except FileNotFoundError:
             raise BadClip("missing", f"{self.path}: file not found") from None
         except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
             raise BadClip("unreadable", f"{self.path}: {err}") from None
+        if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
+            raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
+                                       "copy? Fetch it again")
         return audio, int(sr)
 
     def __str__(self) -> str:
