@@ -278,8 +278,9 @@ def concurrent_table(result: dict, cores: int) -> Table:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Draw the split into FILE.png.")
 @click.option("--stall-dump", "stall_s", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Print every thread's stack to stderr whenever SECONDS pass without progress (a compile, "
-                   "a pipeline or a step that hangs); the run goes on. 0 (default): off; `kill -USR1 PID` "
-                   "prints them at any time.")
+                   "a pipeline or a step that hangs), each dump headed by Python's 'Timeout (H:MM:SS)!' under "
+                   "the progress line of the part that stalled; the run goes on. 0 (default): off; "
+                   "`kill -USR1 PID` prints them at any time.")
 def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_size, overrides, compile_mode,
                repeats, warmup, batches, loader_batches, json_path, plot_path, stall_s):
     """Per phase: samples/s of the loader alone, the model's train step alone (synthetic input of
