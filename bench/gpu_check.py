@@ -175,16 +175,14 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
             if proc.poll() is not None:
                 return f"ended (exit code {proc.returncode}) before {cmd.kill_when.name} appeared: nothing to kill"
             if not cmd.kill_when.exists():
-                dump_stacks(proc)
-                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}{STACKS_NOTE}"
+                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}{dump_stacks(proc, log)}"
             proc.send_signal(signal.SIGKILL)  # the training process alone, as a crash would
             proc.wait()
             return ""
         rc = proc.wait(timeout=max(deadline - time.monotonic(), 0.001))
         return "" if rc == 0 else f"exit code {rc}"
     except subprocess.TimeoutExpired:
-        dump_stacks(proc)
-        return f"timed out after {timeout_s:.0f} s{STACKS_NOTE}"
+        return f"timed out after {timeout_s:.0f} s{dump_stacks(proc, log)}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -199,18 +197,23 @@ STACKS_NOTE = " (where it was: the Python stacks at the end of its log)"
 STACK_DUMP_WAIT_S = 3.0  # for every process of the group to write its stacks before the SIGKILL
 
 
-def dump_stacks(proc: subprocess.Popen) -> None:
+def dump_stacks(proc: subprocess.Popen, log) -> str:
     """Ask every process of a command that ran out of time where it is: c2f's commands print all
     their threads' stacks on SIGUSR1 (into the step's log) and go on; others (pytest, torchrun's
-    agent, spawned reader processes) end on it, as they would on the SIGKILL that follows."""
+    agent, spawned reader processes) end on it, as they would on the SIGKILL that follows. The
+    whole wait is kept even if the top process ends at once (torchrun's agent does): its workers
+    are still writing. Returns STACKS_NOTE if a dump reached the log, else ""."""
+    log.flush()
+    before = os.path.getsize(log.name)
     try:
         os.killpg(proc.pid, STACK_DUMP_SIGNAL)
     except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=STACK_DUMP_WAIT_S)
-    except subprocess.TimeoutExpired:
-        pass
+        return ""
+    time.sleep(STACK_DUMP_WAIT_S)
+    with open(log.name, "rb") as f:
+        f.seek(before)
+        written = f.read()
+    return STACKS_NOTE if b"(most recent call first)" in written else ""
 
 
 def exit_on_sigterm() -> None:
@@ -307,8 +310,9 @@ def train_outcome(run_dir: Path) -> Outcome:
 
 
 def metric_gaps(a: dict, b: dict) -> dict[str, float]:
-    """|a - b| for every numeric metric both have."""
-    return {k: abs(a[k] - b[k]) for k in a.keys() & b.keys()
+    """|a - b| for every numeric metric both have (skipped_clips is a count, and a run's counts its
+    training loaders' too)."""
+    return {k: abs(a[k] - b[k]) for k in a.keys() & b.keys() - {"skipped_clips"}
             if isinstance(a[k], (int, float)) and isinstance(b[k], (int, float))}
 
 

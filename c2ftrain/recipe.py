@@ -556,7 +556,7 @@ def _build(cls, data: dict, where: str):
     except TypeError as err:
         raise RecipeError(f"[{where}]: {err}") from None
     except RecipeError as err:
-        if where.startswith("phases."):  # which of the phases: their checks cannot know
+        if ".phases." in f".{where}":  # which of the phases (the run's or the baseline's): their checks cannot know
             raise RecipeError(f"[{where}] {err}") from None
         raise
 

@@ -152,6 +152,20 @@ def test_bad_input_is_reported_not_fatal(bad_root, tmp_path):
     assert verify_store(tmp_path / "s") == []
 
 
+def test_a_wav_is_cut_short_only_when_audio_is_missing():
+    """libsndfile's note on a WAV's data chunk, judged: a frame or more missing is a cut file; a
+    header that promised no length (written to a pipe: SoX's 0x7ffff000, 0xffffffff), a longer
+    chunk, or a few bytes short of a whole frame has lost nothing."""
+    from c2fdata.datasets.base import _cut_short
+
+    assert _cut_short("data : 64000 (should be 19956)", frame_bytes=2) == "data : 64000 (should be 19956)"
+    assert _cut_short("data : 32002 (should be 32000)", frame_bytes=2) is not None  # one 16-bit frame
+    assert _cut_short("data : 32001 (should be 32000)", frame_bytes=2) is None
+    for unknown in (0x7FFFF000, 0xFFFFFFFF):
+        assert _cut_short(f"data : {unknown} (should be 32000)", frame_bytes=2) is None
+    assert _cut_short("data : 0 (should be 32000)") is None and _cut_short("fmt : 16") is None
+
+
 def test_strict_makes_bad_input_fatal(bad_root, tmp_path):
     with pytest.raises(StrictError, match="corrupt.wav|empty|nan"):
         build_store(cfg(bad_root, tmp_path / "s", strict=True))

@@ -453,7 +453,9 @@ def test_a_lost_metadata_chunk_file_is_not_read_as_zeros(tmp_path, lost):
     assert problems and any(lost in p or "pending" in p for p in problems), problems
     for args in (["info", str(store)], ["info", str(store), "--json"]):  # its figures would count the zeros
         r = CliRunner().invoke(data_cli, args)
-        assert r.exit_code == 1 and f"chunk files missing: 1 of its {lost}" in r.output, r.output
+        said = {"status": "clips read as pending", "frames": "built clips have no frames recorded"}.get(
+            lost, f"chunk files missing: 1 of its {lost}")
+        assert r.exit_code == 1 and said in " ".join(r.output.split()), r.output
     r = CliRunner().invoke(data_cli, ["repair", str(store)])
     if lost in ("labels", "ids"):  # written once: nothing in the store restores them
         assert r.exit_code == 1 and "build the store anew" in " ".join(r.output.split())
@@ -477,6 +479,29 @@ def test_an_older_store_with_a_lost_label_chunk_fails_verify_by_its_fingerprint(
     (store / "train" / "labels" / "c" / "0").unlink()
     problems = verify_store(store)
     assert len(problems) == 1 and "not those it was built with" in problems[0]
+
+
+def test_info_finds_no_damage_in_an_unfinished_or_repaired_store(tmp_path):
+    """Blocks not built yet (a sharded build half done) or marked by repair have no status or
+    frames chunk files: pending, not lost."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from c2fdata.build import build_store
+    from c2fdata.cli import main as data_cli
+
+    store = tmp_path / "s"
+    config = _folder_store(tmp_path, store)
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(data_cli, ["info", str(store)])
+    assert r.exit_code == 0 and "damaged" not in r.output, r.output
+    half = tmp_path / "half"
+    build_store(dataclasses.replace(config, out=half, shard=(0, 2)))
+    assert not st.open_store(half).attrs["finalized"]
+    r = CliRunner().invoke(data_cli, ["info", str(half)])
+    assert r.exit_code == 0 and "damaged" not in r.output, r.output
 
 
 def test_a_failed_whole_array_read_leaves_no_read_running(tmp_path):

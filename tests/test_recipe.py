@@ -69,6 +69,7 @@ def test_overrides():
       "budget_full_epochs": 2.0}, r"\[phases.1\] phase warmup_steps must be an integer >= 0"),
     ({"phases": [{"method": "pool-avg", "factor": 4, "epochs": 2}, {"until": "budget", "lr": -1.0}],
       "budget_full_epochs": 2.0}, r"\[phases.2\] phase lr must be a number > 0"),
+    ({"baseline": {"phases": [{"epochs": 3, "lr": -1.0}]}}, r"\[baseline.phases.1\] phase lr must be a number > 0"),
 ])
 def test_bad_recipes(change, message):
     with pytest.raises(RecipeError, match=message):

@@ -27,16 +27,23 @@ class AudioSource(Protocol):
     def __call__(self) -> tuple[np.ndarray, int]: ...
 
 
-def _cut_short(extra_info: str) -> str | None:
+# bytes per sample of libsndfile's WAV subtypes (a frame is this times the channels)
+SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+                "DOUBLE": 8}
+UNKNOWN_LENGTH = 0x7FFFF000  # from here up a header's data size means "not known when written" (SoX: 0x7ffff000; 0xffffffff)
+
+
+def _cut_short(extra_info: str, frame_bytes: int = 1) -> str | None:
     """libsndfile's own note that a WAV's data chunk is shorter than its header says
-    ("data : 64000 (should be 19956)"), or None. FLAC and Ogg fail to decode when cut; WAV is read
-    up to where the file ends. A header written before its length was known (0xFFFFFFFF, as by a
-    program writing to a pipe) is no promise, and a chunk longer than its header says is not cut."""
+    ("data : 64000 (should be 19956)") by at least one frame, or None. FLAC and Ogg fail to decode
+    when cut; WAV is read up to where the file ends. A header written before its length was known
+    (by a program writing to a pipe) is no promise, and a chunk longer than its header says, or
+    short of a frame by a few bytes, has lost no audio. RF64 and W64 files are not checked."""
     for line in extra_info.splitlines():
         found = re.match(r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
         if found:
             declared, present = map(int, found.groups())
-            if present < declared < 0xFFFFFFFF:
+            if declared < UNKNOWN_LENGTH and declared - present >= frame_bytes:
                 return " ".join(line.split())
     return None
 
@@ -50,7 +57,7 @@ class FileSource:
 
         try:
             with sf.SoundFile(self.path) as f:
-                cut = _cut_short(f.extra_info)
+                cut = _cut_short(f.extra_info, f.channels * SAMPLE_BYTES.get(f.subtype, 1))
                 audio, sr = f.read(dtype="float32", always_2d=False), f.samplerate
         except FileNotFoundError:
             raise BadClip("missing", f"{self.path}: file not found") from None
