@@ -95,33 +95,17 @@ def bench_handover(recipe: Recipe, phase_numbers: list[int], *, store: str | Pat
     import dataclasses
     import tempfile
 
-    import torch
-
+    from bench.throughput import bench_recipe
     from c2fdata.pipeline import dali_available, resolve_backend
-    from c2fdata.storage import as_location
     from c2ftrain.trainer import PhaseTrainer
 
     if step_ms <= 0:
         raise ValueError(f"--step-ms must be > 0, got {step_ms}")
     if batches < 1 or warmup < 0:
         raise ValueError(f"--batches must be >= 1 and --warmup >= 0, got {batches} and {warmup}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but CUDA is not available here")
     if "dali" in backends and not dali_available():
         raise ImportError("--loader dali: DALI does not import here (pip install nvidia-dali-cuda130)")
-    n = len(recipe.phases)
-    for k in phase_numbers:
-        if not 1 <= k <= n:
-            raise ValueError(f"--phase {k}: recipe {recipe.name!r} has phases 1..{n}")
-    if store is not None:
-        recipe = dataclasses.replace(recipe, store=str(store))
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batch_size=batch_size),
-                                     phases=tuple(dataclasses.replace(p, batch_size=None) for p in recipe.phases))
-    if not as_location(recipe.store).exists():
-        raise FileNotFoundError(f"store {recipe.store} not found; build one (`bench stand-in-store`) or pass --store")
+    recipe = bench_recipe(recipe, phase_numbers, store=store, batch_size=batch_size, device=device)
     rows = []
     with tempfile.TemporaryDirectory() as out_dir:
         for backend in backends:

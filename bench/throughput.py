@@ -302,6 +302,29 @@ def _paired_speedup(p: _Phase, ref: _Phase, key: str) -> float:
     return statistics.median(a / b for a, b in zip(p.rates[key], ref.rates[key]))
 
 
+def bench_recipe(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
+                 batch_size: int | None = None, device: str = "cpu") -> Recipe:
+    """The recipe a benchmark runs: its phases `phase_numbers` checked, another store and every
+    phase's batch size (as --store and --batch-size give them), the store and CUDA checked."""
+    n = len(recipe.phases)
+    for k in phase_numbers:
+        if not 1 <= k <= n:
+            raise ValueError(f"--phase {k}: recipe {recipe.name!r} has phases 1..{n}")
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batch_size=batch_size),
+                                     phases=tuple(dataclasses.replace(p, batch_size=None) for p in recipe.phases))
+    if store is not None:
+        recipe = dataclasses.replace(recipe, store=str(store))
+    if not as_location(recipe.store).exists():  # a folder or an s3:// URL
+        raise FileNotFoundError(f"store {recipe.store} not found; build it (`c2fdata build --dataset instruments`, or "
+                                "`bench stand-in-store` for a dataset's shape) or pass --store")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but CUDA is not available here")
+    return recipe
+
+
 def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
                      backend: str | None = None, device: str = "cpu", batch_size: int | None = None,
                      compile_mode: str | None = None, settings: ThroughputSettings = ThroughputSettings(),
@@ -322,25 +345,9 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
     if compile_mode is not None and settings.warmup < 1:
         raise ValueError("--compile needs --warmup >= 1: the first round compiles, and must not be timed")
-    n = len(recipe.phases)
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batch_size=batch_size),
-                                     phases=tuple(dataclasses.replace(p, batch_size=None) for p in recipe.phases))
-    for k in phase_numbers:
-        if not 1 <= k <= n:
-            raise ValueError(f"--phase {k}: recipe {recipe.name!r} has phases 1..{n}")
-    if store is not None:
-        recipe = dataclasses.replace(recipe, store=str(store))
+    recipe = bench_recipe(recipe, phase_numbers, store=store, batch_size=batch_size, device=device)
     if backend is not None:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, backend=backend))
-    if not as_location(recipe.store).exists():  # a folder or an s3:// URL
-        raise FileNotFoundError(
-            f"store {recipe.store} not found; build it (`c2fdata build --dataset instruments`) or pass --store"
-        )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but CUDA is not available here")
     ref_number = max(i + 1 for i, p in enumerate(recipe.phases) if p.full_resolution)
     numbers = sorted(set(phase_numbers) | {ref_number})
     load_before = os.getloadavg()
