@@ -369,7 +369,7 @@ def repair(store, blocks, dry_run):
                       f"--train-split {split} (its statistics split): it recomputes these {plan.n_blocks} block(s) "
                       f"from the audio and finalises the store; sharded builds (--shard K/N): the builders with "
                       f"K = block mod N. Until then readers refuse the store as unfinalised. Then run `c2fdata "
-                      f"verify {store}` again: damage behind an unreadable status or frames chunk shows only then.")
+                      f"verify {store}` again, to see the store whole.")
     sys.exit(1 if plan.unrepairable else 0)
 
 

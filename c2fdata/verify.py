@@ -56,9 +56,16 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
         g = group[split]
         meta, unreadable = _read_metadata(g)
         problems += _metadata_problems(group, split, unreadable, path)
-        if unreadable.keys() & {"status", "frames", "labels", "ids"}:  # the clips cannot be checked
-            done += a["splits"][split]["clips"]
+        around = None
+        if unreadable.keys() & {"status", "frames"} and not unreadable.keys() & {"labels", "ids"}:
+            # some blocks' flags or frame counts cannot be read: check the clips of the others (the
+            # damaged blocks are rebuilt whole anyway), so that one verify finds all a rebuild needs
+            around = _around_damage(group, split, unreadable.keys() & {"status", "frames"}, meta)
+        if unreadable.keys() & {"labels", "ids"} or (unreadable.keys() & {"status", "frames"} and around is None):
+            done += a["splits"][split]["clips"]  # the clips cannot be checked
             continue
+        if around is not None:
+            meta.update(around)
         status, frames, labels, ids = (meta[k] for k in ("status", "frames", "labels", "ids"))
         written[split] = st.SplitMeta([str(x) for x in ids], labels)
         problems += _lost_chunks(group, split, status, loc)
@@ -152,6 +159,39 @@ def _metadata_problems(group, split: str, unreadable: dict[str, Exception], path
             out.append(Problem(f"{split}: its {name} cannot be read ({type(err).__name__}: {err}); written once, "
                                f"from the dataset's metadata, when the store was created: build the store anew "
                                f"(another --out)", split, anew=True))
+    return out
+
+
+UNKNOWN = 255  # a status that cannot be read (its chunk is damaged): its clips are not checked
+
+
+def _around_damage(group, split: str, names: set[str], meta: dict) -> dict[str, np.ndarray] | None:
+    """status and frames of a split whose chunks of some blocks cannot be read: the readable
+    blocks as stored, the others' status UNKNOWN (frames 0). None when an array cannot be read
+    block by block either (its description is gone)."""
+    block = int(group.attrs["block_clips"])
+    try:
+        bad = sorted({b for name in names for b, _ in st.damaged_blocks(group, split, name)})
+    except Exception:  # noqa: BLE001  (its zarr.json or folder itself is gone: nothing reads it)
+        return None
+    n = group.attrs["splits"][split]["clips"]
+    ranges = st.block_ranges(n, block)
+    out = {}
+    for name, fill in (("status", UNKNOWN), ("frames", 0)):
+        if name in meta:
+            out[name] = meta[name].copy()
+        else:  # read in runs of readable blocks, the damaged ones left at `fill`
+            array = group[split][name]
+            out[name] = np.full(n, fill, dtype=array.dtype)
+            first = 0
+            for b in bad + [len(ranges)]:
+                if first < b:
+                    s, e = ranges[first][0], ranges[b - 1][1]
+                    out[name][s:e] = array[s:e]
+                first = b + 1
+    for b in bad:
+        s, e = ranges[b]
+        out["status"][s:e] = UNKNOWN
     return out
 
 

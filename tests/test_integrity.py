@@ -481,6 +481,36 @@ def test_an_older_store_with_a_lost_label_chunk_fails_verify_by_its_fingerprint(
     assert len(problems) == 1 and "not those it was built with" in problems[0]
 
 
+@pytest.mark.parametrize("damaged", ["status", "frames"])
+def test_a_damaged_status_or_frames_chunk_hides_no_other_block(tmp_path, damaged):
+    """With block 0's status (or frames) unreadable, verify still checks the clips of blocks 1
+    and 2 (it checked none of the split's before), so one repair and rebuild fixes both."""
+    from click.testing import CliRunner
+
+    from c2fdata.build import build_store
+    from c2fdata.cli import main as data_cli
+
+    store = tmp_path / "s"
+    config = _folder_store(tmp_path, store)  # 6 clips, 2 per block
+    clean = [StoreReader(store, "train").features(i).copy() for i in range(6)]
+    _flip_first_byte(store / "train" / damaged / "c" / "0")
+    shard = store / "train" / "features" / "c" / "2" / "0" / "0"  # block 2: a clip's bytes changed
+    data = bytearray(shard.read_bytes())
+    offset = int(np.frombuffer(data[-(16 * 2 + 4):-4], "<u8").reshape(2, 2)[1, 0])  # its second clip
+    data[offset + 10] ^= 0x04
+    shard.write_bytes(bytes(data))
+    problems = verify_store(store)
+    assert any(f"its {damaged} cannot be read in block 0" in p for p in problems), problems
+    assert any("(row 5): unreadable" in p and "block 2" in p for p in problems), problems
+    assert not any("row 0)" in p or "row 1)" in p for p in problems), problems  # block 0's clips: not judged
+    r = CliRunner().invoke(data_cli, ["repair", str(store)])
+    assert r.exit_code == 0 and "2 block(s)" in r.output, r.output
+    build_store(config)
+    assert verify_store(store) == []
+    for i in range(6):
+        np.testing.assert_array_equal(StoreReader(store, "train").features(i), clean[i])
+
+
 def test_info_finds_no_damage_in_an_unfinished_or_repaired_store(tmp_path):
     """Blocks not built yet (a sharded build half done) or marked by repair have no status or
     frames chunk files: pending, not lost."""
