@@ -663,7 +663,16 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Reci
 
 def apply_override(d: dict, key: str, value) -> None:
     """Set `key` ("optim.lr", "phases.1.factor": a 1-based index into a list of tables) in the
-    recipe dict `d`; RecipeError naming the key when it does not address anything."""
+    recipe dict `d`; RecipeError naming the key when it does not address anything. A table value
+    for a table (or list) already there is merged into it key by key: `set = { optim.lr = 5e-4 }`
+    in a grid file (TOML's dotted key makes {"optim": {"lr": 5e-4}}) or `--set 'optim={lr=5e-4}'`
+    change the learning rate only, and do not put the rest of [optim] back to its defaults."""
+    if isinstance(value, dict) and value:
+        existing = _addressed(d, key)
+        if isinstance(existing, (dict, list)):
+            for k, v in value.items():
+                apply_override(d, f"{key}.{k}", v)
+            return
     *path, leaf = key.split(".")
     target = d
     for i, part in enumerate(path + [leaf]):
@@ -683,6 +692,19 @@ def apply_override(d: dict, key: str, value) -> None:
         target[leaf] = value
     else:
         raise RecipeError(f"--set {key}: {'.'.join(path)} is a value, not a table")
+
+
+def _addressed(d: dict, key: str):
+    """What `key` addresses in the recipe dict now, or None."""
+    target = d
+    for part in key.split("."):
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and 1 <= int(part) <= len(target):
+            target = target[int(part) - 1]
+        else:
+            return None
+    return target
 
 
 def _list_index(items: list, part: str, key: str) -> int:

@@ -1,5 +1,7 @@
 """Recipes: every shipped one loads; impossible ones fail with a message naming the problem."""
 
+import dataclasses
+
 import pytest
 
 from c2ftrain.recipe import Phase, RecipeError, load_recipe, recipe_from_dict, shipped_recipes
@@ -38,6 +40,16 @@ def test_demo_saves_47_percent_of_the_baselines_flops():
 def test_overrides():
     r = load_recipe("demo", {"optim.lr": 5e-4, "data.batch_size": 32})
     assert r.optim.lr == 5e-4 and r.data.batch_size == 32
+
+
+def test_a_table_override_changes_its_keys_only():
+    """`set = { optim.lr = 5e-4 }` in a grid file is TOML for {"optim": {"lr": 5e-4}}: the rest of
+    [optim] must stay the recipe's (it went back to the defaults, adam without weight decay)."""
+    demo = load_recipe("demo")
+    r = load_recipe("demo", {"optim": {"lr": 5e-4}, "phases": {"1": {"epochs": 3}}, "data": {"batch_size": 8}})
+    assert r.optim == dataclasses.replace(demo.optim, lr=5e-4)
+    assert r.phases == (dataclasses.replace(demo.phases[0], epochs=3), demo.phases[1])
+    assert r.data == dataclasses.replace(demo.data, batch_size=8)
 
 
 @pytest.mark.parametrize("change, message", [
