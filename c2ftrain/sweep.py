@@ -101,12 +101,21 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
 
     out = Path(out)
     for c in cells:  # a cell's whole value (phases=[...]) would silently undo a sweep-wide --set inside it
-        lost = [(b, k) for b in base_overrides or {} for k in c.overrides if b.startswith(k + ".")]
+        lost = [(b, k) for b in base_overrides or {} for k in c.overrides
+                if b.startswith(k + ".") and not isinstance(c.overrides[k], dict)]  # a table merges (apply_override)
         if lost:
             b, k = lost[0]
             raise RecipeError(f"--set {b} would be lost in cell {c.name!r}, whose {k} replaces it: put the setting "
                               "in the cell's value, or leave it out")
-    recipes = [load_recipe(recipe, {**(base_overrides or {}), **c.overrides}) for c in cells]  # all valid first
+    recipes = []
+    for c in cells:  # all valid, and each fits its store, before the first cell trains for hours
+        try:
+            rec = load_recipe(recipe, {**(base_overrides or {}), **c.overrides})
+            _check_against_store(rec)
+        except RecipeError as err:
+            raise RecipeError(f"cell {c.name!r}: {err}") from None
+        recipes.append(rec)
+    _check_same_sweep(out, n_seeds, base_overrides or {})
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(
         {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
@@ -121,6 +130,39 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
     summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _check_against_store(rec) -> None:
+    """What the trainer checks when a run starts (every phase leaves a patch of the store's
+    clips), for a recipe whose store is there; a missing store is the run's to report."""
+    from c2fdata.pipeline.splits import open_reader
+    from c2fdata.storage import as_location
+    from c2fdata.store import open_store
+    from c2ftrain.trainer import model_config
+
+    if not as_location(rec.store).exists():
+        return
+    reader = open_reader(rec.store, rec.data.train_split or open_store(rec.store).attrs["train_split"])
+    cfg = model_config(rec, reader)
+    rec.check_against(cfg.target_frames, cfg.n_mels, cfg.patch_size)
+
+
+def _check_same_sweep(out: Path, n_seeds: int, base_overrides: dict) -> None:
+    """A sweep directory goes on as it was started: the same --set (its finished runs were trained
+    with them) and a seed layout its runs are in (one seed: cells/X/c2f; several: cells/X/seed-S/c2f).
+    Cells may be added."""
+    was = out / "sweep.json"
+    if not was.is_file():
+        return
+    before = json.loads(was.read_text())
+    now = json.loads(json.dumps(base_overrides, default=str))
+    if before.get("base_overrides", {}) != now:
+        raise RecipeError(f"{out} was swept with --set {before.get('base_overrides', {})}; this run gives {now}. "
+                          "Its finished runs were trained with the first: give the same, or another --out")
+    if (before.get("seeds", 1) == 1) != (n_seeds == 1):
+        raise RecipeError(f"{out} was swept with --seeds {before.get('seeds')}; one seed keeps each run in "
+                          f"cells/NAME/c2f, several in cells/NAME/seed-S/c2f, so --seeds {n_seeds} would train the "
+                          "finished seed again. Keep the one-seed/several-seed choice, or use another --out")
 
 
 def summary_row(cell: Cell, report: dict) -> dict:

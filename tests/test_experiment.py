@@ -83,11 +83,22 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
         # run again with another setting for every cell: its old coarse-to-fine runs would be taken
         # up beside baselines trained anew (their keys change); refused, naming the setting
         changed = []
-        with pytest.raises(ValueError, match=r"sw/cells/optim.lr_scope=phase was started with another recipe "
-                                             r"\(started vs now: optim.lr: 0.003 vs 1e-05\)"):
+        recorded = (tmp_path / "sw" / "sweep.json").read_text()
+        with pytest.raises(ValueError, match=r"sw was swept with --set \{\}; this run gives \{'optim.lr': 1e-05\}"):
             run_sweep(recipe_path, cells, tmp_path / "sw", 2, device="cpu", on_event=changed.append,
                       base_overrides={"optim.lr": 1e-5})
+        # one seed keeps its runs in cells/X/c2f, several in cells/X/seed-S/c2f: seed 0 would train again
+        with pytest.raises(ValueError, match=r"sw was swept with --seeds 2; one seed keeps each run in"):
+            run_sweep(recipe_path, cells, tmp_path / "sw", 1, device="cpu", on_event=changed.append)
         assert [e for e in changed if e["event"] == "start"] == []
+        assert (tmp_path / "sw" / "sweep.json").read_text() == recorded  # a refused sweep records nothing
+        # a cell the store cannot serve is refused before any cell trains
+        from c2ftrain.sweep import Cell
+
+        with pytest.raises(ValueError, match=r"cell 'C=64': phase 1 \(pool-avg C=64\)"):
+            run_sweep(recipe_path, cells + [Cell("C=64", {"phases.1.factor": 64})], tmp_path / "sw3", 1,
+                      device="cpu", on_event=changed.append)
+        assert [e for e in changed if e["event"] == "start"] == [] and not (tmp_path / "sw3").exists()
         # --json: stdout is the summary alone (progress and run lines go to stderr)
         grid = tmp_path / "one.toml"
         grid.write_text('[[cells]]\nname = "one"\nset = { "optim.lr" = 2e-3 }\n')
