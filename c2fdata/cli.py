@@ -103,8 +103,8 @@ def main(verbose: bool) -> None:
 @click.option("--fold", type=int, default=1, show_default=True,
               help="esc50: K = 1..5 makes fold K the eval split and the other four train; 0 stores every "
               "fold as its own split fold1..fold5, one store for `c2ftrain cv`.")
-@click.option("--target-frames", type=int, help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
-@click.option("--block-clips", type=int, default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
+@click.option("--target-frames", type=click.IntRange(min=1), help="Frames stored per clip (default per dataset: AudioSet 1024, ESC-50 512, ...).")
+@click.option("--block-clips", type=click.IntRange(min=1), default=None, help="Clips per shard file (default: measured best, see docs/STORE.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="instruments: generation seed.")
 @click.option("--train-split", help="The store's training split: the normalisation statistics come from it and "
                                     "recipes train on it unless they name data.train_split (default: the "

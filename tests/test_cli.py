@@ -48,6 +48,9 @@ def test_clear_errors(tmp_path):
     assert r.exit_code == 2 and "K/N" in r.output
     r = CliRunner().invoke(main, ["info", str(tmp_path)])
     assert r.exit_code == 2 and "no store here" in r.output
+    for option in ("--target-frames", "--block-clips"):  # 0 is refused, not taken for "the default"
+        r = CliRunner().invoke(main, ["build", "--dataset", "instruments", "--out", str(tmp_path / "z"), option, "0"])
+        assert r.exit_code == 2 and f"Invalid value for '{option}': 0 is not in the range x>=1" in r.output
 
 
 def test_root_that_does_not_exist_fails_before_any_work(tmp_path):
