@@ -39,8 +39,7 @@ def store_info(path: str | Path) -> dict:
         # The write-once arrays are counted (a few chunk files); the per-block ones, tens of thousands
         # for AudioSet and unwritten until their block is (an unfinished build), are judged by what
         # they read in a finalised store, as the reader does
-        lost = {name: n for name in st.WRITE_ONCE if (n := st.chunks_missing(group, split, name))}
-        if lost:
+        if lost := st.write_once_missing(group, split):
             damage.append(f"split {split!r}: chunk files missing: " + ", ".join(f"{n} of its {k}" for k, n in lost.items()))
         if a.get("finalized") and c["pending"]:
             damage.append(f"split {split!r}: finalised, yet {c['pending']} clips read as pending (status chunks lost)")

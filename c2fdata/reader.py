@@ -19,9 +19,9 @@ from c2fdata.store import (
     DamagedStoreError,
     StoreFormatError,
     check_documents,
-    chunks_missing,
     open_store,
     read_meta,
+    write_once_missing,
 )
 from c2fdata.vocab import Vocabulary
 
@@ -150,12 +150,12 @@ class StoreReader:
         # a lost status chunk reads as pending (above), a lost frames chunk as OK clips without
         # frames (_frames); the write-once arrays need a count of their chunk files (one listing
         # of a few hundred files for AudioSet, where status and frames hold tens of thousands)
-        for name in ("labels", "ids"):
-            if missing := chunks_missing(self._group, self.split, name):
-                raise DamagedStoreError(
-                    f"{self.path}: split {self.split!r}: {missing} chunk file(s) of its {name} are missing (deleted, "
-                    f"or not copied with the store); zarr would read them as zeros. `c2fdata verify {self.path}` "
-                    f"says which and what to do")
+        if lost := write_once_missing(self._group, self.split):
+            name, missing = next(iter(lost.items()))
+            raise DamagedStoreError(
+                f"{self.path}: split {self.split!r}: {missing} chunk file(s) of its {name} are missing (deleted, "
+                f"or not copied with the store); zarr would read them as zeros. `c2fdata verify {self.path}` "
+                f"says which and what to do")
 
     # -- metadata ------------------------------------------------------------------------------
     def _meta(self, name: str) -> np.ndarray:

@@ -147,6 +147,12 @@ def chunks_missing(group: zarr.Group, split: str, name: str) -> int:
     return array.nchunks - array.nchunks_initialized if _checksummed(array) else 0
 
 
+def write_once_missing(group: zarr.Group, split: str) -> dict[str, int]:
+    """The absent chunk files of a split's write-once arrays (ids, labels), by array: lost files
+    in any store with metadata checksums (a few files each, so counting them is cheap)."""
+    return {name: n for name in WRITE_ONCE if (n := chunks_missing(group, split, name))}
+
+
 def _checksummed(array: zarr.Array) -> bool:
     return any(isinstance(c, Crc32cCodec) for c in array.compressors)
 

@@ -203,10 +203,9 @@ def _lost_chunks(group, split: str, status: np.ndarray, loc) -> list[Problem]:
     block = int(group.attrs["block_clips"])
     ranges = st.block_ranges(len(status), block)
     uncommitted = sum(1 for s, e in ranges if (status[s:e] == st.PENDING).all())
-    for name in st.WRITE_ONCE:
-        if lost := st.chunks_missing(group, split, name):
-            out.append(Problem(f"{split}: {lost} chunk file(s) of its {name} are missing; written once, from the "
-                               f"dataset's metadata: build the store anew (another --out)", split, anew=True))
+    for name, lost in st.write_once_missing(group, split).items():
+        out.append(Problem(f"{split}: {lost} chunk file(s) of its {name} are missing; written once, from the "
+                           f"dataset's metadata: build the store anew (another --out)", split, anew=True))
     for name in ("frames", "errors", "stat_sums"):  # status: a lost chunk reads as pending (above)
         if st.chunks_missing(group, split, name) <= uncommitted:
             continue
