@@ -133,18 +133,13 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
 
 
 def _check_against_store(rec) -> None:
-    """What the trainer checks when a run starts (every phase leaves a patch of the store's
-    clips), for a recipe whose store is there; a missing store is the run's to report."""
-    from c2fdata.pipeline.splits import open_reader
+    """What each run checks when it starts (experiment.check_recipe_against_store), for every cell
+    before the first trains; a missing store is the run's to report."""
     from c2fdata.storage import as_location
-    from c2fdata.store import open_store
-    from c2ftrain.trainer import model_config
+    from c2ftrain.experiment import check_recipe_against_store
 
-    if not as_location(rec.store).exists():
-        return
-    reader = open_reader(rec.store, rec.data.train_split or open_store(rec.store).attrs["train_split"])
-    cfg = model_config(rec, reader)
-    rec.check_against(cfg.target_frames, cfg.n_mels, cfg.patch_size)
+    if as_location(rec.store).exists():
+        check_recipe_against_store(rec)
 
 
 def _check_same_sweep(out: Path, n_seeds: int, base_overrides: dict) -> None:
