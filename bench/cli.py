@@ -294,7 +294,7 @@ def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_
         numbers = list(range(1, len(rec.phases) + 1)) if all_phases else list(phase_numbers or [1])
         settings = ThroughputSettings(repeats=repeats, warmup=warmup, batches=batches, loader_batches=loader_batches)
         console.print(machine_line(describe()))
-        with reporting("building the phases' models", stall_s) as say:
+        with reporting("checking the recipe and its store", stall_s) as say:
             result = bench_throughput(rec, numbers, store=store, backend=backend, device=device,
                                       batch_size=batch_size, compile_mode=compile_mode, settings=settings,
                                       progress=say)

@@ -310,9 +310,9 @@ def train_outcome(run_dir: Path) -> Outcome:
 
 
 def metric_gaps(a: dict, b: dict) -> dict[str, float]:
-    """|a - b| for every numeric metric both have (skipped_clips is a count, and a run's counts its
-    training loaders' too)."""
-    return {k: abs(a[k] - b[k]) for k in a.keys() & b.keys() - {"skipped_clips"}
+    """|a - b| for every numeric metric both have (skipped_clips and clips are counts, and a run's
+    skipped_clips counts its training loaders' too)."""
+    return {k: abs(a[k] - b[k]) for k in a.keys() & b.keys() - {"skipped_clips", "clips"}
             if isinstance(a[k], (int, float)) and isinstance(b[k], (int, float))}
 
 

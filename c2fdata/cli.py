@@ -117,6 +117,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
           codec):
     """Turn a dataset into a feature store; re-run the same command to resume."""
     from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
+    from c2fdata.datasets import DEFAULT_STORE
     from c2fdata.store import DEFAULT_BLOCK_CLIPS, StoreFormatError
 
     options = {"fold": fold, "seed": seed, "train_split": train_split}
@@ -124,7 +125,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
         options["target_frames"] = target_frames
     try:
         cfg = BuildConfig(
-            dataset=dataset, root=root, out=out or str(Path("stores") / dataset), workers=workers,
+            dataset=dataset, root=root, out=out or DEFAULT_STORE.format(dataset=dataset), workers=workers,
             shard=parse_shard(shard), limit=limit, strict=strict,
             block_clips=block_clips or DEFAULT_BLOCK_CLIPS, codec=codec, options=options,
         )
@@ -331,9 +332,11 @@ def verify(store):
 @main.command()
 @click.argument("store")
 @click.option("--block", "blocks", multiple=True, metavar="SPLIT:B",
-              help="Mark this block without reading the store first (error messages name it); repeatable.")
+              help="Mark this block (error messages name it); repeatable. Only its clips are read first: "
+                   "one with nothing wrong is refused without --force.")
+@click.option("--force", is_flag=True, help="With --block: mark a block even when it reads back whole.")
 @click.option("--dry-run", is_flag=True, help="Say what would be marked; change nothing.")
-def repair(store, blocks, dry_run):
+def repair(store, blocks, force, dry_run):
     """Mark damaged blocks for rebuilding: every block `verify` finds a problem in that a rebuild
     fixes (reading the whole store), or the --block ones. Their features are deleted; re-run the
     build that made the store, which recomputes them from the audio (it must still be there). Run
@@ -344,7 +347,7 @@ def repair(store, blocks, dry_run):
     try:
         named = [parse_block(b) for b in blocks] or None
         with LazyProgress("verify") as progress:
-            plan = plan_repair(store, named, progress=progress)
+            plan = plan_repair(store, named, progress=progress, force=force)
         if not dry_run:
             mark_for_rebuild(store, plan)
     except (ValueError, StorageError) as err:  # StoreFormatError, a bad --block

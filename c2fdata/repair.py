@@ -7,8 +7,9 @@ same `c2fdata build` command then recomputes those blocks from the audio, rewrit
 frames, errors and statistics, and finalises the store again. Until then the store is marked
 unfinalised, so that no reader trains on it with blocks missing.
 
-Which blocks: those named (`--block SPLIT:B`, as error messages give them), or every block
-`verify` finds a problem in that a rebuild fixes (`scan_store`). What a rebuild cannot fix (ids
+Which blocks: those named (`--block SPLIT:B`, as error messages give them; each read back first,
+and one with nothing wrong refused without `--force`: a mistyped number would delete healthy
+features), or every block `verify` finds a problem in that a rebuild fixes (`scan_store`). What a rebuild cannot fix (ids
 or labels, written once from the dataset's metadata) is reported, and then nothing is touched:
 that store must be built anew anyway. The rebuild recomputes from the audio: it must still be
 where the build found it.
@@ -44,9 +45,11 @@ def parse_block(text: str) -> tuple[str, int]:
 
 
 def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> RepairPlan:
+                progress: Callable[[int, int], None] | None = None, force: bool = False) -> RepairPlan:
     """The blocks to rebuild: `blocks` as given (checked against the store), or, when None, every
-    block with a problem `verify` finds that its rebuild fixes (reads the whole store)."""
+    block with a problem `verify` finds that its rebuild fixes (reads the whole store). A named
+    block is read back first, and one with nothing wrong refused (ValueError) unless `force`:
+    its features would be deleted, and only the audio, if it is still there, gives them back."""
     plan = RepairPlan()
     if blocks is None:
         problems = scan_store(path, progress)
@@ -69,6 +72,15 @@ def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
             raise ValueError(f"{path}: split {split!r} has blocks 0..{n_blocks - 1}, not {b}")
         if b not in plan.blocks.setdefault(split, []):
             plan.blocks[split].append(b)
+    if not force:
+        damaged = {(p.split, p.block) for p in scan_store(path, progress, {s: set(b) for s, b in plan.blocks.items()})}
+        healthy = [f"{s}:{b}" for s, bs in plan.blocks.items() for b in bs if (s, b) not in damaged]
+        if healthy:
+            raise ValueError(
+                f"{path}: block(s) {', '.join(healthy)} read back whole (every clip passes its checksum and "
+                "checks, their metadata too): repairing deletes a block's features, and only a rebuild from the "
+                "audio, if it is still there, gives them back. Check the block numbers (`c2fdata verify` lists "
+                "the damaged blocks), or pass --force to rebuild them anyway")
     return plan
 
 

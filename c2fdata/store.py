@@ -213,7 +213,10 @@ def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     to do otherwise."""
     loc = as_location(path)
     if not loc.child("zarr.json").is_file():
-        raise StoreFormatError(f"{loc.url}: no store here (no zarr.json); build one with `c2fdata build`")
+        from c2fdata.datasets import build_command
+
+        raise StoreFormatError(f"{loc.url}: no store here (no zarr.json); build one with "
+                               f"`{build_command(str(path) if isinstance(path, (str, Path)) else loc.url)}`")
     try:
         group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode=mode)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -30,8 +30,11 @@ def verify_store(path: str | Path, progress: Callable[[int, int], None] | None =
     return [p.text for p in scan_store(path, progress)]
 
 
-def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
-    """verify_store's problems, each with the block whose rebuild fixes it where there is one."""
+def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = None,
+               blocks: dict[str, set[int]] | None = None) -> list[Problem]:
+    """verify_store's problems, each with the block whose rebuild fixes it where there is one.
+    blocks (split -> block numbers): only the clips of those blocks are read, and only the
+    problems a rebuild of one of them fixes are returned (what `repair --block` checks)."""
     loc = as_location(path)
     path = loc.url
     try:
@@ -48,7 +51,12 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
                                 f"`c2fdata finalize {path}`)", unfinished=True))
     n_classes = len(a["vocabulary"])
     target, n_mels = a["target_frames"], a["features"]["n_mels"]
-    total = sum(s["clips"] for s in a["splits"].values())
+    block_clips = int(a["block_clips"])
+    rows_of = {split: (range(m["clips"]) if blocks is None else
+                       [i for b in sorted(blocks.get(split, ()))
+                        for i in range(b * block_clips, min((b + 1) * block_clips, m["clips"]))])
+               for split, m in a["splits"].items()}
+    total = sum(map(len, rows_of.values()))
     done = 0
     hinted = False  # the rebuild recipe comes with the first corrupt clip; later ones name their block
     written: dict[str, st.SplitMeta] = {}  # ids and labels as read, against the fingerprint
@@ -62,7 +70,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
             # damaged blocks are rebuilt whole anyway), so that one verify finds all a rebuild needs
             around = _around_damage(group, split, unreadable.keys() & {"status", "frames"}, meta)
         if unreadable.keys() & {"labels", "ids"} or (unreadable.keys() & {"status", "frames"} and around is None):
-            done += a["splits"][split]["clips"]  # the clips cannot be checked
+            done += len(rows_of[split])  # the clips cannot be checked
             continue
         if around is not None:
             meta.update(around)
@@ -92,7 +100,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
         problems += [Problem(f"{split}/{ids[i]}: label out of range", split) for i in bad[:20]]
         array_dir = loc.child(split, "features")
         fast = ShardedClipReader(array_dir) if ShardedClipReader.supports(array_dir) else None
-        for i in range(n):
+        for i in rows_of[split]:
             done += 1
             if status[i] != st.OK:
                 continue
@@ -126,6 +134,8 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
     stats = a.get("stats")
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
         problems.append(Problem(f"normalisation stats invalid: {stats}"))
+    if blocks is not None:
+        return [p for p in problems if p.block is not None and p.block in blocks.get(p.split, ())]
     return problems
 
 

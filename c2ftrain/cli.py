@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from c2fdata.console import log_console
+from c2fdata.datasets import build_command
 from c2fdata.stacks import install_stack_dumps
 
 console = log_console()
@@ -43,6 +44,7 @@ def _printer(state: dict):
     """The console's view of a training: a line per run and evaluation, and between evaluations a
     (transient) bar of the epoch's batches with the loss, every LOG_EVERY_STEPS steps. Call
     `.stop()` on the result when training ends."""
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -55,7 +57,7 @@ def _printer(state: dict):
     bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True,
                    redirect_stdout=False, redirect_stderr=False, disable=os.environ.get("RANK", "0") != "0")
-    task = None
+    task, noted = None, set()
 
     def epoch_bar(e: dict) -> None:
         nonlocal task
@@ -88,6 +90,9 @@ def _printer(state: dict):
         elif e["event"] == "init" and e["format"] != "scratch":
             console.print(f"  {e['run']}: starting weights {e['init']} ({e['format']}): "
                           f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
+        elif e["event"] == "note" and e["text"] not in noted:  # once, not again for each run and seed
+            noted.add(e["text"])
+            console.print(f"  [yellow]note[/]: {escape(e['text'])}")
         elif e["event"] == "step" and state.get("verbose"):
             console.print(f"    step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e}", style="dim")
 
@@ -230,7 +235,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
             seeds = seed_list(rec, n_seeds)
             run_dir = run_dir or default_run_dir(rec)
         if not store_exists(rec.store):
-            fail(f"store {rec.store} not found; build it first, e.g. `c2fdata build --dataset instruments`")
+            fail(f"store {rec.store} not found; build it first: `{build_command(rec.store)}`")
     except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     console.print(f"recipe [bold]{rec.name}[/]" + (f": {rec.description}" if rec.description else ""))
@@ -318,6 +323,7 @@ def plan(recipe, overrides, as_json, no_measure, device):
     """Without training: every epoch's phase, resolution, learning rate, training FLOPs and
     evaluation FLOPs for coarse-to-fine, the baseline and the equal-FLOPs control, the saving,
     and an estimated training time on this machine (from a few measured steps)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from c2fdata.store import StoreFormatError
@@ -328,13 +334,16 @@ def plan(recipe, overrides, as_json, no_measure, device):
     try:
         rec = load_recipe(recipe, parse_overrides(overrides))
         if not store_exists(rec.store):
-            fail(f"store {rec.store} not found; build it first (the plan reads its clip counts)")
+            fail(f"store {rec.store} not found; build it first (the plan reads its clip counts): "
+                 f"`{build_command(rec.store)}`")
         result = plan_experiment(rec, measure=not no_measure, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    for note in dict.fromkeys(n for run in result["runs"].values() for n in run["notes"]):
+        console.print(f"[yellow]note[/]: {escape(note)}")
     for label, run in result["runs"].items():
         t = Table(title=f"{label}: {run['steps']} steps, {run['flops'] / 1e12:.2f} TFLOPs"
                         + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else "")
@@ -385,6 +394,8 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         TimeElapsedColumn,
     )
 
+    from rich.markup import escape
+
     from c2fdata.store import StoreFormatError
     from c2ftrain.init_weights import InitError
     from c2ftrain.recipe import RecipeError
@@ -406,14 +417,22 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         def on_cell(i, cell):
             progress.update(task, completed=i, description=f"cell {cell.name}")
 
+        noted = set()
+
         def on_event(e):
             if e["event"] == "start":
                 progress.console.print(f"  [dim]{e['run']} seed {e['seed']}: {' -> '.join(e['phases'])}[/]")
+            elif e["event"] == "note" and e["text"] not in noted:
+                noted.add(e["text"])
+                progress.console.print(f"  [yellow]note[/]: {escape(e['text'])}")
 
         try:
             summary = run_sweep(recipe, cells, out_dir, n_seeds, base_overrides=parse_overrides(overrides),
                                 on_cell=on_cell, on_event=on_event)
         except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
+            # the bar goes before the error is printed, not left drawn (at "0/N cells") under it
+            progress.live.transient = True
+            progress.stop()
             fail(str(err))
         progress.update(task, completed=len(cells), description="cells")
     if as_json:
@@ -494,8 +513,12 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
+        from rich.markup import escape
+
+        console.print(f"{escape(str(checkpoint))} on {escape(metrics['store'])}, split {escape(metrics['split'])} "
+                      f"({metrics['clips']} clips, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
-            if k != "skipped_clips":
+            if k not in ("skipped_clips", "store", "split", "clips"):
                 console.print(f"{k:>10}: {v:.4f}")
     if metrics["skipped_clips"]:  # on stderr: --json keeps stdout one JSON object
         log_console(stderr=True).print(

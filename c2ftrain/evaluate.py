@@ -77,7 +77,8 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     split of a store, fed as the model was trained (its clip length and normalisation, recorded
     in the checkpoint); a ValueError for a store whose features or classes differ from the
     training store's. A checkpoint saved on a GPU loads on a CPU-only machine. skipped_clips:
-    clips left out because they failed their checksum (each warned about), as a run counts them."""
+    clips left out because they failed their checksum (each warned about), as a run counts them;
+    store, split and clips: what was evaluated (the defaults resolved)."""
     model, state = load_trained_model(path)
     if store is None:  # the store it was trained on, which every checkpoint names
         if "store" not in state:
@@ -99,6 +100,8 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
                          reader)
     try:
         metrics = evaluate_loader(model.to(device), loader, reader.multi_label, device)
-        return {**metrics, "skipped_clips": len(getattr(loader, "skipped_clips", ()))}
+        skipped = len(getattr(loader, "skipped_clips", ()))
+        return {**metrics, "skipped_clips": skipped, "store": str(store), "split": split,
+                "clips": len(reader) - skipped}
     finally:
         loader.close()

@@ -136,6 +136,7 @@ def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step
                "final_eval_flops": final_eval_flops(recipe, trainer, rows),
                "coarse_full_eval_flops": sum(r["coarse_full_eval_flops"] for r in rows)}
         run["eval_flops"] = sum(r["eval_flops"] for r in rows) + run["final_eval_flops"]
+        run["notes"] = trainer.batch_notes()
         if measure:
             est = 0.0
             for span in run_spans:

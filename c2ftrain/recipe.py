@@ -639,8 +639,11 @@ def shipped_recipes() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Recipe:
-    """A shipped recipe by name ('demo', 'audioset_balanced', ...) or a TOML file by path."""
+def load_recipe(name_or_path: str | Path, overrides: dict | None = None, *,
+                origins: dict[str, str] | None = None) -> Recipe:
+    """A shipped recipe by name ('demo', 'audioset_balanced', ...) or a TOML file by path, with
+    `overrides` applied; `origins` names where an override key came from in its errors (default
+    "--set"; a sweep's cell keys come from its grid file)."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
         res = resources.files("c2ftrain").joinpath("recipes", f"{name_or_path}.toml")
@@ -657,41 +660,43 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Reci
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{name_or_path}: invalid TOML: {err}") from None
     for key, value in (overrides or {}).items():
-        apply_override(d, key, value)
+        apply_override(d, key, value, (origins or {}).get(key, "--set"))
     return recipe_from_dict(d)
 
 
-def apply_override(d: dict, key: str, value) -> None:
+def apply_override(d: dict, key: str, value, origin: str = "--set") -> None:
     """Set `key` ("optim.lr", "phases.1.factor": a 1-based index into a list of tables) in the
     recipe dict `d`; RecipeError naming the key when it does not address anything. A table value
     for a table (or list) already there is merged into it key by key: `set = { optim.lr = 5e-4 }`
     in a grid file (TOML's dotted key makes {"optim": {"lr": 5e-4}}) or `--set 'optim={lr=5e-4}'`
-    change the learning rate only, and do not put the rest of [optim] back to its defaults."""
+    change the learning rate only, and do not put the rest of [optim] back to its defaults.
+    `origin` is where the key was given, for the error ("--set", a grid file's cell)."""
     if isinstance(value, dict) and value:
         existing = _addressed(d, key)
         if isinstance(existing, (dict, list)):
             for k, v in value.items():
-                apply_override(d, f"{key}.{k}", v)
+                apply_override(d, f"{key}.{k}", v, origin)
             return
     *path, leaf = key.split(".")
     target = d
     for i, part in enumerate(path + [leaf]):
         where = ".".join(path[:i]) or "the recipe"
         if not isinstance(target, (list, dict)):
-            raise RecipeError(f"--set {key}: {where} is a value, not a table")
+            raise RecipeError(f"{origin} {key}: {where} is a value, not a table")
         if isinstance(target, dict) and part.isdigit() and part not in target:
             # phases.1.x where no list is there yet: a table named "1" would be made silently
-            raise RecipeError(f"--set {key}: {where} has no list to index with {part}; set the whole list, "
+            raise RecipeError(f"{origin} {key}: {where} has no list to index with {part}; set the whole list, "
                               f"e.g. --set '{where}=[{{method = \"none\", factor = 1, epochs = 3}}]'")
         if i == len(path):
             break
-        target = target[_list_index(target, part, key)] if isinstance(target, list) else target.setdefault(part, {})
+        target = (target[_list_index(target, part, key, origin)] if isinstance(target, list)
+                  else target.setdefault(part, {}))
     if isinstance(target, list):
-        target[_list_index(target, leaf, key)] = value
+        target[_list_index(target, leaf, key, origin)] = value
     elif isinstance(target, dict):
         target[leaf] = value
     else:
-        raise RecipeError(f"--set {key}: {'.'.join(path)} is a value, not a table")
+        raise RecipeError(f"{origin} {key}: {'.'.join(path)} is a value, not a table")
 
 
 def _addressed(d: dict, key: str):
@@ -707,9 +712,9 @@ def _addressed(d: dict, key: str):
     return target
 
 
-def _list_index(items: list, part: str, key: str) -> int:
+def _list_index(items: list, part: str, key: str, origin: str) -> int:
     if not part.isdigit() or not 1 <= int(part) <= len(items):
-        raise RecipeError(f"--set {key}: {part!r} is not an entry 1..{len(items)} of the list")
+        raise RecipeError(f"{origin} {key}: {part!r} is not an entry 1..{len(items)} of the list")
     return int(part) - 1
 
 

@@ -35,6 +35,7 @@ from c2ftrain.report import RUNS, saving_text
 class Cell:
     name: str
     overrides: dict = field(default_factory=dict)
+    origin: str = "--set"  # where the overrides were written, for errors ("grid.toml [grid]")
 
 
 def cell_name(overrides: dict) -> str:
@@ -76,7 +77,7 @@ def load_grid(path: Path) -> list[Cell]:
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             overrides = dict(zip(keys, combo))
-            cells.append(Cell(cell_name(overrides), overrides))
+            cells.append(Cell(cell_name(overrides), overrides, f"{path} [grid]"))
     for i, c in enumerate(d.get("cells", [])):
         if not isinstance(c, dict) or set(c) - {"name", "set"}:
             raise RecipeError(f"{path}: [[cells]] {i + 1} takes `name` and `set` only, got {c!r}")
@@ -84,7 +85,7 @@ def load_grid(path: Path) -> list[Cell]:
             raise RecipeError(f"{path}: [[cells]] {i + 1}: set must be a table of overrides, e.g. "
                               f"set = {{ \"optim.lr\" = 5e-4 }}, got {c['set']!r}")
         overrides = dict(c.get("set", {}))
-        cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides))
+        cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides, f"{path} [[cells]] {i + 1}: set"))
     if not cells:
         raise RecipeError(f"{path}: no cells; give a [grid] table or [[cells]] entries")
     names = [cell_dir(c.name) for c in cells]
@@ -110,7 +111,8 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
     recipes = []
     for c in cells:  # all valid, and each fits its store, before the first cell trains for hours
         try:
-            rec = load_recipe(recipe, {**(base_overrides or {}), **c.overrides})
+            rec = load_recipe(recipe, {**(base_overrides or {}), **c.overrides},
+                              origins=dict.fromkeys(c.overrides, c.origin))
             _check_against_store(rec)
         except RecipeError as err:
             raise RecipeError(f"cell {c.name!r}: {err}") from None

@@ -329,6 +329,20 @@ class PhaseTrainer:
         return EpochShape(len(loader), loader.samples_per_epoch * self.dist.world_size,
                           phase.batch_size or self.recipe.data.batch_size)
 
+    def batch_notes(self) -> list[str]:
+        """Phases whose batch is more than an epoch of the training split holds: each step then
+        takes the whole split, once an epoch, which a recipe written for a larger dataset (tried
+        on a small one) does not mean. In a distributed run such a phase is an error (spans)."""
+        notes = []
+        for i, phase in enumerate(() if self.dist.enabled else self.phases):
+            shape = self.epoch_shape(phase)
+            if shape.batch > shape.samples:
+                notes.append(f"phase {i + 1} ({phase.label}): batch {shape.batch} is more than the {shape.samples} "
+                             f"clips of an epoch of the training split, so every step takes all {shape.samples} "
+                             "(one step an epoch); give a smaller data.batch_size (or the phase's batch_size) if "
+                             "that is not meant")
+        return notes
+
     def _budget_steps(self, phases: list[Phase], ended: dict, shapes: list[EpochShape]) -> int:
         """Steps of the last phase: the recipe's budget (in full-resolution epochs) minus what
         the other phases spent (ended) or will spend (planned), counted in samples (an epoch's
@@ -446,6 +460,8 @@ class PhaseTrainer:
                            "loaded": len(init["loaded"]), "fresh": len(init["fresh"])})
             if self.dist.is_main and (self.out / "metrics.jsonl").exists():
                 (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
+            for note in self.batch_notes():
+                self.on_event({"event": "note", "run": self.label, "text": note})
         model.to(self.device)
         eval_loader, optimizer = self.eval_loader(), None
         try:

@@ -196,7 +196,7 @@ def test_throughput_says_what_it_measures_before_each_part(tiny_recipe, monkeypa
     assert result.exit_code == 0, result.output
     said = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if line.startswith("[")]
     first, second = "round 1/2 (warm-up): phase", "round 2/2 (timed): phase"
-    assert said == ["building the phases' models",
+    assert said == ["checking the recipe and its store", "building the phases' models",
                     f"{first} 1 (pool-avg C=4): model alone, compiling", f"{first} 1 (pool-avg C=4): building its loader",
                     f"{first} 1 (pool-avg C=4): loader alone", f"{first} 1 (pool-avg C=4): end to end",
                     f"{first} 2 (full): model alone, compiling", f"{first} 2 (full): building its loader",

@@ -63,3 +63,35 @@ def test_fold_k_holds_fold_k_out_as_before(esc50_root):
 def test_bad_fold_names_both_layouts(esc50_root, fold):
     with pytest.raises(ValueError, match=r"--fold must be 1..5 .* or 0 \(every fold its own split"):
         prepare("esc50", esc50_root, fold=fold)
+
+
+def test_a_missing_store_is_met_with_the_command_that_builds_it(esc50_root, tmp_path, monkeypatch):
+    """The command a missing store's error gives, run as given (with the dataset's folder for
+    DIR), builds the store the recipe reads: the esc50 recipe needs every fold as its own split."""
+    import re
+
+    from c2ftrain.cli import main as train
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(train, ["plan", "esc50", "--no-measure", "--set", "model.init=none"])
+    assert r.exit_code == 2, r.output
+    given = re.search(r"`(c2fdata build [^`]*)`", " ".join(r.output.split())).group(1)
+    assert given == "c2fdata build --dataset esc50 --root DIR --fold 0"
+    built = CliRunner().invoke(main, given.replace("DIR", str(esc50_root)).split()[1:])
+    assert built.exit_code == 0, built.output
+    r = CliRunner().invoke(train, ["plan", "esc50", "--no-measure", "--set", "model.init=none", "--json"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("store, command", [
+    ("stores/audioset", "c2fdata build --dataset audioset --root DIR"),
+    ("stores/instruments", "c2fdata build --dataset instruments"),
+    ("/data/stores/instruments", "c2fdata build --dataset instruments --out /data/stores/instruments"),
+    ("stores/esc50-fold3", "c2fdata build --dataset esc50 --root DIR --fold 3 --out stores/esc50-fold3"),
+    ("s3://bucket/feats/vggsound-full/", "c2fdata build --dataset vggsound --root DIR --out s3://bucket/feats/vggsound-full/"),
+    ("stores/my-birds", "c2fdata build --dataset DATASET --root DIR --out stores/my-birds"),
+])
+def test_the_build_command_read_off_a_stores_name(store, command):
+    from c2fdata.datasets import build_command
+
+    assert build_command(store) == command

@@ -59,12 +59,12 @@ def test_sweep_shares_baselines_and_resumes(toy_store, tmp_path):  # noqa: F811
     base = toy_recipe(toy_store).to_dict()
     from c2ftrain import sweep as sweep_mod
 
-    def fake_load(_name, overrides):
+    def fake_load(_name, overrides, origins=None):
         from c2ftrain.recipe import apply_override, recipe_from_dict
 
         d = json.loads(json.dumps(base))
         for k, v in overrides.items():
-            apply_override(d, k, v)
+            apply_override(d, k, v, (origins or {}).get(k, "--set"))
         return recipe_from_dict(d)
 
     real = sweep_mod.load_recipe
@@ -329,6 +329,23 @@ def test_a_sweep_wide_setting_a_cell_would_undo_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"--set phases.1.factor would be lost in cell 'three', whose phases replaces"):
         run_sweep("demo", cells, tmp_path / "sw", 1, base_overrides={"phases.1.factor": 2})
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_grid_files_bad_key_is_named_where_it_was_written(tmp_path):
+    """A cell's override that addresses nothing is reported as the grid file's (not as a --set the
+    user never gave), with the --set ones still called --set; the cells bar is not left drawn."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\n"phases.9.factor" = [2]\n')
+    r = CliRunner().invoke(main, ["sweep", "demo", "--grid", str(grid), "--out", str(tmp_path / "sw")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"{grid} [grid] phases.9.factor: '9' is not an entry 1..2 of the list" in text, text
+    assert "--set" not in text and "0/1" not in text
+    grid.write_text('[[cells]]\nset = { "optim.lr" = 1e-4 }\n')
+    r = CliRunner().invoke(main, ["sweep", "demo", "--grid", str(grid), "--set", "phases.7.factor=2"])
+    assert r.exit_code == 2 and "--set phases.7.factor: '7' is not an entry" in " ".join(r.output.split()), r.output
+    grid.write_text('[[cells]]\nset = { "optim.lr.x" = 1 }\n')
+    r = CliRunner().invoke(main, ["sweep", "demo", "--grid", str(grid), "--out", str(tmp_path / "sw")])
+    assert r.exit_code == 2 and f"{grid} [[cells]] 1: set optim.lr.x: optim.lr is a value" in " ".join(r.output.split())
 
 
 def test_a_run_directory_is_never_overwritten_and_resume_takes_no_new_settings(tmp_path):

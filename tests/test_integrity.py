@@ -407,6 +407,18 @@ def test_repair_marks_nothing_on_a_clean_store_and_refuses_what_it_cannot_fix(cl
                            ("train", "expected SPLIT:BLOCK")):
         r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", block])
         assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+    # a healthy block named (a mistyped number) is read back and refused, not deleted; --force marks it
+    shard = store / "train" / "features" / "c" / "1" / "0" / "0"
+    _flip_first_byte(store / "train" / "features" / "c" / "0" / "0" / "0")  # block 0 damaged, block 1 not
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:0", "--block", "train:1"])
+    assert r.exit_code == 2 and "block(s) train:1 read back whole" in " ".join(r.output.split()), r.output
+    assert shard.is_file() and st.open_store(store).attrs["finalized"]  # nothing was changed
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:0"])
+    assert r.exit_code == 0 and shard.is_file() and not st.open_store(store).attrs["finalized"], r.output
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:1", "--force"])
+    assert r.exit_code == 0 and not shard.exists(), r.output
+    shutil.rmtree(store)
+    shutil.copytree(clean, store)
     # labels are written once from the dataset's metadata: no block's rebuild restores them
     _flip_first_byte(store / "train" / "labels" / "c" / "0")
     r = CliRunner().invoke(data_cli, ["repair", str(store)])
@@ -523,7 +535,7 @@ def test_info_finds_no_damage_in_an_unfinished_or_repaired_store(tmp_path):
 
     store = tmp_path / "s"
     config = _folder_store(tmp_path, store)
-    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:1"])
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:1", "--force"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(data_cli, ["info", str(store)])
     assert r.exit_code == 0 and "damaged" not in r.output, r.output
@@ -602,7 +614,7 @@ def test_repair_then_rebuild_keeps_the_statistics_split_chosen_with_finalize(tmp
     build_store(config)
     group = zarr.open_group(str(store), mode="r+")
     chosen = st.finalize(group, store, train_split="valid")
-    mark_for_rebuild(store, plan_repair(store, [("train", 0)]))
+    mark_for_rebuild(store, plan_repair(store, [("train", 0)], force=True))  # a healthy block: forced
     with pytest.raises(st.StoreFormatError,
                        match=r"being rebuilt \(repair\) with normalisation statistics from split 'valid'.*--train-split valid"):
         build_store(config)

@@ -162,6 +162,9 @@ def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
         load_predictor(tmp_path / "moved.pt")
 
 
+EVALUATED = ("skipped_clips", "store", "split", "clips")  # what evaluate_checkpoint says beside the metrics
+
+
 def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
     _, _, run = trained
     rng = np.random.default_rng(0)
@@ -174,7 +177,7 @@ def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
         return tmp_path / name
 
     same = other("same", ["high", "low"])
-    assert set(evaluate_checkpoint(run / "final.pt", same, device="cpu")) == {"accuracy", "skipped_clips"}
+    assert set(evaluate_checkpoint(run / "final.pt", same, device="cpu")) == {"accuracy", *EVALUATED}
     with pytest.raises(ValueError, match=r"has the same 2 classes in another order \(class 0 is 'low', trained "
                                          r"as 'high'\)"):
         evaluate_checkpoint(run / "final.pt", other("swapped", ["low", "high"]), device="cpu")
@@ -186,7 +189,7 @@ def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
     # a checkpoint from before inputs were recorded: only the number of classes and mels can be checked
     old = tmp_path / "old.pt"
     save_checkpoint(old, {k: v for k, v in load_checkpoint(run / "final.pt").items() if k != "inputs"})
-    assert set(evaluate_checkpoint(old, tmp_path / "swapped", device="cpu")) == {"accuracy", "skipped_clips"}
+    assert set(evaluate_checkpoint(old, tmp_path / "swapped", device="cpu")) == {"accuracy", *EVALUATED}
     with pytest.raises(ValueError, match=r"old\.pt was trained for 2 classes x 128 mels; .*three has 3 x 128"):
         evaluate_checkpoint(old, other("three", ["a", "b", "c"]), device="cpu")
     # predict with --store and a checkpoint that recorded its inputs: the store is checked against them

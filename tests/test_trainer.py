@@ -96,6 +96,10 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
                                   "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["accuracy"] == outcome.metric
+    # what was evaluated is said: the checkpoint, the store, the split and its clips
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"final.pt on {toy_store}, split eval (32 clips, full resolution)" in " ".join(r.output.split())
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
     assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output
     # a clip failing its checksum is left out, counted and said, not scored silently
@@ -109,6 +113,7 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(damaged), "--json",
                                   "--device", "cpu"])
     assert r.exit_code == 0 and json.loads(r.stdout)["skipped_clips"] == 1, r.output
+    assert (json.loads(r.stdout)["clips"], json.loads(r.stdout)["split"]) == (31, "eval")  # 32 made, 1 left out
     assert "1 clip(s) failed their checksum and were left out" in " ".join(r.stderr.split())
 
 
@@ -124,8 +129,8 @@ def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
     outcome = PhaseTrainer(recipe, recipe.phases, tmp_path, "c2f", device="cpu").run()
     inputs = load_checkpoint(tmp_path / "final.pt")["inputs"]
     assert (inputs["target_frames"], inputs["norm_mean"], inputs["norm_std"]) == (T // 2, -2.0, 0.7)
-    assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {"accuracy": outcome.metric,
-                                                                                   "skipped_clips": 0}
+    assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {
+        "accuracy": outcome.metric, "skipped_clips": 0, "store": str(toy_store), "split": "eval", "clips": 32}
 
 
 def test_cli_run_errors(tmp_path):
@@ -442,7 +447,8 @@ def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
     from c2ftrain.evaluate import evaluate_checkpoint
 
     assert (evaluate_checkpoint(tmp_path / "three" / "final_averaged.pt", toy_store, device="cpu")
-            == {"accuracy": out.metrics["averaged/accuracy"], "skipped_clips": 0})
+            == {"accuracy": out.metrics["averaged/accuracy"], "skipped_clips": 0, "store": str(toy_store),
+                "split": "eval", "clips": 32})
     assert load_checkpoint(tmp_path / "three" / "final_averaged.pt")["inputs"]["norm_mean"] == -2.0
     assert avg["pos_embed"].shape == final["pos_embed"].shape  # coarse epochs enter at full resolution
     assert not torch.equal(avg["head.weight"], final["head.weight"])
@@ -641,3 +647,28 @@ def test_evaluations_report_their_batches(toy_store, tmp_path):
     evals = [e for e in events if e["event"] == "eval"]
     # the eval split: 32 clips in batches of 2 x 16 = 32, one batch per evaluation
     assert [(e["what"], e["batch"], e["batches"]) for e in batches] == [("full resolution, eval", 1, 1)] * len(evals)
+
+
+def test_a_batch_larger_than_the_training_split_is_noted(toy_store, tmp_path, capsys):
+    """A batch of 100 on the 64 training clips: every step takes the 64, once an epoch; the run
+    says so (once, whatever the runs and seeds it concerns), and so does `plan`."""
+    from c2ftrain.cli import _printer
+    from c2ftrain.plan import plan_experiment
+
+    data = {**toy_recipe(toy_store).to_dict()["data"], "batch_size": 100}
+    recipe = recipe_from_dict({**toy_recipe(toy_store).to_dict(), "data": data,
+                               "phases": [{"method": "pool-avg", "factor": 4, "epochs": 2},
+                                          {"method": "none", "factor": 1, "epochs": 1, "batch_size": 16}]})
+    events = []
+    outcome = PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu", on_event=events.append).run()
+    notes = [e["text"] for e in events if e["event"] == "note"]
+    assert len(notes) == 1 and notes[0].startswith("phase 1 (pool-avg C=4): batch 100 is more than the 64 clips")
+    assert sum(r.steps for r in outcome.records) == 2 + 64 // 16  # one step an epoch in phase 1
+    assert plan_experiment(recipe, measure=False)["runs"]["c2f"]["notes"] == notes
+    printer = _printer({})
+    for _ in range(2):
+        printer({"event": "note", "run": "c2f", "text": notes[0]})
+    printer.stop()
+    assert " ".join(capsys.readouterr().out.split()).count("note: phase 1 (pool-avg C=4): batch 100") == 1
+    ok = recipe_from_dict({**recipe.to_dict(), "data": {**data, "batch_size": 64}})
+    assert plan_experiment(ok, measure=False)["runs"]["c2f"]["notes"] == []  # 64 of 64: nothing to say

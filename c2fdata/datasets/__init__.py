@@ -20,6 +20,28 @@ ADAPTERS = {
 NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
 
 
+DEFAULT_STORE = "stores/{dataset}"  # where `c2fdata build` writes without --out
+
+
+def build_command(store: str) -> str:
+    """The `c2fdata build` command that writes a store at `store`, for errors about a missing one.
+    Its dataset is read off the store's name where that is a dataset's (as the default
+    stores/DATASET is; "esc50-fold2" too); else DATASET stands in. ESC-50 as its recipe reads it:
+    stores/esc50 with every fold its own split (--fold 0), stores/esc50-foldK with fold K held out."""
+    name = str(store).rstrip("/").rsplit("/", 1)[-1]
+    dataset = next((d for d in sorted(ADAPTERS, key=len, reverse=True) if name == d or name.startswith(d + "-")),
+                   None)
+    words = ["c2fdata build --dataset", dataset or "DATASET"]
+    if dataset is None or dataset in NEEDS_ROOT:
+        words.append("--root DIR")
+    if dataset == "esc50":  # the recipes' convention: stores/esc50 holds every fold (--fold 0), esc50-foldK one
+        fold = name[len("esc50-fold"):] if name.startswith("esc50-fold") else "0"
+        words.append(f"--fold {fold if fold.isdigit() else 0}")
+    if store != DEFAULT_STORE.format(dataset=dataset):
+        words.append(f"--out {store}")
+    return " ".join(words)
+
+
 def prepare(name: str, root=None, *, train_split: str | None = None, **options) -> DatasetSpec:
     """The dataset as its adapter finds it under root. `train_split` names the training split
     (its statistics normalise the store, and recipes train on it unless they name another),
@@ -42,4 +64,4 @@ def prepare(name: str, root=None, *, train_split: str | None = None, **options) 
     return spec
 
 
-__all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "prepare"]
+__all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "build_command", "prepare"]
