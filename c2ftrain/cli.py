@@ -386,6 +386,7 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
     continue); prints mean ± std per run and paired deltas per cell."""
     import time
 
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -393,8 +394,6 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         TextColumn,
         TimeElapsedColumn,
     )
-
-    from rich.markup import escape
 
     from c2fdata.store import StoreFormatError
     from c2ftrain.init_weights import InitError
