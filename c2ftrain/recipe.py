@@ -672,6 +672,9 @@ def apply_override(d: dict, key: str, value, origin: str = "--set") -> None:
     change the learning rate only, and do not put the rest of [optim] back to its defaults.
     `origin` is where the key was given, for the error ("--set", a grid file's cell)."""
     if isinstance(value, dict) and value:
+        if PHASE_LENGTHS.keys() <= value.keys() and _is_phase(key.split(".")):
+            raise RecipeError(f"{origin} {key}: a phase is as long as its epochs or its steps say, not both; "
+                              f"give one (it replaces the other)")
         existing = _addressed(d, key)
         if isinstance(existing, (dict, list)):
             for k, v in value.items():
@@ -695,8 +698,18 @@ def apply_override(d: dict, key: str, value, origin: str = "--set") -> None:
         target[_list_index(target, leaf, key, origin)] = value
     elif isinstance(target, dict):
         target[leaf] = value
+        if leaf in PHASE_LENGTHS and _is_phase(path):  # a phase is as long as one of them says: the
+            target.pop(PHASE_LENGTHS[leaf], None)    # one set replaces the other (steps for epochs)
     else:
         raise RecipeError(f"{origin} {key}: {'.'.join(path)} is a value, not a table")
+
+
+PHASE_LENGTHS = {"epochs": "steps", "steps": "epochs"}
+
+
+def _is_phase(path: list[str]) -> bool:
+    """Whether a key's path (without its last part) addresses one phase: phases.N, baseline.phases.N."""
+    return path[-2:-1] == ["phases"] and path[-1].isdigit() and path[:-2] in ([], ["baseline"])
 
 
 def _addressed(d: dict, key: str):

@@ -153,3 +153,19 @@ def test_whole_numbers_written_as_floats_are_integers():
     assert r.eval.checkpoint_every_steps == 5
     with pytest.raises(RecipeError, match=r"\[optim\] warmup_steps: expected an integer, got 2.5"):
         load_recipe("demo", {"optim.warmup_steps": 2.5})
+
+
+def test_a_phase_given_in_epochs_can_be_set_in_steps_and_back():
+    """A phase's length is its epochs or its steps: the one --set (or a grid cell) gives replaces
+    the other; both in one table is refused; other keys named steps are left alone."""
+    r = load_recipe("audioset_balanced", {"phases.1.steps": 100, "phases.2": {"steps": 50}})
+    assert [(p.epochs, p.steps) for p in r.phases] == [(None, 100), (None, 50), (5, None)]
+    back = load_recipe("audioset_balanced", {"phases.1.steps": 100, "phases.1.epochs": 4})
+    assert (back.phases[0].epochs, back.phases[0].steps) == (4, None)
+    with pytest.raises(RecipeError, match=r"--set phases.2: a phase is as long as its epochs or its steps say, not both"):
+        load_recipe("audioset_balanced", {"phases.2": {"steps": 50, "epochs": 3}})
+    with pytest.raises(RecipeError, match=r"exactly one of epochs or steps"):  # in a recipe file, both is an error
+        recipe_from_dict({**load_recipe("demo").to_dict(), "phases": [{"method": "none", "factor": 1, "epochs": 2,
+                                                                     "steps": 9}]})
+    kept = load_recipe("demo", {"optim.warmup_steps": 7})  # not a phase: nothing else changes
+    assert kept.optim.warmup_steps == 7 and kept.phases == load_recipe("demo").phases
