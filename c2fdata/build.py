@@ -109,8 +109,12 @@ def _labels_and_issues(spec: DatasetSpec, limit: int | None):
         clips_by_split[split] = clips
         enc, unknown = st.encode_labels([c.labels for c in clips], spec.vocabulary, spec.multi_label)
         for row, bad in unknown:
-            issues.append({"split": split, "id": clips[row].id, "reason": "unknown-label",
-                           "detail": f"labels not in the vocabulary: {', '.join(bad)}"})
+            if spec.multi_label and enc[row].any():  # the clip stays, with the labels that are known
+                issues.append({"split": split, "id": clips[row].id, "reason": "labels-dropped",
+                               "detail": f"labels not in the vocabulary left out (its others kept): {', '.join(bad)}"})
+            else:
+                issues.append({"split": split, "id": clips[row].id, "reason": "unknown-label",
+                               "detail": f"labels not in the vocabulary: {', '.join(bad)}"})
         metas[split] = st.SplitMeta(ids=[c.id for c in clips], labels=enc)
     for split, ids in spec.missing.items():
         issues += [{"split": split, "id": i, "reason": "missing", "detail": "listed but not on disk"} for i in ids]
@@ -132,8 +136,9 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
     for block in todo:
         clips, labels = clips_by_split[block.split], metas[block.split].labels
         for row in range(block.start, block.end):
-            # single-label encoding marks an unknown label with -1: fail the clip without decoding it
-            unknown = labels.ndim == 1 and labels[row] < 0
+            # fail without decoding a clip whose labels are all unknown (single-label encoding marks
+            # it -1; multi-label, no class set although it has labels): no target to train it on
+            unknown = labels[row] < 0 if labels.ndim == 1 else not labels[row].any() and bool(clips[row].labels)
             yield ClipTask(clips[row].id, None if unknown else clips[row].source)
 
 
@@ -150,7 +155,7 @@ def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResul
         if r.features is not None:
             feats[j], frames[j], sums = r.features, r.frames, sums + r.sums
         status[j], errors[j] = r.status, r.message
-        if r.reason:
+        if r.reason and r.reason != "unknown-label":  # reported from the metadata, with the labels
             problems.append({"split": block.split, "id": ids[block.start + j], "reason": r.reason,
                              "detail": r.detail, "fatal": r.failed})
     return BlockResult(feats, frames, status, errors, sums, problems)

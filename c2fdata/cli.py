@@ -194,7 +194,7 @@ def _print_notes(notes) -> None:
 
 
 def _effect(p: dict) -> str:
-    return "skipped" if p["fatal"] or p["reason"] in ("missing", "unknown-label") else "kept"
+    return "skipped" if p["fatal"] or p["reason"] in ("missing", "unknown-label") else "kept"  # labels-dropped: kept
 
 
 def _print_problems(problems, out: Console | None = None) -> None:

@@ -172,11 +172,20 @@ def test_strict_makes_bad_input_fatal(bad_root, tmp_path):
 
 
 def test_unknown_labels_in_metadata(audioset_root, tmp_path):
+    """Multi-label: a clip whose only label is unknown has no target and is not stored (it
+    would train and be scored as negative for every class); one with a known label besides
+    keeps that one, and the report says which was left out."""
     csv = audioset_root / "balanced_train_segments.csv"
-    csv.write_text(csv.read_text().replace("/m/012xff", "/m/not_a_class"))
+    csv.write_text(csv.read_text().replace("/m/012xff", "/m/not_a_class").replace("/m/03fwl", "/m/nor_this"))
     res = build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "s"))
     unknown = [p for p in res.problems if p["reason"] == "unknown-label"]
-    assert len(unknown) == 1 and "/m/not_a_class" in unknown[0]["detail"]
+    assert [(p["id"], "/m/not_a_class" in p["detail"]) for p in unknown] == [("--ZhevVpy1s_50.000", True)]
+    dropped = [p for p in res.problems if p["reason"] == "labels-dropped"]
+    assert [(p["id"], "/m/nor_this" in p["detail"]) for p in dropped] == [("--aE2O5G5WE_0.000", True)]
+    reader = StoreReader(tmp_path / "s", "balanced_train")
+    assert "--ZhevVpy1s_50.000" not in reader.ids and "--PJHxphWEs_30.000" in reader.ids
+    kept = reader.labels()[reader.ids.index("--aE2O5G5WE_0.000")]
+    assert sorted(reader.vocabulary.names[k] for k in np.flatnonzero(kept)) == ["Music", "Speech"]
     with pytest.raises(StrictError, match="metadata problems"):
         build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "t", strict=True))
 
