@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from c2fdata import store as st
 from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
 from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
+from c2fdata.lifetime import end_with
 from c2fdata.threads import one_torch_thread
 
 __all__ = ["SILENT_PEAK", "SHORT_FRACTION", "ClipTask", "ClipResult", "compute_clip", "clip_results"]
@@ -72,8 +74,12 @@ _SETTINGS: tuple[FbankConfig, int, FeatureCodec] | None = None
 
 
 def init_worker(cfg: FbankConfig, target_frames: int, single_thread: bool = True,
-                codec: str = DEFAULT_CODEC) -> None:
+                codec: str = DEFAULT_CODEC, owner: int | None = None) -> None:
+    """owner: the build's process id, in a pool worker, which then ends with it (a killed build
+    leaves no worker behind)."""
     global _SETTINGS
+    if owner is not None:
+        end_with(owner)
     if single_thread:  # pool workers: parallelism comes from processes, threads would oversubscribe
         import torch
 
@@ -207,7 +213,8 @@ def clip_results(tasks: Iterable[ClipTask], workers: int, cfg: FbankConfig, targ
     if workers == 1:
         init_worker(cfg, target_frames, single_thread=False, codec=codec)  # in-process: leave the caller's threads alone
         return _in_process(tasks)
-    return PoolResults(tasks, workers, (cfg, target_frames, True, codec), window=IN_FLIGHT_PER_WORKER * workers)
+    return PoolResults(tasks, workers, (cfg, target_frames, True, codec, os.getpid()),
+                       window=IN_FLIGHT_PER_WORKER * workers)
 
 
 def _in_process(tasks: Iterable[ClipTask]) -> Iterator[ClipResult]:

@@ -22,6 +22,7 @@ from c2fdata.codec import CODECS, DEFAULT_CODEC
 from c2fdata.console import log_console
 from c2fdata.stacks import install_stack_dumps
 from c2fdata.datasets import ADAPTERS
+from c2fdata.lifetime import terminate_as_interrupt
 
 console = log_console(stderr=True)
 VERIFY_PROBLEMS_SHOWN = 50  # a damaged store can have thousands; the first ones say what happened
@@ -132,6 +133,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
     except ValueError as err:
         fail(str(err))
     console.print(f"building [bold]{dataset}[/] -> {cfg.out} ({codec}) with {workers} worker(s), shard {shard}")
+    terminate_as_interrupt()  # `kill` or `timeout`: the pool stopped and the message below, as for Ctrl-C
     with LazyProgress("features", rate_unit="clips/s") as progress:
         try:
             result = build_store(cfg, progress=progress)

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from c2fdata.console import log_console
 from c2fdata.datasets import build_command
+from c2fdata.lifetime import terminate_as_interrupt
 from c2fdata.stacks import install_stack_dumps
 
 console = log_console()
@@ -38,6 +39,8 @@ def main(verbose: bool) -> None:
     `kill -USR1 PID` prints where every thread of a running command is, and it goes on."""
     install_stack_dumps()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 prints the run, once (errors print everywhere)
+        console.quiet = True
 
 
 def _printer(state: dict):
@@ -243,12 +246,16 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
     from c2ftrain.distributed import close_distributed
 
     printer = _printer({"verbose": steps_log})
+    terminate_as_interrupt()  # `kill` or a scheduler's stop: the message below, as for Ctrl-C
     try:
         report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
                                 on_event=printer, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError) as err:
         printer.stop()
         fail(str(err))
+    except KeyboardInterrupt:
+        printer.stop()
+        fail(f"interrupted; finished runs and checkpoints are kept: continue with `c2ftrain run --resume {run_dir}`")
     finally:
         printer.stop()
         close_distributed()
@@ -300,12 +307,16 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
         console.rule(f"[bold]fold {fold}[/] held out ({where})")
 
     printer = _printer({"verbose": steps_log})
+    terminate_as_interrupt()
     try:
         report = run_cv(rec, run_dir, folds=folds, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
                         on_event=printer, on_fold=on_fold, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
         printer.stop()
         fail(str(err))
+    except KeyboardInterrupt:
+        printer.stop()
+        fail(f"interrupted; finished folds and checkpoints are kept: continue with `c2ftrain cv --resume {run_dir}`")
     finally:
         printer.stop()
         close_distributed()
@@ -425,14 +436,17 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
                 noted.add(e["text"])
                 progress.console.print(f"  [yellow]note[/]: {escape(e['text'])}")
 
+        terminate_as_interrupt()
         try:
             summary = run_sweep(recipe, cells, out_dir, n_seeds, base_overrides=parse_overrides(overrides),
                                 on_cell=on_cell, on_event=on_event)
-        except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
+        except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError, KeyboardInterrupt) as err:
             # the bar goes before the error is printed, not left drawn (at "0/N cells") under it
             progress.live.transient = True
             progress.stop()
-            fail(str(err))
+            fail(str(err) if not isinstance(err, KeyboardInterrupt) else
+                 f"interrupted; finished runs and checkpoints are kept: run the same command again to continue "
+                 f"{out_dir}")
         progress.update(task, completed=len(cells), description="cells")
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -20,6 +20,7 @@ last checkpoint, so a killed cross-validation keeps every finished fold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Callable
 
 from c2ftrain.recipe import Recipe, RecipeError, recipe_from_dict
 from c2ftrain.report import RUNS
+from c2ftrain.run_lock import hold_run_dir
 from c2ftrain.stats import mean, std
 
 
@@ -102,19 +104,19 @@ def run_cv(recipe: Recipe, run_dir: Path, *, folds: list[int], seeds: list[int] 
     run_dir = Path(run_dir)
     seeds = seeds or [recipe.seed]
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes (as run_experiment)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "cv.json").write_text(json.dumps({"recipe": recipe.to_dict(), "folds": folds, "seeds": seeds,
-                                                     "baseline": baseline}, indent=2))
-    reports = {}
-    for fold in folds:
-        if on_fold:
-            on_fold(fold)
-        reports[fold] = run_experiment(fold_recipe(recipe, fold), run_dir / f"fold-{fold}", seeds=seeds,
-                                       resume=resume, baseline=baseline, on_event=on_event, device=device)
-    report = cv_report(recipe, reports)
-    if main:
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    with hold_run_dir(run_dir, "c2ftrain cv") if main else contextlib.nullcontext():  # one process at a time
+        if main:
+            (run_dir / "cv.json").write_text(json.dumps({"recipe": recipe.to_dict(), "folds": folds, "seeds": seeds,
+                                                         "baseline": baseline}, indent=2))
+        reports = {}
+        for fold in folds:
+            if on_fold:
+                on_fold(fold)
+            reports[fold] = run_experiment(fold_recipe(recipe, fold), run_dir / f"fold-{fold}", seeds=seeds,
+                                           resume=resume, baseline=baseline, on_event=on_event, device=device)
+        report = cv_report(recipe, reports)
+        if main:
+            (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -8,6 +8,7 @@ finishes, so a resumed experiment skips what is done and continues the run it wa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ from typing import Callable
 from c2ftrain.distributed import Dist, init_distributed
 from c2ftrain.recipe import DataSpec, ModelSpec, Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
+from c2ftrain.run_lock import hold_run_dir
 from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, check_same_store, model_config
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -89,20 +91,20 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     seeds = seeds or [recipe.seed]
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,
-                  "store_fingerprint": recorded}
-        if shared_runs is not None:  # a sweep's cell: its baselines live there, not in run_dir
-            config["shared_runs"] = str(shared_runs)
-        write_json_atomic(run_dir / "config.json", config)
-    per_seed = []
-    for seed in seeds:
-        per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), seed_dir(run_dir, seeds, seed), baseline, d,
-                                  dev, resume, on_event, shared_runs, fingerprint))
-    report = build_report(recipe, per_seed, seeds)
-    if d.is_main:
-        write_report(run_dir, report, per_seed)
+    with hold_run_dir(run_dir) if d.is_main else contextlib.nullcontext():  # one process at a time
+        if d.is_main:
+            config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,
+                      "store_fingerprint": recorded}
+            if shared_runs is not None:  # a sweep's cell: its baselines live there, not in run_dir
+                config["shared_runs"] = str(shared_runs)
+            write_json_atomic(run_dir / "config.json", config)
+        per_seed = []
+        for seed in seeds:
+            per_seed.append(_one_seed(dataclasses.replace(recipe, seed=seed), seed_dir(run_dir, seeds, seed), baseline,
+                                      d, dev, resume, on_event, shared_runs, fingerprint))
+        report = build_report(recipe, per_seed, seeds)
+        if d.is_main:
+            write_report(run_dir, report, per_seed)
     return report
 
 

@@ -332,7 +332,9 @@ class AST(nn.Module):
             pos = resample_pos_embed(pos, new_grid, self.grid, NUM_PREFIX_TOKENS)
         x = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T), as AST
         x = self.patch_embed(x)  # (B, Fg*Tg, D)
-        prefix = torch.cat([self.cls_token, self.dist_token], dim=1).expand(b, -1, -1)  # (B, 2, D)
+        # each token expanded, then joined: the other way round their gradients get strides that
+        # differ from the parameters' (in the size-1 batch dim), which DDP warns about every run
+        prefix = torch.cat([self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1)], dim=1)  # (B, 2, D)
         x = self.pos_drop(torch.cat([prefix, x], dim=1) + pos)  # (B, 2 + Fg*Tg, D)
         for block in self.blocks:
             x = block(x)

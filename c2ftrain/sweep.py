@@ -29,6 +29,7 @@ from typing import Callable
 
 from c2ftrain.recipe import RecipeError, load_recipe
 from c2ftrain.report import RUNS, saving_text
+from c2ftrain.run_lock import hold_run_dir
 
 
 @dataclass(frozen=True)
@@ -117,20 +118,20 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
         except RecipeError as err:
             raise RecipeError(f"cell {c.name!r}: {err}") from None
         recipes.append(rec)
-    _check_same_sweep(out, n_seeds, base_overrides or {})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(
-        {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
-         "cells": [{"name": c.name, "overrides": c.overrides} for c in cells]}, indent=2, default=str))
-    rows = []
-    for i, (cell, rec) in enumerate(zip(cells, recipes)):
-        if on_cell:
-            on_cell(i, cell)
-        report = run_experiment(rec, out / "cells" / cell_dir(cell.name), seeds=seed_list(rec, n_seeds), resume=True,
-                                on_event=on_event, device=device, shared_runs=out / "shared")
-        rows.append(summary_row(cell, report))
-    summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    with hold_run_dir(out, "c2ftrain sweep"):  # one process at a time (shared runs included)
+        _check_same_sweep(out, n_seeds, base_overrides or {})
+        (out / "sweep.json").write_text(json.dumps(
+            {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
+             "cells": [{"name": c.name, "overrides": c.overrides} for c in cells]}, indent=2, default=str))
+        rows = []
+        for i, (cell, rec) in enumerate(zip(cells, recipes)):
+            if on_cell:
+                on_cell(i, cell)
+            report = run_experiment(rec, out / "cells" / cell_dir(cell.name), seeds=seed_list(rec, n_seeds),
+                                    resume=True, on_event=on_event, device=device, shared_runs=out / "shared")
+            rows.append(summary_row(cell, report))
+        summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

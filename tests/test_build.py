@@ -1,12 +1,15 @@
 """Store builds: resume after SIGKILL, sharded builds, bad input, verify, format checks."""
 
+import contextlib
 import dataclasses
 import json
+import os
 import pickle
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -384,3 +387,80 @@ def test_a_worker_killed_on_one_clip_fails_that_clip_only(tmp_path):
     assert got[40].detail.startswith("killer: the process computing it died")
     for a, b in zip(got[:40] + got[41:], want):
         assert not a.failed and a.frames == b.frames and np.array_equal(a.features, b.features)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc (a forkserver's workers are its grandchildren)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        found |= kids
+        todo += kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_killed_build_leaves_no_worker_behind(folder_big, tmp_path, how):
+    """`kill` (SIGTERM) stops a build as Ctrl-C does: the pool stopped, the resume message
+    printed; after SIGKILL, where nothing of the build runs, its pool workers (a forkserver's
+    children) end themselves instead of waiting forever on a pipe nobody reads."""
+    import time
+
+    out, pids = tmp_path / "s", tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        import c2fdata.store as st
+        from c2fdata.cli import main
+        real, calls = st.write_block, []
+        def dying(*args):
+            calls.append(1)
+            if len(calls) == 2:  # workers busy: tell the test who they are, then be killed
+                with open({str(pids)!r}, "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(0.5)  # for the test to list the workers
+                os.kill(os.getpid(), signal.{how})
+            real(*args)
+        st.write_block = dying
+        main(["build", "--dataset", "folder", "--root", {str(folder_big)!r}, "--out", {str(out)!r},
+              "--block-clips", "4", "--target-frames", "128", "--workers", "2"])
+    """)
+    log = tmp_path / "log"
+    with open(log, "w") as f:  # a file, not a pipe: workers left behind would hold a pipe open
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=f, stderr=subprocess.STDOUT)
+        workers: set[int] = set()
+        while proc.poll() is None:  # the workers, seen while the build runs
+            if pids.is_file():
+                workers |= _descendants(int(pids.read_text() or proc.pid))
+            time.sleep(0.01)
+    err = log.read_text()
+    try:
+        assert workers, err
+        if how == "SIGTERM":
+            assert proc.returncode == 2 and "interrupted; finished blocks are kept" in " ".join(err.split()), err
+        else:
+            assert proc.returncode == -signal.SIGKILL, err
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)]
+    finally:
+        for p in workers:  # none, unless the test failed
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+    assert build_store(cfg(folder_big, out)).finalized  # and the build resumes

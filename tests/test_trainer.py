@@ -272,11 +272,9 @@ def test_sigkill_mid_phase_then_resume_is_exact(toy_store, tmp_path, partner, ki
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
-    """torchrun, 2 ranks sharing a global batch of 16 (gloo) == 1 process x batch 16."""
-    rec = toy_recipe(toy_store)
-    recipe_toml = tmp_path / "toy.toml"
-    recipe_toml.write_text(textwrap.dedent(f"""
+def toy_toml(toy_store, path):
+    """The toy recipe's two phases (4 + 4 steps, global batch 16) as a recipe file, for commands."""
+    path.write_text(textwrap.dedent(f"""
         name = "toy"
         store = "{toy_store}"
         seed = 3
@@ -304,6 +302,86 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
         factor = 1
         steps = 4
     """))
+    return path
+
+
+def test_a_terminated_run_says_how_to_resume(toy_store, tmp_path):
+    """`kill` (SIGTERM) or Ctrl-C mid-run: the command says how to go on (not click's bare
+    "Aborted!"), and `--resume` finishes the run."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import c2ftrain.trainer as tr
+        from c2ftrain.cli import main
+        real = tr.save_checkpoint
+        def save_then_stop(path, payload):
+            real(path, payload)
+            if payload.get("progress", {{}}).get("global_step") == 4:  # phase 1's last checkpoint
+                os.kill(os.getpid(), signal.SIGTERM)
+        tr.save_checkpoint = save_then_stop
+        main(["run", {str(toy_toml(toy_store, tmp_path / "toy.toml"))!r}, "--no-baseline", "--device", "cpu",
+              "--out", {str(out)!r}])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and f"interrupted; finished runs and checkpoints are kept: continue with " \
+                                    f"`c2ftrain run --resume {out}`" in said, proc.stderr[-2000:]
+    assert load_checkpoint(out / "c2f" / "checkpoints" / "last.pt")["progress"]["global_step"] == 4
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    r = CliRunner().invoke(main, ["run", "--resume", str(out), "--device", "cpu"])
+    assert r.exit_code == 0 and "resumed from" in r.output and (out / "c2f" / "outcome.json").is_file(), r.output
+
+
+def test_a_run_directory_in_use_is_refused_until_its_process_ends(toy_store, tmp_path):
+    """`--resume DIR` while DIR's run still trains would resume from the same checkpoint and
+    interleave both processes' checkpoints and metrics: it is refused, naming the process. Once
+    that process is gone (SIGKILL: no clean-up ran), the directory is free again."""
+    import time
+
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    out, paused = tmp_path / "run", tmp_path / "paused"
+    script = textwrap.dedent(f"""
+        import time
+        import c2ftrain.trainer as tr
+        from c2ftrain.cli import main
+        real = tr.save_checkpoint
+        def save_then_wait(path, payload):
+            real(path, payload)
+            if payload.get("progress", {{}}).get("global_step") == 4:
+                open({str(paused)!r}, "w").close()
+                time.sleep(600)
+        tr.save_checkpoint = save_then_wait
+        main(["run", {str(toy_toml(toy_store, tmp_path / "toy.toml"))!r}, "--no-baseline", "--device", "cpu",
+              "--out", {str(out)!r}])
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert paused.exists(), "the first run did not reach its checkpoint"
+        config = (out / "config.json").read_text()
+        r = CliRunner().invoke(main, ["run", "--resume", str(out), "--device", "cpu"])
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and f"{out} is in use by another c2ftrain (pid {proc.pid} on " in said, r.output
+        assert (out / "config.json").read_text() == config  # nothing of the first run's touched
+    finally:
+        proc.kill()
+        proc.wait()
+    r = CliRunner().invoke(main, ["run", "--resume", str(out), "--device", "cpu"])
+    assert r.exit_code == 0 and "resumed from" in r.output, r.output
+
+
+def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
+    """torchrun, 2 ranks sharing a global batch of 16 (gloo) == 1 process x batch 16."""
+    rec = toy_recipe(toy_store)
+    recipe_toml = toy_toml(toy_store, tmp_path / "toy.toml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
@@ -311,6 +389,8 @@ def test_ddp_two_cpu_processes_match_one(toy_store, tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("report: ") == 1 and proc.stdout.count("recipe toy") == 1  # rank 0 speaks alone
+    assert "Grad strides do not match bucket view strides" not in proc.stderr  # every parameter's gradient fits DDP
     single_recipe = recipe_from_dict({**rec.to_dict(), "data": {**rec.to_dict()["data"], "batch_size": 16},
                                       "phases": [{"method": "pool-avg", "factor": 4, "steps": 4},
                                                  {"method": "none", "factor": 1, "steps": 4}],

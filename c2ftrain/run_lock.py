@@ -1,0 +1,66 @@
+"""One process at a time trains into a run directory.
+
+A second `c2ftrain run --resume DIR` (or a second sweep or cross-validation into the same
+directory) while the first still runs would resume from the same checkpoint and interleave both
+processes' checkpoints, metrics.jsonl lines and reports. A directory is therefore held with an
+advisory lock (`flock`) on DIR/.c2f-lock for as long as a command works in it; the kernel drops
+the lock when the process ends, however it ends (SIGKILL too), so a crashed run never leaves a
+stale lock behind. The file's text (pid, host, start) only names the holder in the error.
+Under torchrun rank 0 holds it for all ranks. Where the file system offers no locks (some
+network mounts), a warning is logged and the run goes on unguarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs go on unguarded
+    fcntl = None
+
+LOCK_FILE = ".c2f-lock"
+log = logging.getLogger(__name__)
+
+
+class RunDirectoryBusy(ValueError):
+    """Another process works in the run directory."""
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path, command: str = "c2ftrain") -> Iterator[None]:
+    """Hold `run_dir` (made if missing) for the duration; RunDirectoryBusy, naming the holder,
+    when another process holds it."""
+    run_dir = Path(run_dir)
+    if fcntl is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not said which"
+            raise RunDirectoryBusy(
+                f"{run_dir} is in use by another {command} ({holder}): two processes training into one "
+                "directory would interleave their checkpoints, metrics and reports. Let it finish, or stop it "
+                "and run the command again (finished work is kept)") from None
+        except OSError as err:  # ENOLCK and the like: a file system without locks
+            log.warning("%s: cannot lock (%s); nothing stops a second process from using it at once", run_dir, err)
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
