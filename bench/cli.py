@@ -83,7 +83,10 @@ def store(clips, read_clips, blocks, n_reads, repeats, json_path):
     m = describe()
     console.print(machine_line(m))
     with console.status("building..."):
-        build = bench_build(clips)
+        try:
+            build = bench_build(clips)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
     t = Table(title=f"build: {clips} clips of 10 s, 16 kHz WAV (steady state; start-up in the last column)")
     for c in ("workers", "clips/s", "clips/s per worker", "seconds", "clips/s incl. start-up"):
         t.add_column(c, justify="right")

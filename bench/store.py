@@ -47,11 +47,19 @@ def build_stand_in(out: Path, splits: dict[str, int], classes: int, seconds: flo
             "built_clips": res.computed, "failed": res.failed, "build_s": time.perf_counter() - t0}
 
 
+MIN_BUILD_BLOCKS = 3  # blocks a timed build needs: the steady rate then spans two or more
+
+
 def bench_build(clips: int = 200, workers=(1, 2), seconds: float = 10.0, block_clips: int | None = None) -> dict:
     """Clips/s of a full build of `clips` 10-s WAV clips, per worker count (startup included)."""
     from c2fdata.build import BuildConfig, build_store
     from c2fdata.store import DEFAULT_BLOCK_CLIPS
 
+    block = block_clips or DEFAULT_BLOCK_CLIPS
+    if clips < MIN_BUILD_BLOCKS * block:  # the steady rate runs from the first committed block to the last
+        raise ValueError(f"--clips {clips}: the build's steady rate is timed from its first committed block of "
+                         f"{block} clips to its last, so it needs at least {MIN_BUILD_BLOCKS} blocks: "
+                         f"--clips {MIN_BUILD_BLOCKS * block} or more")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = write_clips(Path(tmp) / "audio", clips, seconds)
@@ -59,8 +67,7 @@ def bench_build(clips: int = 200, workers=(1, 2), seconds: float = 10.0, block_c
             store = Path(tmp) / f"store{w}"
             marks: list[tuple[float, int]] = []
             t0 = time.perf_counter()
-            res = build_store(BuildConfig(dataset="folder", root=root, out=store, workers=w,
-                                          block_clips=block_clips or DEFAULT_BLOCK_CLIPS),
+            res = build_store(BuildConfig(dataset="folder", root=root, out=store, workers=w, block_clips=block),
                               progress=lambda done, total: marks.append((time.perf_counter(), done)))
             wall = time.perf_counter() - t0
             # steady state: from the first committed block to the last (worker start-up and

@@ -289,6 +289,9 @@ def test_store_writes_the_figures(tmp_path):
     assert MACHINE_KEYS <= set(d["machine"])
     assert all(positive(r["clips_per_s_per_worker"]) for r in d["build"].values())
     assert positive(d["reads"]["mmap"]["median"]) and positive(d["reads"]["block_1"]["reader_vs_mmap"])
+    # fewer than 3 blocks of 32: no steady rate to time (it divided by zero), refused by name
+    r = CliRunner().invoke(main, ["store", "--clips", "64", "--read-clips", "40", "--reads", "10", "--repeats", "1"])
+    assert r.exit_code == 1 and "--clips 64: " in r.output and "--clips 96 or more" in r.output, r.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
