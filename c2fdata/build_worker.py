@@ -20,7 +20,7 @@ import numpy as np
 from c2fdata import store as st
 from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
-from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop
+from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop, to_mono_float
 from c2fdata.lifetime import end_with
 from c2fdata.threads import one_torch_thread
 
@@ -105,10 +105,14 @@ def compute_clip(task: ClipTask) -> ClipResult:
     # stats from the values readers will serve (float16, or the codec's rounding), padding left out
     real = codec.served(out[:frames]).astype(np.float64)
     sums = np.array([real.sum(), np.square(real).sum(), real.size], np.float64)
-    peak = float(np.max(np.abs(audio))) if np.size(audio) else 0.0
+    # silence as the features see it: the mono mix, its mean removed (channels that cancel, or a
+    # constant offset, give the log floor as surely as zeros do)
+    mono = to_mono_float(audio, str(task.clip_id))
+    peak = float(np.max(np.abs(mono - mono.mean()))) if mono.size else 0.0
     reason = detail = ""
     if peak < SILENT_PEAK:
-        reason, detail = "silent", f"{task.clip_id}: peak amplitude {peak:.2g}"
+        reason, detail = "silent", f"{task.clip_id}: peak amplitude {peak:.2g} (mono, mean removed)"
+        sums = np.zeros(3)  # kept, but left out of the statistics: a few floor-valued clips would move them
     elif frames < SHORT_FRACTION * target:
         reason, detail = "short", f"{task.clip_id}: {frames} of {target} frames, zero-padded"
     return ClipResult(status=st.OK, features=codec.stored(out), frames=frames, sums=sums, reason=reason, detail=detail)

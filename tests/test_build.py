@@ -304,8 +304,32 @@ def test_clip_problems_keep_reason_and_detail_apart(worker):
     assert unknown.failed and unknown.reason == "unknown-label" and unknown.detail.startswith("a/unknown: ")
     silent = compute_clip(ClipTask("a/silent", _Gives(np.zeros(16000, np.float32))))
     assert silent.status == st.OK and silent.reason == "silent" and silent.features is not None
+    assert not silent.sums.any()  # kept, but not in the statistics
+    x = tone(1.0)  # what the features see: the mono mix, its mean removed
+    for name, audio in (("cancelling", np.stack([x, -x], axis=1)), ("offset", np.full(16000, 0.3, np.float32))):
+        r = compute_clip(ClipTask(f"a/{name}", _Gives(audio)))
+        assert r.reason == "silent" and not r.sums.any(), name
+        assert np.all(r.features[:r.frames] == r.features[0, 0])  # indeed one floor value throughout
+    quiet = compute_clip(ClipTask("a/quiet", _Gives(1e-3 * x)))
+    assert quiet.reason == "" and quiet.sums[2] > 0
     short = compute_clip(ClipTask("a/short", _Gives(tone(0.3))))
     assert short.status == st.OK and (short.reason, short.detail) == ("short", "a/short: 28 of 128 frames, zero-padded")
+
+
+def test_silent_clips_leave_the_statistics_alone(tmp_path):
+    """A store with a silent clip besides its tones has the statistics of the tones alone."""
+    for with_silence in (False, True):
+        d = tmp_path / f"d{with_silence}" / "train" / "a"
+        d.mkdir(parents=True)
+        for k in range(3):
+            sf.write(d / f"t{k}.wav", tone(1.0, seed=k, freq=300 + 100 * k), 16000)
+        if with_silence:
+            sf.write(d / "z_silent.wav", np.zeros(16000, np.float32), 16000)
+    a, b = (build_store(BuildConfig(dataset="folder", root=tmp_path / f"d{s}", out=tmp_path / f"s{s}",
+                                    block_clips=2, options={"target_frames": 128})) for s in (False, True))
+    assert [p["reason"] for p in b.problems] == ["silent"]
+    assert b.stats["mean"] == pytest.approx(a.stats["mean"], rel=1e-9)
+    assert b.stats["std"] == pytest.approx(a.stats["std"], rel=1e-9)
 
 
 def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):
