@@ -43,7 +43,7 @@ import torch
 
 from bench.machine import describe
 from bench.timing import Measurement, descendants_cpu_s, measure, sync
-from c2fdata.datasets import build_command
+from c2fdata.datasets import missing_store
 from c2fdata.pipeline import resolve_backend
 from c2fdata.storage import as_location
 from c2ftrain.model import AST
@@ -319,8 +319,8 @@ def bench_recipe(recipe: Recipe, phase_numbers: list[int], *, store: str | Path 
     if store is not None:
         recipe = dataclasses.replace(recipe, store=str(store))
     if not as_location(recipe.store).exists():  # a folder or an s3:// URL
-        raise FileNotFoundError(f"store {recipe.store} not found; build it (`{build_command(recipe.store)}`), or "
-                                "make one of the dataset's shape (`bench stand-in-store DIR`) and pass --store DIR")
+        raise FileNotFoundError(f"{missing_store(recipe.store)}, or make one of the dataset's shape "
+                                "(`bench stand-in-store DIR`) and pass --store DIR")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but CUDA is not available here")
     return recipe

@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 
 from c2fdata.console import log_console
-from c2fdata.datasets import build_command
+from c2fdata.datasets import missing_store
 from c2fdata.lifetime import terminate_as_interrupt
 from c2fdata.stacks import install_stack_dumps
 
@@ -238,7 +238,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
             seeds = seed_list(rec, n_seeds)
             run_dir = run_dir or default_run_dir(rec)
         if not store_exists(rec.store):
-            fail(f"store {rec.store} not found; build it first: `{build_command(rec.store)}`")
+            fail(missing_store(rec.store))
     except (RecipeError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     console.print(f"recipe [bold]{rec.name}[/]" + (f": {rec.description}" if rec.description else ""))
@@ -345,8 +345,7 @@ def plan(recipe, overrides, as_json, no_measure, device):
     try:
         rec = load_recipe(recipe, parse_overrides(overrides))
         if not store_exists(rec.store):
-            fail(f"store {rec.store} not found; build it first (the plan reads its clip counts): "
-                 f"`{build_command(rec.store)}`")
+            fail(f"{missing_store(rec.store)} (the plan reads its clip counts)")
         result = plan_experiment(rec, measure=not no_measure, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
         fail(str(err))

@@ -75,7 +75,9 @@ def test_a_missing_store_is_met_with_the_command_that_builds_it(esc50_root, tmp_
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(train, ["plan", "esc50", "--no-measure", "--set", "model.init=none"])
     assert r.exit_code == 2, r.output
-    given = re.search(r"`(c2fdata build [^`]*)`", " ".join(r.output.split())).group(1)
+    said = " ".join(r.output.split())
+    assert f"looked for at {tmp_path / 'stores' / 'esc50'}: a relative store is taken from the current" in said
+    given = re.search(r"`(c2fdata build [^`]*)`", said).group(1)
     assert given == "c2fdata build --dataset esc50 --root DIR --fold 0"
     built = CliRunner().invoke(main, given.replace("DIR", str(esc50_root)).split()[1:])
     assert built.exit_code == 0, built.output

@@ -42,6 +42,16 @@ def build_command(store: str) -> str:
     return " ".join(words)
 
 
+def missing_store(store: str) -> str:
+    """What to say of a store that is not there: where a relative path was looked for (the
+    current directory, which a recipe's `store` is taken from, not the recipe file's folder)
+    and the command that builds it."""
+    where = ""
+    if "://" not in str(store) and not Path(store).is_absolute():
+        where = f" (looked for at {Path(store).absolute()}: a relative store is taken from the current directory)"
+    return f"store {store} not found{where}; build it first: `{build_command(store)}`"
+
+
 def prepare(name: str, root=None, *, train_split: str | None = None, **options) -> DatasetSpec:
     """The dataset as its adapter finds it under root. `train_split` names the training split
     (its statistics normalise the store, and recipes train on it unless they name another),
@@ -64,4 +74,4 @@ def prepare(name: str, root=None, *, train_split: str | None = None, **options) 
     return spec
 
 
-__all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "build_command", "prepare"]
+__all__ = ["ADAPTERS", "Clip", "DatasetSpec", "FileSource", "build_command", "missing_store", "prepare"]
