@@ -578,8 +578,9 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
             t.add_column(c, justify="left" if c in ("file", "classes") else "right",
                          overflow="fold" if c in ("file", "classes") else "ellipsis")
         for r in results:
+            # a line per class: class names may hold commas ("Bird vocalization, bird call, bird song")
             classes = (f"[red]{escape(r.error)}[/]" if r.error else
-                       escape(", ".join(f"{c['name']} {c['score']:.3f}" for c in r.top(vocab, top_k))))
+                       escape("\n".join(f"{c['score']:.3f} {c['name']}" for c in r.top(vocab, top_k))))
             t.add_row(escape(r.path), f"{r.seconds:.2f}", str(r.windows), classes)
         console.print(t)
     bad = [r for r in results if r.error]

@@ -132,6 +132,8 @@ def test_cli_reports_bad_files_and_scores_the_rest(trained):
     assert r.exit_code == 0 and "best 2 of 2 classes" in r.stdout
     first_column = "".join(line.split("│")[1].strip() for line in r.stdout.splitlines() if line.startswith("│"))
     assert first_column == str(good)  # folded over lines, never cut short
+    last_column = [line.split("│")[-2].strip() for line in r.stdout.splitlines() if line.startswith("│")]
+    assert sorted(c.split()[1] for c in last_column if c) == ["high", "low"]  # a line per class
     r = CliRunner().invoke(main, ["predict", str(run / "final.pt"), str(root / "nowhere.wav")])
     assert r.exit_code == 2 and "nowhere.wav: no such file or folder" in r.stderr
 
