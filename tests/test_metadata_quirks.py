@@ -217,6 +217,35 @@ def test_undecodable_files_are_noted(tmp_path):
         prepare("folder", tmp_path)
 
 
+def test_folder_layout_mistakes_are_named(tmp_path):
+    """Audio one level too high (ROOT/<class>/*.wav), a file outside any class folder, a class
+    only the evaluation split has, classes taken for splits: each said, not passed over."""
+    flat = tmp_path / "flat"
+    for c in ("bird", "cat"):
+        wav(flat / c / "0.wav")
+    with pytest.raises(ValueError, match=rf"no audio found.*found 2 audio file\(s\) in 2 folder\(s\) directly under "
+                                         rf"{flat} \(bird, cat\): if those are classes, put them under a split folder, "
+                                         rf"e.g. {flat}/train/bird/"):
+        prepare("folder", flat)
+    root = tmp_path / "mine"
+    wav(root / "train" / "dog" / "0.wav")
+    wav(root / "train" / "loose.wav")
+    wav(root / "eval" / "dog" / "1.wav")
+    wav(root / "eval" / "owl" / "2.wav")
+    spec = prepare("folder", root)
+    assert [c.id for c in spec.clips["train"]] == ["dog/0"] and spec.vocabulary.names == ("dog", "owl")
+    assert spec.notes == [
+        f"1 audio file(s) directly in a split folder, outside any class folder, are not clips (e.g. "
+        f"{root / 'train' / 'loose.wav'}): move them into ROOT/<split>/<class>/",
+        "1 class(es) have no clip in the training split 'train', so a model cannot learn them: owl"]
+    nested = tmp_path / "nested"
+    for c in ("bird", "cat", "dog"):
+        wav(nested / c / "session1" / "0.wav")
+    spec = prepare("folder", nested)
+    assert spec.train_split_note.endswith(f"If the folders under {nested} are classes, not splits, the layout is "
+                                          "ROOT/<split>/<class>/...: put them under ROOT/train/")
+
+
 def test_a_refused_statistics_split_changes_nothing(tmp_path):
     """finalize --train-split with a split of no usable clip fails before writing anything."""
     for split in ("a", "b"):

@@ -166,7 +166,8 @@ class AudioScan:
         if self.undecodable:
             kinds = ", ".join(f"{n} {ext}" for ext, n in Counter(p.suffix.lower() for p in self.undecodable).most_common())
             n = len(self.undecodable)
-            out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode were left out "
+            out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode "
+                       f"{'were' if n > 1 else 'was'} left out "
                        f"({kinds}); convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
                        "and build again")
         if self.unreadable:

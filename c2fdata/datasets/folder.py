@@ -1,4 +1,4 @@
-"""Any labelled folder tree: ROOT/<split>/<class>/*.{wav,flac,ogg,mp3}.
+"""Any labelled folder tree: ROOT/<split>/<class>/*.{wav,flac,ogg,mp3,opus,aiff,aif} (AUDIO_EXTENSIONS).
 
 For Kinetics-Sounds (audio extracted from the videos) and users' own data. Classes are the
 sorted union of class folder names over all splits; single-label. The statistics come from the
@@ -33,7 +33,9 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     clips: dict[str, list[Clip]] = {}
     classes: set[str] = set()
     scan = AudioScan()
+    loose: list[Path] = []  # audio files where a class folder was expected: no class, not clips
     for split_dir in _folders(root, scan):
+        loose += _audio_here(split_dir)
         for class_dir in _folders(split_dir, scan):
             found = audio_files(class_dir)
             scan.undecodable += found.undecodable  # for the notes; its files become clips below
@@ -49,14 +51,44 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     if not clips:
         raise ValueError(
             f"{root}: no audio found; expected ROOT/<split>/<class>/*.{{{','.join(e[1:] for e in AUDIO_EXTENSIONS)}}}"
-            + "".join(f". {n}" for n in scan.notes(root))
+            + "".join(f". {n}" for n in [*_one_level_up(root, loose), *scan.notes(root)])
         )
     train, guessed = guess_train_split(clips)
+    notes = scan.notes(root)
+    if loose:
+        notes.append(f"{len(loose)} audio file(s) directly in a split folder, outside any class folder, are not clips "
+                     f"(e.g. {loose[0]}): move them into ROOT/<split>/<class>/")
+    untrained = sorted(classes - {c.labels[0] for c in clips.get(train, [])})
+    if untrained:
+        notes.append(f"{len(untrained)} class(es) have no clip in the training split {train!r}, so a model cannot "
+                     f"learn them: {', '.join(untrained[:10])}{' ...' if len(untrained) > 10 else ''}")
+    if guessed and len(clips) > 2:
+        guessed += (f". If the folders under {root} are classes, not splits, the layout is "
+                    "ROOT/<split>/<class>/...: put them under ROOT/train/")
     return DatasetSpec(
         name=name, vocabulary=Vocabulary.from_names(sorted(classes)), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split=train,
-        notes=scan.notes(root), train_split_note=guessed,
+        notes=notes, train_split_note=guessed,
     )
+
+
+def _audio_here(folder: Path) -> list[Path]:
+    """The visible audio files directly in `folder` (not below it)."""
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and not is_hidden(p.name) and p.suffix.lower() in AUDIO_EXTENSIONS)
+    except OSError:
+        return []
+
+
+def _one_level_up(root: Path, loose: list[Path]) -> list[str]:
+    """Why no clip was found, where the audio sits one level too high: ROOT/<class>/*.wav."""
+    if not loose:
+        return []
+    folders = sorted({p.parent.name for p in loose})
+    return [f"found {len(loose)} audio file(s) in {len(folders)} folder(s) directly under {root} "
+            f"({', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''}): if those are classes, put them under "
+            f"a split folder, e.g. {root}/train/{folders[0]}/"]
 
 
 def _folders(parent: Path, scan: AudioScan) -> list[Path]:
