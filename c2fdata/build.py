@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from c2fdata import store as st
-from c2fdata.build_worker import ClipResult, ClipTask, clip_results, close_results
+from c2fdata.build_worker import SHORT_FRACTION, ClipResult, ClipTask, clip_results, close_results
 from c2fdata.codec import DEFAULT_CODEC, get_codec
 from c2fdata.datasets import Clip, DatasetSpec, prepare
 from c2fdata.datasets.base import limited
@@ -161,6 +161,20 @@ def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResul
     return BlockResult(feats, frames, status, errors, sums, problems)
 
 
+def _length_notes(built: list[np.ndarray], target: int, frame_shift_ms: float) -> list[str]:
+    """A note where most clips built are short of the target length (a dataset's default of
+    1024 frames for clips of a few seconds): each is mostly padding, which the model attends to
+    and pays for."""
+    frames = np.concatenate(built) if built else np.zeros(0)
+    short = int((frames < SHORT_FRACTION * target).sum())
+    if not frames.size or short * 2 < frames.size:
+        return []
+    fit = int(np.percentile(frames, 90))
+    return [f"{short} of {frames.size} clips are shorter than half of the {target} frames each is stored at "
+            f"(median {int(np.median(frames))} frames, {1000 / frame_shift_ms:g} a second; the rest zero-padding): --target-frames {fit} "
+            f"would hold 90% of them whole, into another --out"]
+
+
 def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None = None) -> BuildResult:
     """Build (or resume, or add this shard to) the store at cfg.out. Never stops on a bad clip
     unless cfg.strict. `progress(done, total)` is called once the dataset is found and the store
@@ -184,6 +198,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     total = sum(b.size for b in todo)
     problems = [dict(i, fatal=False) for i in issues]
     computed = failed = 0
+    built_frames = []  # real frames of the clips built now, for the note on a target that does not fit them
     if progress:
         progress(0, total)
     codec = st.store_codec(dict(group.attrs))
@@ -201,6 +216,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
                            block.errors, block.sums)
             computed += task.size
             failed += block.failed
+            built_frames.append(block.frames[block.status == st.OK])
             if progress:
                 progress(computed, total)
     finally:
@@ -212,5 +228,6 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     return BuildResult(
         path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
-        completion=st.completion(group), problems=problems, notes=st.store_notes(dict(group.attrs)),
+        completion=st.completion(group), problems=problems,
+        notes=st.store_notes(dict(group.attrs)) + _length_notes(built_frames, spec.target_frames, fbank_cfg.frame_shift_ms),
     )

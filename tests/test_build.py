@@ -332,6 +332,22 @@ def test_silent_clips_leave_the_statistics_alone(tmp_path):
     assert b.stats["std"] == pytest.approx(a.stats["std"], rel=1e-9)
 
 
+def test_a_target_length_that_fits_no_clip_is_noted(tmp_path):
+    """Clips of 1 s (98 frames) stored at the folder default of 1024 frames: mostly padding,
+    said with the length that fits them; at 128 frames, nothing to say."""
+    d = tmp_path / "d" / "train" / "a"
+    d.mkdir(parents=True)
+    for k in range(4):
+        sf.write(d / f"t{k}.wav", tone(1.0, seed=k), 16000)
+    long = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s1024"))
+    assert long.notes == ["4 of 4 clips are shorter than half of the 1024 frames each is stored at (median 98 frames, "
+                          "100 a second; the rest zero-padding): --target-frames 98 would hold 90% of them whole, "
+                          "into another --out"]
+    fits = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s128",
+                                   options={"target_frames": 128}))
+    assert fits.notes == []
+
+
 def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):
     res = build_store(cfg(bad_root, tmp_path / "s"))
     short = next(p for p in res.problems if p["reason"] == "short")
