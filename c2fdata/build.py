@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from c2fdata import store as st
-from c2fdata.build_worker import SHORT_FRACTION, ClipResult, ClipTask, clip_results, close_results
+from c2fdata.build_worker import (
+    SHORT_FRACTION,
+    ClipResult,
+    ClipTask,
+    clip_results,
+    close_results,
+)
 from c2fdata.codec import DEFAULT_CODEC, get_codec
 from c2fdata.datasets import Clip, DatasetSpec, prepare
 from c2fdata.datasets.base import limited
@@ -170,9 +176,9 @@ def _length_notes(built: list[np.ndarray], target: int, frame_shift_ms: float) -
     if not frames.size or short * 2 < frames.size:
         return []
     fit = int(np.percentile(frames, 90))
-    return [f"{short} of {frames.size} clips are shorter than half of the {target} frames each is stored at "
-            f"(median {int(np.median(frames))} frames, {1000 / frame_shift_ms:g} a second; the rest zero-padding): --target-frames {fit} "
-            f"would hold 90% of them whole, into another --out"]
+    return [(f"{short} of {frames.size} clips are shorter than half of the {target} frames each is stored at "
+             f"(median {int(np.median(frames))} frames, {1000 / frame_shift_ms:g} a second; the rest zero-padding): "
+             f"--target-frames {fit} would hold 90% of them whole, into another --out")]
 
 
 def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None = None) -> BuildResult:

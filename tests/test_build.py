@@ -340,9 +340,9 @@ def test_a_target_length_that_fits_no_clip_is_noted(tmp_path):
     for k in range(4):
         sf.write(d / f"t{k}.wav", tone(1.0, seed=k), 16000)
     long = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s1024"))
-    assert long.notes == ["4 of 4 clips are shorter than half of the 1024 frames each is stored at (median 98 frames, "
-                          "100 a second; the rest zero-padding): --target-frames 98 would hold 90% of them whole, "
-                          "into another --out"]
+    assert long.notes == [("4 of 4 clips are shorter than half of the 1024 frames each is stored at (median 98 "
+                           "frames, 100 a second; the rest zero-padding): --target-frames 98 would hold 90% of them "
+                           "whole, into another --out")]
     fits = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s128",
                                    options={"target_frames": 128}))
     assert fits.notes == []

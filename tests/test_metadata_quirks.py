@@ -235,8 +235,8 @@ def test_folder_layout_mistakes_are_named(tmp_path):
     spec = prepare("folder", root)
     assert [c.id for c in spec.clips["train"]] == ["dog/0"] and spec.vocabulary.names == ("dog", "owl")
     assert spec.notes == [
-        f"1 audio file(s) directly in a split folder, outside any class folder, are not clips (e.g. "
-        f"{root / 'train' / 'loose.wav'}): move them into ROOT/<split>/<class>/",
+        (f"1 audio file(s) directly in a split folder, outside any class folder, are not clips (e.g. "
+         f"{root / 'train' / 'loose.wav'}): move them into ROOT/<split>/<class>/"),
         "1 class(es) have no clip in the training split 'train', so a model cannot learn them: owl"]
     nested = tmp_path / "nested"
     for c in ("bird", "cat", "dog"):

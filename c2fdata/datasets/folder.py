@@ -86,9 +86,9 @@ def _one_level_up(root: Path, loose: list[Path]) -> list[str]:
     if not loose:
         return []
     folders = sorted({p.parent.name for p in loose})
-    return [f"found {len(loose)} audio file(s) in {len(folders)} folder(s) directly under {root} "
-            f"({', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''}): if those are classes, put them under "
-            f"a split folder, e.g. {root}/train/{folders[0]}/"]
+    return [(f"found {len(loose)} audio file(s) in {len(folders)} folder(s) directly under {root} "
+             f"({', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''}): if those are classes, put them under "
+             f"a split folder, e.g. {root}/train/{folders[0]}/")]
 
 
 def _folders(parent: Path, scan: AudioScan) -> list[Path]:
