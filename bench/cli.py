@@ -232,14 +232,17 @@ def codecs_table(result: dict, where: str) -> Table:
     for c in ("codec", "bytes/clip", "vs float16", "build clips/s", "reads/s per process", "max abs err", "mean abs err"):
         t.add_column(c, justify="right")
     rows = list(result["codecs"].items()) + [(f"({k})", v) for k, v in result["references"].items()]
+    decode_only = False  # a row timed without I/O, which the caption explains
     for name, r in rows:
+        decode_only |= "note" in r and "no I/O" in r["note"]
         reads = r["reads"]
         t.add_row(name, f"{r['bytes_per_clip'] / 1024:,.0f} KiB", f"{r['share_of_float16']:.1%}",
                   f"{r['build_clips_per_s']:,.0f}" if "build_clips_per_s" in r else
                   (f"{r['write_clips_per_s']:,.0f} (write)" if "write_clips_per_s" in r else ""),
                   f"{reads['median']:,.0f} ±{reads['spread']:.0%}" + (" *" if "note" in r and "no I/O" in r["note"] else ""),
                   f"{r['max_abs_error']:.4f}", f"{r['mean_abs_error']:.5f}")
-    t.caption = "(...): measured, not offered; * decode alone, no I/O"
+    t.caption = "; ".join(["(...): measured, not offered"] * bool(result["references"])
+                          + ["* decode alone, no I/O"] * decode_only) or None
     return t
 
 

@@ -191,7 +191,9 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     spec.check_train_split()  # before any feature is computed, not when finalising
     metas, issues, clips_by_split = _labels_and_issues(spec, cfg.limit)
     if cfg.strict and issues:
-        raise StrictError(f"--strict: {len(issues)} metadata problems, first: {issues[0]}")
+        first = issues[0]
+        raise StrictError(f"--strict: {len(issues)} metadata problem(s), first: {first['split']}/{first['id']}: "
+                          f"{first['reason']}: {first['detail']}")
     missing = {s: ids for s, ids in spec.missing.items() if ids}
     group = st.create_or_open(
         cfg.out, dataset=spec.name, vocabulary=spec.vocabulary, multi_label=spec.multi_label,

@@ -209,7 +209,8 @@ def _print_problems(problems, out: Console | None = None) -> None:
     t.add_column("example")
     for (reason, fatal), n in counts.most_common():
         example = next(p for p in problems if p["reason"] == reason)
-        t.add_row(reason, str(n), _effect(example), f"{example['split']}/{example['id']}: {example['detail']}"[:100])
+        detail = example["detail"].removeprefix(f"{example['id']}: ")  # the worker's detail may name the clip too
+        t.add_row(reason, str(n), _effect(example), f"{example['split']}/{example['id']}: {detail}"[:100])
     (out or console).print(t)
 
 

@@ -43,6 +43,14 @@ def main(verbose: bool) -> None:
         console.quiet = True
 
 
+COUNTS = ("classes_skipped", "epochs")  # metrics that count: whole numbers, whatever their type
+
+
+def metric_text(name: str, value) -> str:
+    """A metric as printed: four decimals, or a whole number for a count."""
+    return f"{value:.0f}" if name.rsplit("/", 1)[-1] in COUNTS else f"{value:.4f}"
+
+
 def _printer(state: dict):
     """The console's view of a training: a line per run and evaluation, and between evaluations a
     (transient) bar of the epoch's batches with the loss, every LOG_EVERY_STEPS steps. Call
@@ -80,10 +88,10 @@ def _printer(state: dict):
             console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
             # a coarse phase's evaluation may be at its own resolution only
-            m = ", ".join(f"{k} {v:.4f}" for k, v in e.get("metrics", {}).items() if "/" not in k)
+            m = ", ".join(f"{k} {metric_text(k, v)}" for k, v in e.get("metrics", {}).items() if "/" not in k)
             if "metrics_at_phase_resolution" in e:
                 own = "at phase resolution: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in e["metrics_at_phase_resolution"].items())
+                    f"{k} {metric_text(k, v)}" for k, v in e["metrics_at_phase_resolution"].items())
                 m = f"{m} [dim]({own})[/]" if m else f"[dim]{own}[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
@@ -531,7 +539,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
                       f"({metrics['clips']} clips, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
             if k not in ("skipped_clips", "store", "split", "clips"):
-                console.print(f"{k:>10}: {v:.4f}")
+                console.print(f"{k:>10}: {metric_text(k, v)}")
     if metrics["skipped_clips"]:  # on stderr: --json keeps stdout one JSON object
         log_console(stderr=True).print(
             f"[yellow]warning[/yellow]: {metrics['skipped_clips']} clip(s) failed their checksum and were left out of "

@@ -174,6 +174,14 @@ def test_strict_makes_bad_input_fatal(bad_root, tmp_path):
         build_store(cfg(bad_root, tmp_path / "s", strict=True))
 
 
+def test_strict_names_the_first_metadata_problem(audioset_root, tmp_path):
+    csv = audioset_root / "balanced_train_segments.csv"
+    csv.write_text(csv.read_text().replace("/m/012xff", "/m/not_a_class"))
+    with pytest.raises(StrictError, match=r"--strict: 4 metadata problem\(s\), first: balanced_train/--ZhevVpy1s_50.000: "
+                                          r"unknown-label: labels not in the vocabulary: /m/not_a_class$"):
+        build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "t", strict=True))
+
+
 def test_unknown_labels_in_metadata(audioset_root, tmp_path):
     """Multi-label: a clip whose only label is unknown has no target and is not stored (it
     would train and be scored as negative for every class); one with a known label besides
@@ -355,6 +363,13 @@ def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):
     g = zarr.open_group(str(tmp_path / "s"), mode="r")
     row = list(g["train"]["ids"][:]).index(short["id"])
     assert g["train"]["errors"][row] == f"short: {short['detail']}"
+    from rich.console import Console
+
+    from c2fdata.cli import _print_problems
+
+    out = Console(record=True, width=200)
+    _print_problems(res.problems, out)
+    assert f"train/{short['id']}: 28 of 128 frames" in out.export_text()  # the id once, not twice
 
 
 def test_in_process_build_computes_with_one_thread_like_a_pool_worker(folder_big, tmp_path, monkeypatch):

@@ -275,6 +275,12 @@ def test_duplicate_ids_name_their_files(tmp_path):
     wav(tmp_path / "train" / "dog" / "clip.flac")
     with pytest.raises(ValueError, match=r"1 duplicate clip ids: 'dog/clip' \(.*clip.flac and .*clip.wav\)"):
         prepare("folder", tmp_path)
+    # one file listed twice (an AST json entry repeated): said so, not "x.wav and x.wav"
+    wav(tmp_path / "as" / "abc_0.000.wav")
+    entry = {"wav": "as/abc_0.000.wav", "labels": "/m/09x0r"}
+    (tmp_path / "as" / "train.json").write_text(json.dumps({"data": [entry, entry]}))
+    with pytest.raises(ValueError, match=rf"'abc_0.000' \({tmp_path / 'as' / 'abc_0.000.wav'} listed twice\)"):
+        prepare("audioset", tmp_path / "as")
 
 
 def test_statistics_split_of_an_existing_store(tmp_path):

@@ -729,6 +729,13 @@ def test_evaluations_report_their_batches(toy_store, tmp_path):
     assert [(e["what"], e["batch"], e["batches"]) for e in batches] == [("full resolution, eval", 1, 1)] * len(evals)
 
 
+def test_counts_print_as_whole_numbers():
+    from c2ftrain.cli import metric_text
+
+    assert (metric_text("classes_skipped", 522.0), metric_text("averaged/epochs", 3)) == ("522", "3")
+    assert (metric_text("mAP", 0.5), metric_text("eval_extra/accuracy", 1)) == ("0.5000", "1.0000")
+
+
 def test_a_batch_larger_than_the_training_split_is_noted(toy_store, tmp_path, capsys):
     """A batch of 100 on the 64 training clips: every step takes the 64, once an epoch; the run
     says so (once, whatever the runs and seeds it concerns), and so does `plan`."""

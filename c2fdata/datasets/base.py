@@ -108,7 +108,8 @@ class DatasetSpec:
             twins = []
             for c in clips:
                 if c.id in seen:
-                    twins.append(f"{c.id!r} ({seen[c.id].source} and {c.source})")
+                    same = str(seen[c.id].source) == str(c.source)  # one file listed twice, or two files
+                    twins.append(f"{c.id!r} ({f'{c.source} listed twice' if same else f'{seen[c.id].source} and {c.source}'})")
                 seen.setdefault(c.id, c)
             if twins:
                 more = f" and {len(twins) - DUPLICATES_SHOWN} more" if len(twins) > DUPLICATES_SHOWN else ""
