@@ -164,7 +164,7 @@ def export_audio(dataset, split, out, root, limit, fold, seed):
             fail(str(err))
     console.print(f"wrote {len(result.written)} clips of {dataset}/{split} to {result.out} (labels in labels.csv)")
     if result.problems:
-        console.print(f"[yellow]{len(result.problems)} clips could not be read[/]: reasons in "
+        console.print(f"[yellow]{len(result.problems)} clip(s) not written (unreadable, or what a build skips)[/]: reasons in "
                       f"{result.out / 'problems.csv'}")
 
 

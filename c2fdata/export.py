@@ -3,7 +3,8 @@
 The embedded `instruments` dataset is rendered on the fly and has no audio on disk; this writes
 its clips (or any adapter's, decoded as the build reads them) as float32 wav files, to
 listen to or to score with `c2ftrain predict`. Beside them, `labels.csv` (file, id, labels) and,
-for clips that could not be read, `problems.csv` (id, reason): one bad clip never stops it.
+for clips that could not be read or that a build skips (empty, NaN/inf samples, shorter than one
+window), `problems.csv` (id, reason): one bad clip never stops it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from c2fdata.datasets import prepare
 from c2fdata.datasets.base import limited
-from c2fdata.features import BadClip
+from c2fdata.features import BadClip, FbankConfig, fbank
 
 
 @dataclass
@@ -57,6 +58,9 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
         for i, clip in enumerate(clips):
             try:
                 audio, sr = clip.source()
+                # what the build would skip (empty, NaN/inf, shorter than one window) is skipped
+                # here too: its checks, on the first window only
+                fbank(audio, sr, FbankConfig(), source=str(getattr(clip.source, "path", clip.id)), max_frames=1)
             except BadClip as err:
                 result.problems.append((clip.id, f"{err.reason}: {err.detail}"))
             except Exception as err:  # noqa: BLE001  (a decoder bug on one clip must not stop the rest, as in a build)

@@ -39,7 +39,7 @@ def test_a_bad_clip_is_listed_and_the_others_written(tmp_path):
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
                                   "--split", "train", "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    assert "wrote 4 clips" in r.output and "1 clips could not be read" in r.output
+    assert "wrote 4 clips" in r.output and "1 clip(s) not written (unreadable, or what a build skips)" in r.output
     other = f"a_b_0-{hashlib.sha1(b'a_b/0').hexdigest()[:8]}.wav"
     assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == sorted(["a_0.wav", "a_b_0.wav", other, "b_0.wav"])
     rows = {row["file"]: row for row in csv.DictReader((tmp_path / "out" / "labels.csv").read_text().splitlines())}
@@ -51,3 +51,22 @@ def test_a_bad_clip_is_listed_and_the_others_written(tmp_path):
     r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
                                   "--split", "valid", "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "no split 'valid'; its splits are ['train']" in r.output
+
+
+def test_what_a_build_skips_is_listed_not_written(tmp_path):
+    """A clip the build would skip (NaN samples, shorter than one 25 ms window) is not written as
+    if it were usable: it goes to problems.csv with the build's reason."""
+    d = tmp_path / "data" / "train" / "a"
+    d.mkdir(parents=True)
+    sf.write(d / "ok.wav", tone(0.5), 16000)
+    nan = tone(0.5)
+    nan[100] = np.nan
+    sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(d / "blip.wav", tone(0.01), 16000)  # 160 samples: less than one 400-sample window
+    r = CliRunner().invoke(main, ["export-audio", "--dataset", "folder", "--root", str(tmp_path / "data"),
+                                  "--split", "train", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["a_ok.wav"]
+    problems = {row["id"]: row["reason"] for row in csv.DictReader((tmp_path / "out" / "problems.csv").open())}
+    assert sorted(problems) == ["a/blip", "a/nan"]
+    assert problems["a/nan"].startswith("non-finite: ") and problems["a/blip"].startswith("too-short: ")
