@@ -382,16 +382,22 @@ def repair(store, blocks, force, dry_run):
 @main.command()
 @click.argument("store")
 @click.option("--split", required=True, help="Split to read.")
-@click.option("--index", required=True, type=int, help="Clip index in the split (as the loader numbers it).")
+@click.option("--index", type=int, help="Clip index in the split (as the loader numbers it).")
+@click.option("--id", "clip_id", help="Clip id instead of --index (as `info --problems` and the build name it).")
 @click.option("--method", type=click.Choice(list(METHODS)), help="Only this method (default: all).")
 @click.option("--factor", type=click.IntRange(min=1), help="Only this compression factor (default: 1, 2, 4).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".png: a picture; .npy: the served array.")
-def show(store, split, index, method, factor, out):
+def show(store, split, index, clip_id, method, factor, out):
     """See what the model sees: one clip at C = 1, 2, 4 per method (.png), or exactly as served (.npy)."""
+    from c2fdata.show import clip_index
     from c2fdata.show import show as render
     from c2fdata.store import StoreFormatError
 
+    if (index is None) == (clip_id is None):
+        fail("give the clip as --index N or --id ID (one of them)")
     try:
+        if clip_id is not None:
+            index = clip_index(store, split, clip_id)
         path = render(store, split, index, out, method, factor)
     except (ValueError, IndexError, StoreFormatError) as err:
         fail(str(err))

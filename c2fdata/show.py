@@ -35,6 +35,20 @@ def label_text(reader: StoreReader, label) -> str:
     return names[int(label)]
 
 
+def clip_index(store: str | Path, split: str, clip_id: str) -> int:
+    """The index (as the loader numbers a split's served clips) of clip `clip_id`; ValueError
+    naming it, and why, when the split serves no such clip."""
+    reader = StoreReader(store, split)
+    try:
+        return reader.ids.index(clip_id)
+    except ValueError:
+        pass
+    similar = [i for i in reader.ids if clip_id in i][:5]
+    hint = f"; ids holding it: {', '.join(similar)}" if similar else ""
+    raise ValueError(f"{store}: split {split!r} serves no clip {clip_id!r} (a clip that failed its build is not "
+                     f"served: `c2fdata info {store} --problems` lists them){hint}")
+
+
 def show(store: str | Path, split: str, index: int, out: str | Path,
          method: str | None = None, factor: int | None = None) -> Path:
     out = Path(out)

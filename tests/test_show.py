@@ -37,6 +37,13 @@ def test_npy_is_what_the_pipeline_serves(store, tmp_path, method, factor, backen
     assert np.load(out).shape == (50 // factor, 128)
 
 
+def test_a_clip_by_its_id(store, tmp_path):
+    for args, out in ((["--id", "x"], "by_id.npy"), (["--index", "3"], "by_index.npy")):  # ids u..z: x is the 4th
+        res = CliRunner().invoke(main, ["show", str(store), "--split", "train", *args, "--out", str(tmp_path / out)])
+        assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(tmp_path / "by_id.npy"), np.load(tmp_path / "by_index.npy"))
+
+
 def test_png_grid(store, tmp_path):
     out = tmp_path / "x.png"
     res = CliRunner().invoke(main, ["show", str(store), "--split", "train", "--index", "2", "--out", str(out)])
@@ -49,6 +56,9 @@ def test_png_grid(store, tmp_path):
     (["--index", "0", "--method", "fshift", "--factor", "64"], "leaves 0 frames"),
     (["--index", "0", "--split", "eval"], "no split 'eval'"),
     (["--index", "0", "--method", "pool-avg", "--factor", "0"], "0 is not in the range x>=1"),  # not "all factors"
+    (["--id", "q"], "split 'train' serves no clip 'q'"),
+    ([], "give the clip as --index N or --id ID"),
+    (["--id", "u", "--index", "0"], "give the clip as --index N or --id ID"),
 ])
 def test_bad_requests(store, tmp_path, args, message):
     base = ["show", str(store), "--out", str(tmp_path / "x.npy")]
