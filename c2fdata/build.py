@@ -176,9 +176,12 @@ def _length_notes(built: list[np.ndarray], target: int, frame_shift_ms: float) -
     if not frames.size or short * 2 < frames.size:
         return []
     fit = int(np.percentile(frames, 90))
+    what = (f"--target-frames {fit} would hold 90% of them whole" if fit < target else
+            f"a shorter --target-frames (their median, {int(np.median(frames))}) would store less padding and crop "
+            "the longer clips")
     return [(f"{short} of {frames.size} clips are shorter than half of the {target} frames each is stored at "
              f"(median {int(np.median(frames))} frames, {1000 / frame_shift_ms:g} a second; the rest zero-padding): "
-             f"--target-frames {fit} would hold 90% of them whole, into another --out")]
+             f"{what}, into another --out")]
 
 
 def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None = None) -> BuildResult:

@@ -73,15 +73,34 @@ def plan_repair(path: str | Path, blocks: list[tuple[str, int]] | None = None,
         if b not in plan.blocks.setdefault(split, []):
             plan.blocks[split].append(b)
     if not force:
-        damaged = {(p.split, p.block) for p in scan_store(path, progress, {s: set(b) for s, b in plan.blocks.items()})}
-        healthy = [f"{s}:{b}" for s, bs in plan.blocks.items() for b in bs if (s, b) not in damaged]
-        if healthy:
-            raise ValueError(
-                f"{path}: block(s) {', '.join(healthy)} read back whole (every clip passes its checksum and "
-                "checks, their metadata too): repairing deletes a block's features, and only a rebuild from the "
-                "audio, if it is still there, gives them back. Check the block numbers (`c2fdata verify` lists "
-                "the damaged blocks), or pass --force to rebuild them anyway")
+        _check_named_blocks(path, plan, scan_store(path, progress, {s: set(b) for s, b in plan.blocks.items()}))
     return plan
+
+
+def _check_named_blocks(path, plan: RepairPlan, problems) -> None:
+    """ValueError unless every named block has a problem its rebuild fixes: repairing deletes a
+    block's features, and only a rebuild from the audio, if it is still there, gives them back."""
+    damaged = {(p.split, p.block) for p in problems if p.block is not None}
+    unchecked = {p.split: p.text for p in problems if p.block is None and not p.unfinished}
+    named = [(s, b) for s, bs in plan.blocks.items() for b in bs if (s, b) not in damaged]
+    if not named:
+        return
+    where = ", ".join(f"{s}:{b}" for s, b in named)
+    force = "or pass --force to mark them anyway"
+    if any(s in unchecked for s, _ in named):
+        split = next(s for s, _ in named if s in unchecked)
+        raise ValueError(f"{path}: the clips of block(s) {where} could not be checked ({unchecked[split]}); "
+                         f"`c2fdata verify {path}` says what to do, {force}")
+    group = st.open_store(path)
+    ranges = {s: st.block_ranges(group.attrs["splits"][s]["clips"], int(group.attrs["block_clips"])) for s, _ in named}
+    built = [(s, b) for s, b in named if (group[s]["status"][slice(*ranges[s][b])] == st.OK).any()]
+    if built:
+        raise ValueError(
+            f"{path}: block(s) {', '.join(f'{s}:{b}' for s, b in built)} read back whole (every clip passes its "
+            "checksum and checks, their metadata too): repairing would delete healthy features. Check the block "
+            f"numbers (`c2fdata verify` lists the damaged blocks), {force}")
+    raise ValueError(f"{path}: block(s) {where} hold no built clip (pending, which the build computes anyway, or "
+                     f"failed: `c2fdata info {path} --problems` says why); nothing to repair, {force}")
 
 
 def mark_for_rebuild(path: str | Path, plan: RepairPlan) -> None:

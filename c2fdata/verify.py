@@ -34,7 +34,8 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
                blocks: dict[str, set[int]] | None = None) -> list[Problem]:
     """verify_store's problems, each with the block whose rebuild fixes it where there is one.
     blocks (split -> block numbers): only the clips of those blocks are read, and only the
-    problems a rebuild of one of them fixes are returned (what `repair --block` checks)."""
+    problems a rebuild of one of them fixes are returned, with those of their splits as a whole
+    (block None: their clips could not be checked, say) (what `repair --block` checks)."""
     loc = as_location(path)
     path = loc.url
     try:
@@ -135,7 +136,7 @@ def scan_store(path: str | Path, progress: Callable[[int, int], None] | None = N
     if a.get("finalized") and (not stats or not np.isfinite([stats["mean"], stats["std"]]).all() or stats["std"] <= 0):
         problems.append(Problem(f"normalisation stats invalid: {stats}"))
     if blocks is not None:
-        return [p for p in problems if p.block is not None and p.block in blocks.get(p.split, ())]
+        return [p for p in problems if p.split in blocks and (p.block is None or p.block in blocks[p.split])]
     return problems
 
 

@@ -19,6 +19,7 @@ from c2fdata.console import log_console
 from c2fdata.datasets import missing_store
 from c2fdata.lifetime import terminate_as_interrupt
 from c2fdata.stacks import install_stack_dumps
+from c2ftrain.distributed import launched_by_torchrun
 
 console = log_console()
 
@@ -39,7 +40,7 @@ def main(verbose: bool) -> None:
     `kill -USR1 PID` prints where every thread of a running command is, and it goes on."""
     install_stack_dumps()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 prints the run, once (errors print everywhere)
+    if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":  # rank 0 prints the run, once (errors: every rank)
         console.quiet = True
 
 
@@ -49,6 +50,14 @@ COUNTS = ("classes_skipped", "epochs")  # metrics that count: whole numbers, wha
 def metric_text(name: str, value) -> str:
     """A metric as printed: four decimals, or a whole number for a count."""
     return f"{value:.0f}" if name.rsplit("/", 1)[-1] in COUNTS else f"{value:.4f}"
+
+
+def interrupt_on_terminate() -> None:
+    """SIGTERM as Ctrl-C (the resume message), in a single process. Not under torchrun: a rank
+    waiting in a collective on a rank that died runs no Python code to raise in, and must die
+    of the signal at once, as torchrun expects when it stops the others."""
+    if not launched_by_torchrun():
+        terminate_as_interrupt()
 
 
 def _printer(state: dict):
@@ -254,7 +263,7 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
     from c2ftrain.distributed import close_distributed
 
     printer = _printer({"verbose": steps_log})
-    terminate_as_interrupt()  # `kill` or a scheduler's stop: the message below, as for Ctrl-C
+    interrupt_on_terminate()  # `kill` or a scheduler's stop: the message below, as for Ctrl-C
     try:
         report = run_experiment(rec, run_dir, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
                                 on_event=printer, device=_device(device))
@@ -263,6 +272,8 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
         fail(str(err))
     except KeyboardInterrupt:
         printer.stop()
+        if not (Path(run_dir) / "config.json").is_file():
+            fail("interrupted before the run started: nothing was trained; start it again")
         fail(f"interrupted; finished runs and checkpoints are kept: continue with `c2ftrain run --resume {run_dir}`")
     finally:
         printer.stop()
@@ -315,7 +326,7 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
         console.rule(f"[bold]fold {fold}[/] held out ({where})")
 
     printer = _printer({"verbose": steps_log})
-    terminate_as_interrupt()
+    interrupt_on_terminate()
     try:
         report = run_cv(rec, run_dir, folds=folds, seeds=seeds, resume=bool(resume_dir), baseline=not no_baseline,
                         on_event=printer, on_fold=on_fold, device=_device(device))
@@ -324,6 +335,8 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
         fail(str(err))
     except KeyboardInterrupt:
         printer.stop()
+        if not (Path(run_dir) / "cv.json").is_file():
+            fail("interrupted before the cross-validation started: nothing was trained; start it again")
         fail(f"interrupted; finished folds and checkpoints are kept: continue with `c2ftrain cv --resume {run_dir}`")
     finally:
         printer.stop()
@@ -443,7 +456,7 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
                 noted.add(e["text"])
                 progress.console.print(f"  [yellow]note[/]: {escape(e['text'])}")
 
-        terminate_as_interrupt()
+        interrupt_on_terminate()
         try:
             summary = run_sweep(recipe, cells, out_dir, n_seeds, base_overrides=parse_overrides(overrides),
                                 on_cell=on_cell, on_event=on_event)
@@ -452,8 +465,8 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
             progress.live.transient = True
             progress.stop()
             fail(str(err) if not isinstance(err, KeyboardInterrupt) else
-                 f"interrupted; finished runs and checkpoints are kept: run the same command again to continue "
-                 f"{out_dir}")
+                 f"interrupted; finished runs and checkpoints are kept: run the same command with --out {out_dir} "
+                 "to continue")
         progress.update(task, completed=len(cells), description="cells")
     if as_json:
         click.echo(json.dumps(summary, indent=2))

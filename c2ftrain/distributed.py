@@ -1,12 +1,14 @@
-"""torch.distributed from torchrun's environment: gloo on CPU, NCCL on GPU; no cluster code."""
+"""torch.distributed from torchrun's environment: gloo on CPU, NCCL on GPU; no cluster code.
+torch is imported where it is used: the command-line tools ask `launched_by_torchrun` at start."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ def init_distributed(device: str) -> Dist:
     is created even for one process, so that a one-GPU machine runs NCCL exactly as a node does."""
     if not launched_by_torchrun():
         return Dist()
+    import torch
+    import torch.distributed as dist
+
     local = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
         if device == "cuda":
@@ -48,6 +53,8 @@ def init_distributed(device: str) -> Dist:
 
 def close_distributed() -> None:
     """Leave the process group (torchrun expects it to be destroyed before the process exits)."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -56,6 +63,9 @@ def gather_cat(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a tensor of any first dimension from every rank (on every rank), in rank order."""
     if not d.enabled:
         return tensor
+    import torch
+    import torch.distributed as dist
+
     parts = [None] * d.world_size
     dist.all_gather_object(parts, tensor.cpu())
     return torch.cat(parts)

@@ -91,7 +91,7 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     seeds = seeds or [recipe.seed]
-    with hold_run_dir(run_dir) if d.is_main else contextlib.nullcontext():  # one process at a time
+    with hold_run_dir(run_dir, "c2ftrain run") if d.is_main else contextlib.nullcontext():  # one process at a time
         if d.is_main:
             config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,
                       "store_fingerprint": recorded}

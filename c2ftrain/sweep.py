@@ -18,9 +18,11 @@ OUT/summary.json and the table hold, per cell, mean and spread of each run and t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -118,11 +120,13 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
         except RecipeError as err:
             raise RecipeError(f"cell {c.name!r}: {err}") from None
         recipes.append(rec)
-    with hold_run_dir(out, "c2ftrain sweep"):  # one process at a time (shared runs included)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 holds and writes (as run_experiment)
+    with hold_run_dir(out, "c2ftrain sweep") if main else contextlib.nullcontext():  # one process at a time
         _check_same_sweep(out, n_seeds, base_overrides or {})
-        (out / "sweep.json").write_text(json.dumps(
-            {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
-             "cells": [{"name": c.name, "overrides": c.overrides} for c in cells]}, indent=2, default=str))
+        if main:
+            (out / "sweep.json").write_text(json.dumps(
+                {"recipe": str(recipe), "seeds": n_seeds, "base_overrides": base_overrides or {},
+                 "cells": [{"name": c.name, "overrides": c.overrides} for c in cells]}, indent=2, default=str))
         rows = []
         for i, (cell, rec) in enumerate(zip(cells, recipes)):
             if on_cell:
@@ -131,7 +135,8 @@ def run_sweep(recipe: str | Path, cells: list[Cell], out: Path, n_seeds: int, *,
                                     resume=True, on_event=on_event, device=device, shared_runs=out / "shared")
             rows.append(summary_row(cell, report))
         summary = {"recipe": str(recipe), "seeds": n_seeds, "metric_name": rows[0]["metric_name"], "cells": rows}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if main:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -354,6 +354,10 @@ def test_a_target_length_that_fits_no_clip_is_noted(tmp_path):
     fits = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s128",
                                    options={"target_frames": 128}))
     assert fits.notes == []
+    from c2fdata.build import _length_notes
+
+    mixed = _length_notes([np.array([200] * 60 + [1024] * 40)], 1024, 10.0)  # 90th percentile: the target itself
+    assert "--target-frames 1024" not in mixed[0] and "their median, 200" in mixed[0]
 
 
 def test_build_reports_the_workers_reason_and_detail(bad_root, tmp_path):

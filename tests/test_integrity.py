@@ -424,6 +424,9 @@ def test_repair_marks_nothing_on_a_clean_store_and_refuses_what_it_cannot_fix(cl
     r = CliRunner().invoke(data_cli, ["repair", str(store)])
     assert r.exit_code == 1 and "not repaired" in r.output and "its labels cannot be read" in r.output
     assert st.open_store(store).attrs["finalized"]  # nothing was changed
+    r = CliRunner().invoke(data_cli, ["repair", str(store), "--block", "train:1"])  # not "read back whole"
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "the clips of block(s) train:1 could not be checked (train: its labels" in said, said
 
 
 def test_repair_rewrites_a_damaged_status_chunk_of_the_last_short_block(clean, tmp_path):
@@ -542,6 +545,8 @@ def test_info_finds_no_damage_in_an_unfinished_or_repaired_store(tmp_path):
     half = tmp_path / "half"
     build_store(dataclasses.replace(config, out=half, shard=(0, 2)))
     assert not st.open_store(half).attrs["finalized"]
+    r = CliRunner().invoke(data_cli, ["repair", str(half), "--block", "train:1"])  # the other shard's: not built yet
+    assert r.exit_code == 2 and "block(s) train:1 hold no built clip (pending" in " ".join(r.output.split()), r.output
     r = CliRunner().invoke(data_cli, ["info", str(half)])
     assert r.exit_code == 0 and "damaged" not in r.output, r.output
 

@@ -160,10 +160,19 @@ def test_a_phase_given_in_epochs_can_be_set_in_steps_and_back():
     the other; both in one table is refused; other keys named steps are left alone."""
     r = load_recipe("audioset_balanced", {"phases.1.steps": 100, "phases.2": {"steps": 50}})
     assert [(p.epochs, p.steps) for p in r.phases] == [(None, 100), (None, 50), (5, None)]
-    back = load_recipe("audioset_balanced", {"phases.1.steps": 100, "phases.1.epochs": 4})
-    assert (back.phases[0].epochs, back.phases[0].steps) == (4, None)
+    from c2ftrain.recipe import apply_override
+
+    d = {"phases": [{"method": "none", "factor": 1, "steps": 5}], "baseline": {"phases": [{"steps": 5}]}}
+    apply_override(d, "phases.1.epochs", 2)
+    apply_override(d, "baseline.phases.1.epochs", 3)
+    assert d == {"phases": [{"method": "none", "factor": 1, "epochs": 2}], "baseline": {"phases": [{"epochs": 3}]}}
     with pytest.raises(RecipeError, match=r"--set phases.2: a phase is as long as its epochs or its steps say, not both"):
         load_recipe("audioset_balanced", {"phases.2": {"steps": 50, "epochs": 3}})
+    # as two keys, from a sweep's --set and its grid (one would silently undo the other): refused, both named
+    with pytest.raises(RecipeError, match=r"^--set phases.1.epochs and g.toml \[grid\] phases.1.steps: a phase is as "
+                                          r"long as its epochs or its steps say, not both"):
+        load_recipe("audioset_balanced", {"phases.1.epochs": 3, "phases.1.steps": 9},
+                    origins={"phases.1.steps": "g.toml [grid]"})
     with pytest.raises(RecipeError, match=r"exactly one of epochs or steps"):  # in a recipe file, both is an error
         recipe_from_dict({**load_recipe("demo").to_dict(), "phases": [{"method": "none", "factor": 1, "epochs": 2,
                                                                      "steps": 9}]})

@@ -369,7 +369,7 @@ def test_a_run_directory_in_use_is_refused_until_its_process_ends(toy_store, tmp
         config = (out / "config.json").read_text()
         r = CliRunner().invoke(main, ["run", "--resume", str(out), "--device", "cpu"])
         said = " ".join(r.output.split())
-        assert r.exit_code == 2 and f"{out} is in use by another c2ftrain (pid {proc.pid} on " in said, r.output
+        assert r.exit_code == 2 and f"{out} is in use by another process (c2ftrain run, pid {proc.pid} on " in said, r.output
         assert (out / "config.json").read_text() == config  # nothing of the first run's touched
     finally:
         proc.kill()
@@ -759,3 +759,38 @@ def test_a_batch_larger_than_the_training_split_is_noted(toy_store, tmp_path, ca
     assert " ".join(capsys.readouterr().out.split()).count("note: phase 1 (pool-avg C=4): batch 100") == 1
     ok = recipe_from_dict({**recipe.to_dict(), "data": {**data, "batch_size": 64}})
     assert plan_experiment(ok, measure=False)["runs"]["c2f"]["notes"] == []  # 64 of 64: nothing to say
+
+
+def test_a_killed_runs_forked_children_do_not_hold_its_directory(tmp_path):
+    """DataLoader workers are forked from the trainer: the directory's lock must not live on in
+    them after the trainer is SIGKILLed (an flock would, until the last child exits)."""
+    import time
+
+    from c2ftrain.run_lock import hold_run_dir
+
+    ready = tmp_path / "ready"
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from c2ftrain.run_lock import hold_run_dir
+        with hold_run_dir({str(tmp_path / "run")!r}, "c2ftrain run"):
+            if os.fork() == 0:  # a worker: outlives its parent by a while
+                time.sleep(30)
+                os._exit(0)
+            open({str(ready)!r}, "w").close()
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ValueError, match=f"in use by another process \\(c2ftrain run, pid {proc.pid} on "), \
+                hold_run_dir(tmp_path / "run"):
+            pass
+        proc.kill()
+        proc.wait()
+        with hold_run_dir(tmp_path / "run"):  # at once, though the child still sleeps
+            pass
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(ready)], check=False)  # the orphaned child
