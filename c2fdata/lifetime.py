@@ -1,10 +1,11 @@
 """How long a command's processes live: a terminated command cleans up as an interrupted one
 does, and the worker processes it started do not outlive it.
 
-- `terminate_as_interrupt()`: SIGTERM (`kill PID`, `timeout`, a batch scheduler's stop, torchrun
-  stopping its workers) raises KeyboardInterrupt in the command's main thread, so that what
-  Ctrl-C runs runs too: pools stopped, the "re-run to resume" message printed. By default Python
-  dies on SIGTERM on the spot, leaving its pool workers behind.
+- `terminate_as_interrupt()`: SIGTERM (`kill PID`, `timeout`, a batch scheduler's stop) raises
+  KeyboardInterrupt in the command's main thread, so that what Ctrl-C runs runs too: pools
+  stopped, the "re-run to resume" message printed. By default Python dies on SIGTERM on the spot,
+  leaving its pool workers behind. (Not for torchrun's ranks, which must die of it at once: a
+  rank waiting in a collective runs no Python code to raise in.)
 - `end_with(pid)`: a worker process ends itself once the process it works for is gone. SIGKILL
   leaves no clean-up to run, and a forkserver's worker (whose parent is the forkserver, not the
   command) would otherwise wait forever on a pipe nobody reads any more.
