@@ -169,6 +169,26 @@ def test_a_wav_is_cut_short_only_when_audio_is_missing():
     assert _cut_short("data : 0 (should be 32000)") is None and _cut_short("fmt : 16") is None
 
 
+@pytest.mark.parametrize("container", ["WAV", "RF64", "W64"])
+@pytest.mark.parametrize("subtype, channels", [("PCM_16", 1), ("FLOAT", 2)])
+def test_a_file_cut_short_is_refused_in_every_container_libsndfile_reads_silently(tmp_path, container, subtype,
+                                                                               channels):
+    """WAV, RF64 (64-bit WAV) and W64 are read up to where the file ends, without a word: a
+    copy cut at half is refused as truncated, the whole file read as written."""
+    from c2fdata.datasets.base import FileSource
+
+    audio = tone(2.0, channels=channels) if channels > 1 else tone(2.0)
+    whole, cut = tmp_path / f"whole.{container.lower()}", tmp_path / f"cut.{container.lower()}"
+    sf.write(whole, audio, 16000, format=container, subtype=subtype)
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(BadClip) as err:
+        FileSource(str(cut))()
+    assert err.value.reason == "truncated" and str(cut) in err.value.detail
+    read, sr = FileSource(str(whole))()
+    assert sr == 16000 and read.shape[0] == audio.shape[0]
+
+
 def test_strict_makes_bad_input_fatal(bad_root, tmp_path):
     with pytest.raises(StrictError, match="corrupt.wav|empty|nan"):
         build_store(cfg(bad_root, tmp_path / "s", strict=True))

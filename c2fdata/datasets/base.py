@@ -33,18 +33,33 @@ SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PC
 UNKNOWN_LENGTH = 0x7FFFF000  # from here up a header's data size means "not known when written" (SoX: 0x7ffff000; 0xffffffff)
 
 
-def _cut_short(extra_info: str, frame_bytes: int = 1) -> str | None:
-    """libsndfile's own note that a WAV's data chunk is shorter than its header says
-    ("data : 64000 (should be 19956)") by at least one frame, or None. FLAC and Ogg fail to decode
-    when cut; WAV is read up to where the file ends. A header written before its length was known
-    (by a program writing to a pipe) is no promise, and a chunk longer than its header says, or
-    short of a frame by a few bytes, has lost no audio. RF64 and W64 files are not checked."""
+# libsndfile's notes, per container, on a file shorter than its header says: (pattern, whether its
+# numbers are bytes (else frames)). WAV: the data chunk ("data : 64000 (should be 19956)"); RF64:
+# the 64-bit frame count of its ds64 chunk; W64: the size of the whole file, its only length.
+CUT_NOTES = {
+    "WAV": (r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", True),
+    "WAVEX": (r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", True),
+    "RF64": (r"\*+ Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)", False),
+    "W64": (r"\s*riff\s*:\s*(\d+)\s*\(should be (\d+)\)", True),
+}
+
+
+def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") -> str | None:
+    """libsndfile's own note that a WAV, RF64 or W64 file holds less audio than its header says,
+    by at least one frame, or None. FLAC and Ogg fail to decode when cut; these containers are
+    read up to where the file ends, silently. A header written before its length was known (by a
+    program writing to a pipe) is no promise, and a chunk longer than its header says, or short
+    of a frame by a few bytes, has lost no audio."""
+    if container not in CUT_NOTES:
+        return None
+    pattern, in_bytes = CUT_NOTES[container]
     for line in extra_info.splitlines():
-        found = re.match(r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
+        found = re.match(pattern, line)
         if found:
-            declared, present = map(int, found.groups())
-            if declared < UNKNOWN_LENGTH and declared - present >= frame_bytes:
-                return " ".join(line.split())
+            a, b = map(int, found.groups())
+            declared, present = (a, b) if in_bytes else (b, a)  # RF64 says the calculated count first
+            if declared < UNKNOWN_LENGTH and declared - present >= (frame_bytes if in_bytes else 1):
+                return " ".join(line.strip(" *").split())
     return None
 
 
@@ -57,7 +72,7 @@ class FileSource:
 
         try:
             with sf.SoundFile(self.path) as f:
-                cut = _cut_short(f.extra_info, f.channels * SAMPLE_BYTES.get(f.subtype, 1))
+                cut = _cut_short(f.extra_info, f.channels * SAMPLE_BYTES.get(f.subtype, 1), f.format)
                 audio, sr = f.read(dtype="float32", always_2d=False), f.samplerate
         except FileNotFoundError:
             raise BadClip("missing", f"{self.path}: file not found") from None
