@@ -64,8 +64,13 @@ fi
 
 # torch first, so that nothing below pulls another build: where torch is already installed any
 # release >= 2.5 is kept (check_gpu below says so when it is a CPU build on a GPU machine);
-# otherwise 2.13.0 (on the CPU dev/CI machines a local CPU wheel).
+# otherwise 2.13.0 (on the CPU dev/CI machines a local CPU wheel). An older torch is replaced
+# here, by name: left in place, `pip install -e .` (torch>=2.5) would pull the newest release.
+torch_ok='import sys, torch; v = torch.__version__.split("+")[0].split("."); sys.exit((int(v[0]), int(v[1])) < (2, 5))'
 if ! "$PY" -c "import torch" 2>/dev/null; then
+    pip_install "torch==2.13.0"
+elif ! "$PY" -c "$torch_ok" 2>/dev/null; then
+    echo "torch $("$PY" -c 'import torch; print(torch.__version__)') is older than 2.5, which c2f needs: installing 2.13.0" >&2
     pip_install "torch==2.13.0"
 fi
 # The embedded demo dataset's synthesiser. --no-deps: its metadata asks for pyaudio (playback,

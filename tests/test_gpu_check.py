@@ -327,6 +327,29 @@ def test_the_loader_comparison_runs_on_the_cpu_backend(tmp_path):
     assert gc.loaders_outcome(tmp_path / "result.json")[0]
 
 
+# -- install.sh -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("version, replaced", [("2.4.1+cu121", True), ("2.5.1", False), ("2.13.0+cpu", False)])
+def test_install_replaces_a_torch_older_than_the_project_takes(tmp_path, version, replaced):
+    """A torch below 2.5 left in place, `pip install -e .` (torch>=2.5) would pull the newest
+    release; install.sh installs 2.13.0 by name instead, and keeps any release from 2.5 on. A
+    stand-in python: pip calls are logged, not run; `import torch` finds a torch of `version`."""
+    fake = tmp_path / "site"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    log = tmp_path / "pip.log"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = pip ]; then echo \"$@\" >> {log}; exit 0; fi\n"
+                      f"PYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    env = {**os.environ, "NVIDIA_SMI": str(tmp_path / "no-nvidia-smi"), "PYTHON": str(python)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    installs = log.read_text()
+    assert ("torch==2.13.0" in installs) == replaced, installs + proc.stderr
+    assert ("older than 2.5, which c2f needs: installing 2.13.0" in proc.stderr) == replaced, proc.stderr
+    assert "install -q --disable-pip-version-check -e .[test]" in installs  # the project itself, after torch
+
+
 # -- install.sh --check-gpu -----------------------------------------------------------------------
 def check_gpu(tmp_path, smi_output=None, torch_state=None):
     """install.sh's GPU check with a stand-in nvidia-smi printing smi_output (None: no nvidia-smi)
