@@ -141,7 +141,8 @@ def pipeline_build(store, split, workers, start_method, repeats, json_path):
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", "splits", multiple=True, default=("balanced_train=2000", "eval=64"), show_default=True,
               help="NAME=CLIPS (repeatable): the splits a recipe reads, e.g. audioset_balanced's.")
-@click.option("--classes", default=527, show_default=True, help="Class folders (AudioSet has 527).")
+@click.option("--classes", default=527, show_default=True,
+              help="Class folders (AudioSet has 527); no more than a split's clips, each class needing one.")
 @click.option("--seconds", default=10.0, show_default=True, help="Clip length (10 s: 1,024 frames).")
 @click.option("--workers", default=2, show_default=True, help="Build worker processes.")
 def stand_in_store(out, splits, classes, seconds, workers):
@@ -160,7 +161,11 @@ def stand_in_store(out, splits, classes, seconds, workers):
         res = build_stand_in(out, parsed, classes, seconds, workers)
     except (FileExistsError, ValueError) as err:
         raise click.ClickException(str(err)) from None
-    console.print(f"built {res['built_clips']:,} clips ({res['failed']} failed) into {out} in {res['build_s']:.1f} s")
+    from c2fdata.reader import StoreReader
+
+    reader = StoreReader(out, next(iter(parsed)))
+    console.print(f"built {res['built_clips']:,} clips ({res['failed']} failed) into {out} in {res['build_s']:.1f} s: "
+                  f"{len(reader.vocabulary)} classes (single-label; a class needs a clip)")
 
 
 @main.command("codecs")

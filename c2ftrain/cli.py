@@ -97,7 +97,8 @@ def _printer(state: dict):
             console.rule(f"[bold]{e['run']}[/] (seed {e['seed']}): {' -> '.join(e['phases'])}")
         elif e["event"] == "eval":
             # a coarse phase's evaluation may be at its own resolution only
-            m = ", ".join(f"{k} {metric_text(k, v)}" for k, v in e.get("metrics", {}).items() if "/" not in k)
+            m = ", ".join(f"{k} {metric_text(k, v)}" for k, v in e.get("metrics", {}).items()
+                          if "/" not in k and k != "classes_skipped")  # the same count at every evaluation
             if "metrics_at_phase_resolution" in e:
                 own = "at phase resolution: " + ", ".join(
                     f"{k} {metric_text(k, v)}" for k, v in e["metrics_at_phase_resolution"].items())
@@ -110,9 +111,9 @@ def _printer(state: dict):
         elif e["event"] == "init" and e["format"] != "scratch":
             console.print(f"  {e['run']}: starting weights {e['init']} ({e['format']}): "
                           f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
-        elif e["event"] == "note" and e["text"] not in noted:  # once, not again for each run and seed
-            noted.add(e["text"])
-            console.print(f"  [yellow]note[/]: {escape(e['text'])}")
+        elif e["event"] == "note" and (e["run"], e["text"]) not in noted:  # once, not again for each seed
+            noted.add((e["run"], e["text"]))
+            console.print(f"  [yellow]note[/]: {escape(e['run'])}: {escape(e['text'])}", soft_wrap=True)
         elif e["event"] == "step" and state.get("verbose"):
             console.print(f"    step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e}", style="dim")
 
@@ -198,14 +199,19 @@ def print_outcome(report: dict) -> None:
     from c2ftrain.report import paired_lines, report_table, saving_text
 
     console.print(report_table(report))
-    if "savings" not in report:
-        return
-    s = report["savings"]
     name = report["metric_name"]
     scale, unit = (100, " points") if name == "accuracy" else (1, "")
     many = len(report["seeds"]) > 1
     value = "metric_mean" if many else "metric"
     seeds = f" (mean of {len(report['seeds'])} seeds)" if many else ""
+    for label in ("c2f", "baseline", "equal_flops"):  # the weight average, the extra eval splits
+        others = report.get(label, {}).get("other_evaluations", {})
+        if others:
+            console.print(f"{label}, other final evaluations{seeds}: " + ", ".join(
+                f"{k} {o['mean'] * scale:.2f}" + (f" ± {o['std'] * scale:.2f}" if many else "") for k, o in others.items()))
+    if "savings" not in report:
+        return
+    s = report["savings"]
     console.print(
         f"coarse-to-fine: {name} {report['c2f'][value] * scale:.2f} vs baseline "
         f"{report['baseline'][value] * scale:.2f} ({report['metric_delta'] * scale:+.2f}{unit}){seeds}, "
@@ -360,21 +366,24 @@ def plan(recipe, overrides, as_json, no_measure, device):
 
     from c2fdata.store import StoreFormatError
     from c2ftrain.init_weights import InitError
-    from c2ftrain.plan import plan_experiment
+    from c2ftrain.plan import MEASURE_STEPS, plan_experiment
     from c2ftrain.recipe import RecipeError, load_recipe
 
     try:
         rec = load_recipe(recipe, parse_overrides(overrides))
         if not store_exists(rec.store):
             fail(f"{missing_store(rec.store)} (the plan reads its clip counts)")
+        if not no_measure:  # AST base on a CPU: minutes of timed steps, which should not look like a hang
+            log_console(stderr=True).print(f"timing {MEASURE_STEPS + 1} train steps per resolution and batch size "
+                                           "(--no-measure skips it: no time estimate)...")
         result = plan_experiment(rec, measure=not no_measure, device=_device(device))
     except (RecipeError, StoreFormatError, InitError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    for note in dict.fromkeys(n for run in result["runs"].values() for n in run["notes"]):
-        console.print(f"[yellow]note[/]: {escape(note)}")
+    for note in [*result["notes"], *(f"{label}: {n}" for label, run in result["runs"].items() for n in run["notes"])]:
+        console.print(f"[yellow]note[/]: {escape(note)}", soft_wrap=True)
     for label, run in result["runs"].items():
         t = Table(title=f"{label}: {run['steps']} steps, {run['flops'] / 1e12:.2f} TFLOPs"
                         + (f", about {run['est_s'] / 60:.1f} min training" if "est_s" in run else "")
@@ -452,9 +461,9 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         def on_event(e):
             if e["event"] == "start":
                 progress.console.print(f"  [dim]{e['run']} seed {e['seed']}: {' -> '.join(e['phases'])}[/]")
-            elif e["event"] == "note" and e["text"] not in noted:
-                noted.add(e["text"])
-                progress.console.print(f"  [yellow]note[/]: {escape(e['text'])}")
+            elif e["event"] == "note" and (e["run"], e["text"]) not in noted:
+                noted.add((e["run"], e["text"]))
+                progress.console.print(f"  [yellow]note[/]: {escape(e['run'])}: {escape(e['text'])}", soft_wrap=True)
 
         interrupt_on_terminate()
         try:

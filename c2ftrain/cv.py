@@ -148,14 +148,14 @@ def cv_report(recipe: Recipe, reports: dict[int, dict]) -> dict:
 
 def best_evaluation(curves: list[list[float]]) -> dict:
     """AST's summary of a cross-validation: the per-evaluation metric averaged over folds, its
-    best evaluation (0-based index among the full-resolution evaluations), and each fold's
-    metric there."""
+    best evaluation (its number among the full-resolution evaluations, from 1, as the table
+    prints it), and each fold's metric there."""
     n = min(len(c) for c in curves)
     if n == 0:
         return {}
     averaged = [mean([c[i] for c in curves]) for i in range(n)]
     best = max(range(n), key=averaged.__getitem__)  # the first of equal ones
-    return {"evaluation": best, "mean": averaged[best], "per_fold": [c[best] for c in curves]}
+    return {"evaluation": best + 1, "mean": averaged[best], "per_fold": [c[best] for c in curves]}
 
 
 def load_cv_config(run_dir: Path) -> tuple[Recipe, list[int], list[int], bool]:
@@ -190,6 +190,6 @@ def cv_table(report: dict):
                                       for r in runs), *saved)
     best = [report["runs"][r]["at_best_evaluation"] for r in runs]
     t.add_row("[dim]AST's: the best evaluation of the mean[/]",
-              *(f"[dim]{fmt(b['mean'])} (eval {b['evaluation'] + 1})[/]" if b else "" for b in best),
+              *(f"[dim]{fmt(b['mean'])} (eval {b['evaluation']})[/]" if b else "" for b in best),
               *([""] if saved else []))
     return t

@@ -60,6 +60,19 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
     return reader.attrs.get("fingerprint")
 
 
+def comparison_notes(recipe: Recipe) -> list[str]:
+    """A baseline given in the recipe whose length differs from coarse-to-fine's (its phases
+    shrunk with --set, the [baseline] left as it was): the comparison is then of runs of
+    different lengths, which the saving and the deltas do not say."""
+    if not recipe.baseline.phases or any(p.epochs is None for p in recipe.phases + recipe.baseline.phases):
+        return []
+    c2f, base = sum(p.epochs for p in recipe.phases), sum(p.epochs for p in recipe.baseline.phases)
+    if c2f == base:
+        return []
+    return [(f"the baseline trains {base} epochs, coarse-to-fine {c2f}: the comparison is of runs of different "
+             f"lengths; set baseline.phases too (e.g. --set 'baseline.phases=[{{method=\"none\",factor=1,epochs={c2f}}}]')")]
+
+
 CONFIG_REMEDY = "it is written by `c2ftrain run`: restore it, or train into a new directory"
 
 
@@ -91,6 +104,8 @@ def run_experiment(recipe: Recipe, run_dir: Path, *, seeds: list[int] | None = N
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     d = init_distributed(dev)
     seeds = seeds or [recipe.seed]
+    for note in comparison_notes(recipe) if baseline and on_event else ():
+        on_event({"event": "note", "run": "experiment", "text": note})
     with hold_run_dir(run_dir, "c2ftrain run") if d.is_main else contextlib.nullcontext():  # one process at a time
         if d.is_main:
             config = {"recipe": recipe.to_dict(), "seeds": seeds, "baseline": baseline,

@@ -106,8 +106,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated download, HTML error page saved as .pth, ...
-        raise InitError(f"{path}: not a readable torch state_dict file ({type(err).__name__}: "
-                        f"{str(err).strip()[:200]}); download it again") from None
+        raise InitError(f"{path}: not a readable torch state_dict file ({type(err).__name__}: {_load_reason(err)}); "
+                        "download it again (a checkpoint holding more than tensors is refused: c2f loads weights "
+                        "only, never code)") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -115,6 +116,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         kind = type(state).__name__
         raise InitError(f"{path}: expected a state_dict (names -> tensors), got a {kind}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_reason(err: Exception) -> str:
+    """torch.load's reason, without its advice to load with weights_only=False (which runs the
+    file's code, and does not mend a corrupt download): the unpickler's own words where it gave
+    them ("Unsupported operand 103"), else the first line."""
+    text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+        return f"the weights-only unpickler: {detail}"
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def _missing_file_message(path: Path) -> str:
@@ -174,9 +186,10 @@ def _timm_source(timm, name: str) -> str:
 # --- which layout the weights have ------------------------------------------------------------
 
 
-def checkpoint_format(state: dict) -> str:
+def checkpoint_format(state: dict, where: str = "state dict") -> str:
     """"ast": AST's checkpoints (timm's ViT wrapped as `v.`, head `mlp_head.0/1`); "c2f": this
-    project's AST (head_norm/head); "vit": a timm-named ViT/DeiT (ImageNet)."""
+    project's AST (head_norm/head); "vit": a timm-named ViT/DeiT (ImageNet). `where` names the
+    checkpoint in the error."""
     if "v.pos_embed" in state:
         return "ast"
     if "pos_embed" in state and "head_norm.weight" in state:
@@ -184,7 +197,7 @@ def checkpoint_format(state: dict) -> str:
     if all(k in state for k in ("pos_embed", "cls_token", "patch_embed.proj.weight")):
         return "vit"
     raise InitError(
-        "not a ViT/DeiT (timm naming), AST or c2f state dict: no pos_embed / cls_token / "
+        f"{where}: not a ViT/DeiT (timm naming), AST or c2f state dict: no pos_embed / cls_token / "
         f"patch_embed.proj.weight nor v.pos_embed; its keys begin {sorted(state)[:8]}"
     )
 
@@ -319,7 +332,7 @@ def load_pretrained(
     naming all of them, before the model is touched. The head is loaded when the checkpoint has
     one of our shape (an AudioSet checkpoint into a 527-class model), otherwise left fresh.
     """
-    fmt = checkpoint_format(state)
+    fmt = checkpoint_format(state, where)
     backbone, head, ignored = _split(state, fmt)
     backbone, pos_grid = _adapt_backbone(backbone, model, fmt, interpolation, antialias)
 
@@ -358,7 +371,13 @@ def _check_fit(where: str, model: AST, ours: dict, loaded: dict, fresh: list[str
     ]
     if missing or unexpected or mismatched:
         cfg = model.cfg
+        blocks = {k.split(".")[1] for k in loaded if k.startswith("blocks.")}
+        theirs = f" (width {loaded['pos_embed'].shape[-1]}, depth {len(blocks)})" if "pos_embed" in loaded else ""
+
+        def some(keys: list[str]) -> str:  # a few names, and how many more: a wrong width names them all
+            return f"{keys[:6]}" + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
         raise InitError(
-            f"{where} does not fit this AST (width {cfg.embed_dim}, depth {cfg.depth}):"
-            f"\n  missing: {missing}\n  unexpected: {unexpected}\n  mismatched: {mismatched}"
+            f"{where}{theirs} does not fit this AST (width {cfg.embed_dim}, depth {cfg.depth}):"
+            f"\n  missing: {some(missing)}\n  unexpected: {some(unexpected)}\n  mismatched: {some(mismatched)}"
         )

@@ -104,10 +104,10 @@ def seconds_per_step(trainer: PhaseTrainer, res: Resolution, batch: int) -> floa
 
 def plan_experiment(recipe: Recipe, *, measure: bool = True, device: str | None = None) -> dict:
     """The plan of `c2ftrain run RECIPE` (see the module docstring) as a JSON-ready dict."""
-    from c2ftrain.experiment import check_recipe_against_store
+    from c2ftrain.experiment import check_recipe_against_store, comparison_notes
 
     check_recipe_against_store(recipe)
-    out: dict = {"recipe": recipe.name, "runs": {}}
+    out: dict = {"recipe": recipe.name, "runs": {}, "notes": comparison_notes(recipe)}
     step_cost: dict[tuple, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("c2f", recipe.phases), ("baseline", recipe.baseline_phases)]
@@ -136,7 +136,7 @@ def _plan_run(recipe, phases, tmp: Path, label: str, measure: bool, device, step
                "final_eval_flops": final_eval_flops(recipe, trainer, rows),
                "coarse_full_eval_flops": sum(r["coarse_full_eval_flops"] for r in rows)}
         run["eval_flops"] = sum(r["eval_flops"] for r in rows) + run["final_eval_flops"]
-        run["notes"] = trainer.batch_notes()
+        run["notes"] = trainer.run_notes()
         if measure:
             est = 0.0
             for span in run_spans:

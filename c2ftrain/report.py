@@ -32,7 +32,19 @@ def _run_summary(runs: list) -> dict:
     return {"metric": first.metric, "metrics": first.metrics, "flops": first.flops, "wall_s": first.wall_s,
             "metric_per_seed": values, "metric_mean": mean(values), "metric_std": std(values),
             "flops_mean": mean([o.flops for o in runs]), "wall_s_mean": mean([o.wall_s for o in runs]),
-            "eval_curve": eval_curve(runs)}
+            "eval_curve": eval_curve(runs), "other_evaluations": other_evaluations(runs)}
+
+
+def other_evaluations(runs: list) -> dict:
+    """The headline metric of the run's other final evaluations (the weight average,
+    "averaged/mAP"; the extra eval splits, "eval_seen/accuracy"), over seeds: {key: {mean, std,
+    per_seed}} for the keys every seed has."""
+    name, out = runs[0].metric_name, {}
+    for k in runs[0].metrics:
+        if k.endswith(f"/{name}") and all(k in o.metrics for o in runs):
+            values = [float(o.metrics[k]) for o in runs]
+            out[k] = {"mean": mean(values), "std": std(values), "per_seed": values}
+    return out
 
 
 def full_resolution_evals(outcome) -> list[dict]:

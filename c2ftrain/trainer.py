@@ -329,10 +329,11 @@ class PhaseTrainer:
         return EpochShape(len(loader), loader.samples_per_epoch * self.dist.world_size,
                           phase.batch_size or self.recipe.data.batch_size)
 
-    def batch_notes(self) -> list[str]:
-        """Phases whose batch is more than an epoch of the training split holds: each step then
-        takes the whole split, once an epoch, which a recipe written for a larger dataset (tried
-        on a small one) does not mean. In a distributed run such a phase is an error (spans)."""
+    def run_notes(self) -> list[str]:
+        """What a recipe written for a larger dataset (or shrunk with --set) does here that it
+        likely does not mean: a batch larger than an epoch of the training split (each step takes
+        the whole split; in a distributed run that is an error, spans), a warm-up longer than what
+        it warms, a weight-average window past the run's last epoch."""
         notes = []
         for i, phase in enumerate(() if self.dist.enabled else self.phases):
             shape = self.epoch_shape(phase)
@@ -341,6 +342,25 @@ class PhaseTrainer:
                              f"clips of an epoch of the training split, so every step takes all {shape.samples} "
                              "(one step an epoch); give a smaller data.batch_size (or the phase's batch_size) if "
                              "that is not meant")
+        run_spans = self.spans()
+        warmup, scope = self.recipe.optim.warmup_steps, self.recipe.optim.lr_scope
+        if warmup and scope == "run" and warmup >= sum(s.steps for s in run_spans):
+            notes.append(f"optim.warmup_steps {warmup} is not less than the run's {sum(s.steps for s in run_spans)} "
+                         "steps: the learning rate never reaches optim.lr")
+        elif warmup and scope == "phase":
+            short = [f"{i + 1} ({s.steps})" for i, s in enumerate(run_spans) if warmup >= s.steps]
+            if short:
+                notes.append(f"optim.warmup_steps {warmup} is not less than the steps of phase(s) {', '.join(short)}, "
+                             "whose learning rate then never reaches its peak (lr_scope = \"phase\": each phase "
+                             "warms up anew)")
+        window, epochs = self.recipe.eval.average_epochs, sum(s.epochs for s in run_spans)
+        most = "at most " if any(s.phase.until == "plateau" for s in run_spans) else ""
+        if window and window[0] > epochs:
+            notes.append(f"eval.average_epochs {list(window)} starts after the run's last epoch ({most}{epochs}): no "
+                         "weight average will be made")
+        elif window and window[1] > epochs:
+            notes.append(f"eval.average_epochs {list(window)} ends after the run's last epoch ({most}{epochs}): "
+                         f"epochs {window[0]}-{epochs} are averaged")
         return notes
 
     def _budget_steps(self, phases: list[Phase], ended: dict, shapes: list[EpochShape]) -> int:
@@ -460,7 +480,7 @@ class PhaseTrainer:
                            "loaded": len(init["loaded"]), "fresh": len(init["fresh"])})
             if self.dist.is_main and (self.out / "metrics.jsonl").exists():
                 (self.out / "metrics.jsonl").unlink()  # a fresh run: no stale metrics
-            for note in self.batch_notes():
+            for note in self.run_notes():
                 self.on_event({"event": "note", "run": self.label, "text": note})
         model.to(self.device)
         eval_loader, optimizer = self.eval_loader(), None

@@ -362,8 +362,9 @@ def test_stand_in_store_has_the_shape_asked_for(tmp_path):
     from c2fdata.reader import StoreReader
 
     out = tmp_path / "asb"
-    run(["stand-in-store", str(out), "--split", "balanced_train=6", "--split", "eval=3", "--classes", "5",
-         "--seconds", "2", "--workers", "1"])
+    made = CliRunner().invoke(main, ["stand-in-store", str(out), "--split", "balanced_train=6", "--split", "eval=3",
+                                     "--classes", "5", "--seconds", "2", "--workers", "1"])
+    assert made.exit_code == 0 and "5 classes (single-label; a class needs a clip)" in made.output, made.output
     train, ev = StoreReader(out, "balanced_train"), StoreReader(out, "eval")
     assert (len(train.ids), len(ev.ids)) == (6, 3)
     # 2 s at a 10 ms shift: 198 Kaldi frames (25 ms windows, snip edges), padded to AST's 1,024

@@ -161,8 +161,8 @@ def test_cv_reports_every_fold_and_the_mean_and_resumes_after_a_crash(fold_store
 
 def test_best_evaluation_by_hand():
     curves = [[0.5, 0.7, 0.6], [0.6, 0.5, 0.9], [0.4, 0.6, 0.3, 0.99]]  # the longer one is cut to 3
-    # means per evaluation: 0.5, 0.6, 0.6 -> the first of the best: evaluation 1
-    assert best_evaluation(curves) == {"evaluation": 1, "mean": pytest.approx(0.6), "per_fold": [0.7, 0.5, 0.6]}
+    # means per evaluation: 0.5, 0.6, 0.6 -> the first of the best: the second evaluation
+    assert best_evaluation(curves) == {"evaluation": 2, "mean": pytest.approx(0.6), "per_fold": [0.7, 0.5, 0.6]}
 
 
 def test_cv_table_layouts():

@@ -301,3 +301,20 @@ def test_an_unfinished_run_is_not_taken_up_on_a_rebuilt_store(runs, toy_store, t
     save_checkpoint(ckpt, {k: v for k, v in saved.items() if k != "store_fingerprint"})  # written before fingerprints
     again = _one_run(recipe, recipe.baseline_phases, cut, "baseline", Dist(), "cpu", True, None, None)
     assert again.metric == json.loads((root / "b" / "baseline" / "outcome.json").read_text())["metric"]
+
+
+def test_other_final_evaluations_are_summed_up_over_seeds():
+    """The weight average's and the extra splits' headline metric, per seed, mean and spread:
+    AST's balanced-AudioSet figure is the averaged model's."""
+    from types import SimpleNamespace
+
+    from c2ftrain.report import other_evaluations
+
+    runs = [SimpleNamespace(metric_name="mAP", metrics={"mAP": 0.5, "averaged/mAP": a, "averaged/epochs": 6,
+                                                        "eval_seen/mAP": e, "eval_seen/AUC": 0.9})
+            for a, e in ((0.60, 0.40), (0.70, 0.50))]
+    runs.append(SimpleNamespace(metric_name="mAP", metrics={"mAP": 0.5, "averaged/mAP": 0.65}))  # no extra split
+    got = other_evaluations(runs)
+    assert list(got) == ["averaged/mAP"]  # only what every seed has; the headline metric only
+    assert got["averaged/mAP"]["per_seed"] == [0.60, 0.70, 0.65]
+    assert got["averaged/mAP"]["mean"] == pytest.approx(0.65) and got["averaged/mAP"]["std"] == pytest.approx(0.05)

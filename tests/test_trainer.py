@@ -744,6 +744,7 @@ def test_a_batch_larger_than_the_training_split_is_noted(toy_store, tmp_path, ca
 
     data = {**toy_recipe(toy_store).to_dict()["data"], "batch_size": 100}
     recipe = recipe_from_dict({**toy_recipe(toy_store).to_dict(), "data": data,
+                               "optim": {**toy_recipe(toy_store).to_dict()["optim"], "warmup_steps": 1},
                                "phases": [{"method": "pool-avg", "factor": 4, "epochs": 2},
                                           {"method": "none", "factor": 1, "epochs": 1, "batch_size": 16}]})
     events = []
@@ -756,9 +757,37 @@ def test_a_batch_larger_than_the_training_split_is_noted(toy_store, tmp_path, ca
     for _ in range(2):
         printer({"event": "note", "run": "c2f", "text": notes[0]})
     printer.stop()
-    assert " ".join(capsys.readouterr().out.split()).count("note: phase 1 (pool-avg C=4): batch 100") == 1
+    assert " ".join(capsys.readouterr().out.split()).count("note: c2f: phase 1 (pool-avg C=4): batch 100") == 1
     ok = recipe_from_dict({**recipe.to_dict(), "data": {**data, "batch_size": 64}})
     assert plan_experiment(ok, measure=False)["runs"]["c2f"]["notes"] == []  # 64 of 64: nothing to say
+
+
+def test_a_recipe_shrunk_past_its_warm_up_average_window_or_baseline_is_noted(toy_store, tmp_path):
+    """Settings a recipe for a longer run keeps when its phases are shrunk: a warm-up as long as
+    a phase (its peak never reached), a weight-average window past the last epoch, a [baseline]
+    of another length than the phases (the comparison would be of unequal runs)."""
+    from c2ftrain.experiment import comparison_notes
+    from c2ftrain.plan import plan_experiment
+
+    d = toy_recipe(toy_store).to_dict()  # 3 phases of 4 steps (64 clips, batch 16: one epoch each)
+    d["optim"]["warmup_steps"] = 4
+    d["eval"]["average_epochs"] = [2, 9]
+    notes = plan_experiment(recipe_from_dict(d), measure=False)["runs"]["c2f"]["notes"]
+    assert notes == [("optim.warmup_steps 4 is not less than the steps of phase(s) 1 (4), 2 (4), 3 (4), whose learning "
+                      "rate then never reaches its peak (lr_scope = \"phase\": each phase warms up anew)"),
+                     "eval.average_epochs [2, 9] ends after the run's last epoch (3): epochs 2-3 are averaged"]
+    d["optim"].update(warmup_steps=12, lr_scope="run")
+    d["eval"]["average_epochs"] = [5, 9]
+    notes = plan_experiment(recipe_from_dict(d), measure=False)["runs"]["c2f"]["notes"]
+    assert notes == ["optim.warmup_steps 12 is not less than the run's 12 steps: the learning rate never reaches optim.lr",
+                     "eval.average_epochs [5, 9] starts after the run's last epoch (3): no weight average will be made"]
+    d["phases"] = [{"method": "pool-avg", "factor": 4, "epochs": 2}, {"method": "none", "factor": 1, "epochs": 1}]
+    d["baseline"]["phases"] = [{"method": "none", "factor": 1, "epochs": 8}]
+    assert comparison_notes(recipe_from_dict(d)) == [
+        ("the baseline trains 8 epochs, coarse-to-fine 3: the comparison is of runs of different lengths; set "
+         "baseline.phases too (e.g. --set 'baseline.phases=[{method=\"none\",factor=1,epochs=3}]')")]
+    d["baseline"]["phases"] = [{"method": "none", "factor": 1, "epochs": 3}]
+    assert comparison_notes(recipe_from_dict(d)) == []
 
 
 def test_a_killed_runs_forked_children_do_not_hold_its_directory(tmp_path):
@@ -794,3 +823,15 @@ def test_a_killed_runs_forked_children_do_not_hold_its_directory(tmp_path):
     finally:
         proc.kill()
         subprocess.run(["pkill", "-f", str(ready)], check=False)  # the orphaned child
+
+
+def test_the_weight_averages_metric_is_printed(toy_store, tmp_path):
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    r = CliRunner().invoke(main, ["run", str(toy_toml(toy_store, tmp_path / "toy.toml")), "--no-baseline", "--device",
+                                  "cpu", "--out", str(tmp_path / "run"), "--set", "eval.average_epochs=[1,2]"])
+    assert r.exit_code == 0, r.output
+    averaged = json.loads((tmp_path / "run" / "c2f" / "outcome.json").read_text())["metrics"]["averaged/accuracy"]
+    assert f"c2f, other final evaluations: averaged/accuracy {averaged * 100:.2f}" in " ".join(r.output.split())
