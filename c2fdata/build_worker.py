@@ -95,7 +95,9 @@ def compute_clip(task: ClipTask) -> ClipResult:
     cfg, target, codec = _SETTINGS
     try:
         audio, sr = task.source()
-        feats = fbank(audio, sr, cfg, source=str(getattr(task.source, "path", task.clip_id)), max_frames=target)
+        source = str(getattr(task.source, "path", task.clip_id))
+        mono = to_mono_float(audio, source)  # once: fbank takes it as it is, the silence check below too
+        feats = fbank(mono, sr, cfg, source=source, max_frames=target)
     except BadClip as err:
         return ClipResult.failure(err.reason, err.detail)
     except Exception as err:  # a decoder bug must not kill a build of millions
@@ -107,7 +109,6 @@ def compute_clip(task: ClipTask) -> ClipResult:
     sums = np.array([real.sum(), np.square(real).sum(), real.size], np.float64)
     # silence as the features see it: the mono mix, its mean removed (channels that cancel, or a
     # constant offset, give the log floor as surely as zeros do)
-    mono = to_mono_float(audio, str(task.clip_id))
     peak = float(np.max(np.abs(mono - mono.mean()))) if mono.size else 0.0
     reason = detail = ""
     if peak < SILENT_PEAK:

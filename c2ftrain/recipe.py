@@ -660,14 +660,14 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None, *,
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{name_or_path}: invalid TOML: {err}") from None
     origin = {k: (origins or {}).get(k, "--set") for k in overrides or {}}
-    lengths: dict[str, str] = {}  # a phase's epochs and steps in one set of overrides: the later would undo the other
+    lengths: set[str] = set()  # a phase's epochs and steps in one set of overrides: the later would undo the other
     for key in overrides or {}:
         *path, leaf = key.split(".")
         if leaf in PHASE_LENGTHS and _is_phase(path):
             if (other := ".".join([*path, PHASE_LENGTHS[leaf]])) in lengths:
                 raise RecipeError(f"{origin[other]} {other} and {origin[key]} {key}: a phase is as long as its epochs "
                                   "or its steps say, not both; give one (it replaces the other)")
-            lengths[key] = leaf
+            lengths.add(key)
     for key, value in (overrides or {}).items():
         apply_override(d, key, value, origin[key])
     return recipe_from_dict(d)
