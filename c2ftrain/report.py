@@ -159,7 +159,7 @@ def plot_report(path: Path, report: dict, per_seed: list[dict]) -> None:
     fig.suptitle(f"{report['recipe']}: {phases} (dotted: phase change)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best", framealpha=0.6)  # where it hides the least of the curves and bands
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

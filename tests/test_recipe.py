@@ -178,3 +178,14 @@ def test_a_phase_given_in_epochs_can_be_set_in_steps_and_back():
                                                                      "steps": 9}]})
     kept = load_recipe("demo", {"optim.warmup_steps": 7})  # not a phase: nothing else changes
     assert kept.optim.warmup_steps == 7 and kept.phases == load_recipe("demo").phases
+
+
+def test_a_mask_wider_than_what_it_masks_is_refused():
+    """AST's 48-bin frequency mask on a 40-mel store (or a time mask past the clip) would blank
+    whole clips at random; refused against the store's shape, AST's own settings accepted."""
+    r = load_recipe("audioset_balanced")
+    r.check_against(1024, 128)
+    with pytest.raises(RecipeError, match=r"data.freq_mask_bins 48 is more than the store's 40 mel bins"):
+        r.check_against(1024, 40)
+    with pytest.raises(RecipeError, match=r"data.time_mask_frames 192 is more than the 128 frames a clip has"):
+        load_recipe("audioset_balanced", {"model.patch_stride": [16, 16]}).check_against(128, 128)
