@@ -101,7 +101,8 @@ def _printer(state: dict):
                           if "/" not in k and k != "classes_skipped")  # the same count at every evaluation
             if "metrics_at_phase_resolution" in e:
                 own = "at phase resolution: " + ", ".join(
-                    f"{k} {metric_text(k, v)}" for k, v in e["metrics_at_phase_resolution"].items())
+                    f"{k} {metric_text(k, v)}" for k, v in e["metrics_at_phase_resolution"].items()
+                    if k != "classes_skipped")
                 m = f"{m} [dim]({own})[/]" if m else f"[dim]{own}[/]"
             console.print(f"  {e['run']:<11} phase {e['phase'] + 1} ({e['phase_label']:<12}) epoch {e['epoch']:>2} "
                           f"step {e['step']:>5}  {m}  [dim]{e['cum_flops'] / 1e12:.2f} TFLOPs, {e['cum_wall_s']:.0f} s[/]")
@@ -194,6 +195,13 @@ def parse_overrides(overrides: tuple[str, ...]) -> dict:
     return parsed
 
 
+def skipped_classes_line(report: dict) -> str:
+    """The classes a multi-label evaluation left out (no positive clip in the split), said once
+    under the table, not at every evaluation; "" for a single-label run."""
+    n = report["c2f"]["metrics"].get("classes_skipped")
+    return "" if n is None else f"{n:.0f} classes have no positive clip in the evaluation split and are left out of mAP and AUC"
+
+
 def print_outcome(report: dict) -> None:
     """The closing lines of an experiment: the table, the claim in one sentence, the paired deltas."""
     from c2ftrain.report import paired_lines, report_table, saving_text
@@ -204,6 +212,8 @@ def print_outcome(report: dict) -> None:
     many = len(report["seeds"]) > 1
     value = "metric_mean" if many else "metric"
     seeds = f" (mean of {len(report['seeds'])} seeds)" if many else ""
+    if skipped := skipped_classes_line(report):
+        console.print(skipped)
     for label in ("c2f", "baseline", "equal_flops"):  # the weight average, the extra eval splits
         others = report.get(label, {}).get("other_evaluations", {})
         if others:

@@ -328,8 +328,9 @@ def load_pretrained(
 ) -> dict:
     """Load a ViT/DeiT, AST or c2f state dict into `model` at its current resolution.
 
-    Every backbone key must fit: missing, unexpected or mismatched keys raise one InitError
-    naming all of them, before the model is touched. The head is loaded when the checkpoint has
+    Every backbone key must fit: missing, unexpected or mismatched keys raise one InitError,
+    before the model is touched, naming the checkpoint's width and depth against the model's and
+    the first few keys of each kind with how many more. The head is loaded when the checkpoint has
     one of our shape (an AudioSet checkpoint into a 527-class model), otherwise left fresh.
     """
     fmt = checkpoint_format(state, where)

@@ -520,13 +520,13 @@ class Recipe:
         """Every phase leaves at least one patch of frames: a clear error naming the phase. A
         SpecAugment mask no wider than what it masks (a recipe's 48 bins on a 40-mel store
         would mask every bin of some clips, silently)."""
-        if self.data.freq_mask_bins > n_mels:
-            raise RecipeError(f"data.freq_mask_bins {self.data.freq_mask_bins} is more than the store's {n_mels} mel "
-                              "bins: a mask as wide as the spectrum blanks whole clips; give at most a fraction of it "
+        if self.data.freq_mask_bins >= n_mels:  # widths are drawn from 0..max, max included
+            raise RecipeError(f"data.freq_mask_bins {self.data.freq_mask_bins} is not less than the store's {n_mels} "
+                              "mel bins: a mask as wide as the spectrum blanks whole clips; give a fraction of it "
                               "(AST: 48 of 128)")
-        if self.data.time_mask_frames > target_frames:
-            raise RecipeError(f"data.time_mask_frames {self.data.time_mask_frames} is more than the "
-                              f"{target_frames} frames a clip has; give at most a fraction of it (AST: 192 of 1,024)")
+        if self.data.time_mask_frames >= target_frames:
+            raise RecipeError(f"data.time_mask_frames {self.data.time_mask_frames} is not less than the "
+                              f"{target_frames} frames a clip has; give a fraction of it (AST: 192 of 1,024)")
         for i, p in enumerate(self.phases + self.baseline_phases):
             if p.method == "patch":
                 frames, need = target_frames, patch_size[1] * p.factor

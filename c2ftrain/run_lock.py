@@ -31,6 +31,7 @@ except ImportError:  # Windows: no flock; runs go on unguarded
 
 LOCK_FILE = ".c2f-lock"
 log = logging.getLogger(__name__)
+_HELD: set[Path] = set()  # run directories this process holds: a POSIX lock taken twice is dropped by either release
 
 
 class RunDirectoryBusy(ValueError):
@@ -46,6 +47,20 @@ def hold_run_dir(run_dir: Path, command: str = "c2ftrain") -> Iterator[None]:
     if fcntl is None:
         yield
         return
+    key = run_dir.resolve()
+    if key in _HELD:  # lockf would grant it again, and the inner release would free the outer hold
+        raise RunDirectoryBusy(f"{run_dir} is already in use by this process ({command}): a run directory inside "
+                               "itself (a sweep cell named '.' or '..'?)")
+    _HELD.add(key)
+    try:
+        with _locked(run_dir, command):
+            yield
+    finally:
+        _HELD.discard(key)
+
+
+@contextmanager
+def _locked(run_dir: Path, command: str) -> Iterator[None]:
     with open(run_dir / LOCK_FILE, "a+") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -88,6 +88,8 @@ def load_grid(path: Path) -> list[Cell]:
             raise RecipeError(f"{path}: [[cells]] {i + 1}: set must be a table of overrides, e.g. "
                               f"set = {{ \"optim.lr\" = 5e-4 }}, got {c['set']!r}")
         overrides = dict(c.get("set", {}))
+        if str(c.get("name", "")).strip() in (".", ".."):  # a directory name that is not a directory of its own
+            raise RecipeError(f"{path}: [[cells]] {i + 1}: name {c['name']!r} is not a directory name; choose another")
         cells.append(Cell(str(c.get("name") or cell_name(overrides)), overrides, f"{path} [[cells]] {i + 1}: set"))
     if not cells:
         raise RecipeError(f"{path}: no cells; give a [grid] table or [[cells]] entries")

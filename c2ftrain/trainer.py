@@ -343,16 +343,18 @@ class PhaseTrainer:
                              "(one step an epoch); give a smaller data.batch_size (or the phase's batch_size) if "
                              "that is not meant")
         run_spans = self.spans()
-        warmup, scope = self.recipe.optim.warmup_steps, self.recipe.optim.lr_scope
-        if warmup and scope == "run" and warmup >= sum(s.steps for s in run_spans):
-            notes.append(f"optim.warmup_steps {warmup} is not less than the run's {sum(s.steps for s in run_spans)} "
-                         "steps: the learning rate never reaches optim.lr")
-        elif warmup and scope == "phase":
-            short = [f"{i + 1} ({s.steps})" for i, s in enumerate(run_spans) if warmup >= s.steps]
-            if short:
-                notes.append(f"optim.warmup_steps {warmup} is not less than the steps of phase(s) {', '.join(short)}, "
-                             "whose learning rate then never reaches its peak (lr_scope = \"phase\": each phase "
-                             "warms up anew)")
+        optim = self.recipe.optim
+        if optim.lr_scope == "run" and optim.warmup_steps > sum(s.steps for s in run_spans):
+            notes.append(f"optim.warmup_steps {optim.warmup_steps} is more than the run's "
+                         f"{sum(s.steps for s in run_spans)} steps: the learning rate never reaches optim.lr")
+        elif optim.lr_scope == "phase":  # each phase warms up anew, with its own warmup_steps where it sets them
+            for i, s in enumerate(run_spans):
+                own = s.phase.warmup_steps is not None
+                warmup = s.phase.warmup_steps if own else optim.warmup_steps
+                if warmup > s.steps:
+                    key = f"phases.{i + 1}.warmup_steps" if own else "optim.warmup_steps"
+                    notes.append(f"phase {i + 1} ({s.phase.label}): {key} {warmup} is more than its {s.steps} steps: "
+                                 "its learning rate never reaches its peak")
         window, epochs = self.recipe.eval.average_epochs, sum(s.epochs for s in run_spans)
         most = "at most " if any(s.phase.until == "plateau" for s in run_spans) else ""
         if window and window[0] > epochs:
@@ -360,7 +362,7 @@ class PhaseTrainer:
                          "weight average will be made")
         elif window and window[1] > epochs:
             notes.append(f"eval.average_epochs {list(window)} ends after the run's last epoch ({most}{epochs}): "
-                         f"epochs {window[0]}-{epochs} are averaged")
+                         f"epochs {window[0]}-{epochs}{' at most' if most else ''} are averaged")
         return notes
 
     def _budget_steps(self, phases: list[Phase], ended: dict, shapes: list[EpochShape]) -> int:

@@ -187,6 +187,11 @@ def test_a_file_cut_short_is_refused_in_every_container_libsndfile_reads_silentl
     assert err.value.reason == "truncated" and str(cut) in err.value.detail
     read, sr = FileSource(str(whole))()
     assert sr == 16000 and read.shape[0] == audio.shape[0]
+    cut.write_bytes(data[:-5])  # 5 bytes: the last frames, the first of them in part
+    frame = {"PCM_16": 2, "FLOAT": 4}[subtype] * channels
+    assert sf.info(str(cut)).frames == audio.shape[0] - -(-5 // frame)
+    with pytest.raises(BadClip, match="cut short"):
+        FileSource(str(cut))()
 
 
 def test_strict_makes_bad_input_fatal(bad_root, tmp_path):

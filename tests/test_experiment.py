@@ -366,3 +366,13 @@ def test_a_run_directory_is_never_overwritten_and_resume_takes_no_new_settings(t
     assert r.exit_code == 2 and "leave out --seeds, --set" in r.output
     r = CliRunner().invoke(main, ["cv", "esc50", "--resume", str(held), "--folds", "2"])
     assert r.exit_code == 2 and "leave out RECIPE, --folds" in r.output
+
+
+def test_a_cell_named_dot_dot_is_refused(tmp_path):
+    from c2ftrain.recipe import RecipeError
+    from c2ftrain.sweep import load_grid
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('[[cells]]\nname = ".."\nset = { "optim.lr" = 1e-4 }\n')
+    with pytest.raises(RecipeError, match=r"\[\[cells\]\] 1: name '..' is not a directory name"):
+        load_grid(grid)

@@ -730,7 +730,11 @@ def test_evaluations_report_their_batches(toy_store, tmp_path):
 
 
 def test_counts_print_as_whole_numbers():
-    from c2ftrain.cli import metric_text
+    from c2ftrain.cli import metric_text, skipped_classes_line
+
+    assert skipped_classes_line({"c2f": {"metrics": {"mAP": 0.4, "classes_skipped": 521.0}}}).startswith(
+        "521 classes have no positive clip in the evaluation split")
+    assert skipped_classes_line({"c2f": {"metrics": {"accuracy": 0.4}}}) == ""
 
     assert (metric_text("classes_skipped", 522.0), metric_text("averaged/epochs", 3)) == ("522", "3")
     assert (metric_text("mAP", 0.5), metric_text("eval_extra/accuracy", 1)) == ("0.5000", "1.0000")
@@ -770,16 +774,24 @@ def test_a_recipe_shrunk_past_its_warm_up_average_window_or_baseline_is_noted(to
     from c2ftrain.plan import plan_experiment
 
     d = toy_recipe(toy_store).to_dict()  # 3 phases of 4 steps (64 clips, batch 16: one epoch each)
-    d["optim"]["warmup_steps"] = 4
+    d["optim"]["warmup_steps"] = 4  # as long as a phase: its peak on its last step, nothing to say
     d["eval"]["average_epochs"] = [2, 9]
     notes = plan_experiment(recipe_from_dict(d), measure=False)["runs"]["c2f"]["notes"]
-    assert notes == [("optim.warmup_steps 4 is not less than the steps of phase(s) 1 (4), 2 (4), 3 (4), whose learning "
-                      "rate then never reaches its peak (lr_scope = \"phase\": each phase warms up anew)"),
-                     "eval.average_epochs [2, 9] ends after the run's last epoch (3): epochs 2-3 are averaged"]
-    d["optim"].update(warmup_steps=12, lr_scope="run")
+    assert notes == ["eval.average_epochs [2, 9] ends after the run's last epoch (3): epochs 2-3 are averaged"]
+    d["optim"]["warmup_steps"] = 5
+    d["phases"][1]["warmup_steps"] = 0  # a phase's own warm-up is the one it uses
+    d["phases"][2]["warmup_steps"] = 9
+    notes = plan_experiment(recipe_from_dict(d), measure=False)["runs"]["c2f"]["notes"]
+    assert notes[:2] == [("phase 1 (pool-avg C=4): optim.warmup_steps 5 is more than its 4 steps: its learning rate "
+                          "never reaches its peak"),
+                         ("phase 3 (full): phases.3.warmup_steps 9 is more than its 4 steps: its learning rate never "
+                          "reaches its peak")]
+    d["optim"].update(warmup_steps=13, lr_scope="run")
+    d["phases"][1].pop("warmup_steps")
+    d["phases"][2].pop("warmup_steps")
     d["eval"]["average_epochs"] = [5, 9]
     notes = plan_experiment(recipe_from_dict(d), measure=False)["runs"]["c2f"]["notes"]
-    assert notes == ["optim.warmup_steps 12 is not less than the run's 12 steps: the learning rate never reaches optim.lr",
+    assert notes == ["optim.warmup_steps 13 is more than the run's 12 steps: the learning rate never reaches optim.lr",
                      "eval.average_epochs [5, 9] starts after the run's last epoch (3): no weight average will be made"]
     d["phases"] = [{"method": "pool-avg", "factor": 4, "epochs": 2}, {"method": "none", "factor": 1, "epochs": 1}]
     d["baseline"]["phases"] = [{"method": "none", "factor": 1, "epochs": 8}]
@@ -835,3 +847,23 @@ def test_the_weight_averages_metric_is_printed(toy_store, tmp_path):
     assert r.exit_code == 0, r.output
     averaged = json.loads((tmp_path / "run" / "c2f" / "outcome.json").read_text())["metrics"]["averaged/accuracy"]
     assert f"c2f, other final evaluations: averaged/accuracy {averaged * 100:.2f}" in " ".join(r.output.split())
+
+
+def test_a_directory_one_process_holds_is_not_taken_again_by_it(tmp_path):
+    """POSIX locks are per process: taken again, the inner release would free the outer hold
+    (a sweep cell resolving to the sweep directory). Refused; the outer hold stays, and the
+    directory is free once it ends."""
+    from c2ftrain.run_lock import RunDirectoryBusy, hold_run_dir
+
+    with hold_run_dir(tmp_path / "d"):
+        with pytest.raises(RunDirectoryBusy, match="already in use by this process"), \
+                hold_run_dir(tmp_path / "d" / "cells" / ".."):
+            pass
+        probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+            from c2ftrain.run_lock import hold_run_dir
+            with hold_run_dir({str(tmp_path / "d")!r}):
+                pass
+        """)], capture_output=True, text=True, check=False)
+        assert probe.returncode != 0 and "in use by another process" in probe.stderr  # still held
+    with hold_run_dir(tmp_path / "d"):
+        pass

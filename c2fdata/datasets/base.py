@@ -47,9 +47,10 @@ CUT_NOTES = {
 def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") -> str | None:
     """libsndfile's own note that a WAV, RF64 or W64 file holds less audio than its header says,
     by at least one frame, or None. FLAC and Ogg fail to decode when cut; these containers are
-    read up to where the file ends, silently. A header written before its length was known (by a
-    program writing to a pipe) is no promise, and a chunk longer than its header says, or short
-    of a frame by a few bytes, has lost no audio."""
+    read up to where the file ends, silently. A WAV header written before its length was known
+    (by a program writing to a pipe) is no promise, and a chunk longer than its header says, or
+    short by bytes that complete no frame (a pad byte), has lost no audio; a cut inside the last
+    frame has lost that frame."""
     if container not in CUT_NOTES:
         return None
     pattern, in_bytes = CUT_NOTES[container]
@@ -58,7 +59,11 @@ def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") ->
         if found:
             a, b = map(int, found.groups())
             declared, present = (a, b) if in_bytes else (b, a)  # RF64 says the calculated count first
-            if declared < UNKNOWN_LENGTH and declared - present >= (frame_bytes if in_bytes else 1):
+            if container in ("WAV", "WAVEX") and declared >= UNKNOWN_LENGTH:  # a 32-bit size left unset
+                continue
+            if in_bytes:  # whole frames: a cut inside the last frame loses it too
+                declared, present = declared // frame_bytes, present // frame_bytes
+            if declared - present >= 1:
                 return " ".join(line.strip(" *").split())
     return None
 
