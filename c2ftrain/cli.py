@@ -60,11 +60,19 @@ def interrupt_on_terminate() -> None:
         terminate_as_interrupt()
 
 
+def print_note(out: Console, noted: set, e: dict) -> None:
+    """A run's "note" event, once: not again for each seed (or sweep cell) it concerns."""
+    from rich.markup import escape
+
+    if (e["run"], e["text"]) not in noted:
+        noted.add((e["run"], e["text"]))
+        out.print(f"  [yellow]note[/]: {escape(e['run'])}: {escape(e['text'])}", soft_wrap=True)
+
+
 def _printer(state: dict):
     """The console's view of a training: a line per run and evaluation, and between evaluations a
     (transient) bar of the epoch's batches with the loss, every LOG_EVERY_STEPS steps. Call
     `.stop()` on the result when training ends."""
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -112,9 +120,8 @@ def _printer(state: dict):
         elif e["event"] == "init" and e["format"] != "scratch":
             console.print(f"  {e['run']}: starting weights {e['init']} ({e['format']}): "
                           f"{e['loaded']} tensors loaded, {e['fresh']} initialised fresh")
-        elif e["event"] == "note" and (e["run"], e["text"]) not in noted:  # once, not again for each seed
-            noted.add((e["run"], e["text"]))
-            console.print(f"  [yellow]note[/]: {escape(e['run'])}: {escape(e['text'])}", soft_wrap=True)
+        elif e["event"] == "note":
+            print_note(console, noted, e)
         elif e["event"] == "step" and state.get("verbose"):
             console.print(f"    step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e}", style="dim")
 
@@ -436,7 +443,6 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
     continue); prints mean ± std per run and paired deltas per cell."""
     import time
 
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -471,9 +477,8 @@ def sweep(recipe, grid_path, n_seeds, out_dir, overrides, as_json):
         def on_event(e):
             if e["event"] == "start":
                 progress.console.print(f"  [dim]{e['run']} seed {e['seed']}: {' -> '.join(e['phases'])}[/]")
-            elif e["event"] == "note" and (e["run"], e["text"]) not in noted:
-                noted.add((e["run"], e["text"]))
-                progress.console.print(f"  [yellow]note[/]: {escape(e['run'])}: {escape(e['text'])}", soft_wrap=True)
+            elif e["event"] == "note":
+                print_note(progress.console, noted, e)
 
         interrupt_on_terminate()
         try:
