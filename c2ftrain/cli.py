@@ -161,17 +161,19 @@ RUN_OPTIONS = {"recipe": "RECIPE", "run_dir": "--out", "no_baseline": "--no-base
                "n_folds": "--folds", "overrides": "--set"}
 
 
-def check_run_dir(command: str, resume_dir: Path | None, run_dir: Path | None, record: str) -> None:
+def check_run_dir(command: str, resume_dir: Path | None, run_dir: Path | None, record: str,
+                  allowed: tuple[str, ...] = ()) -> None:
     """`--resume DIR` goes on as the run was started, so options that would change it are refused
-    (not silently ignored); a new run never overwrites a directory that holds trained work (a
-    checkpoint or a finished run; a start that failed before its first checkpoint may be redone).
-    Rank 0 decides: under torchrun, the others may start after it has written the directory."""
+    (not silently ignored), but those in `allowed` (cv's --folds, which may add folds); a new run
+    never overwrites a directory that holds trained work (a checkpoint or a finished run; a start
+    that failed before its first checkpoint may be redone). Rank 0 decides: under torchrun, the
+    others may start after it has written the directory."""
     ctx = click.get_current_context()
     if os.environ.get("RANK", "0") != "0":
         return
     if resume_dir:
-        given = [flag for name, flag in RUN_OPTIONS.items()
-                 if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        given = [flag for name, flag in RUN_OPTIONS.items() if name in ctx.params and name not in allowed
+                 and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:
             fail(f"--resume {resume_dir} goes on with the recipe, seeds and runs it was started with "
                  f"({resume_dir / record}); leave out {', '.join(given)}, or start a new run with them")
@@ -310,7 +312,8 @@ def run(recipe, run_dir, resume_dir, no_baseline, n_seeds, overrides, steps_log,
 @click.option("--out", "run_dir", type=click.Path(path_type=Path), help="Directory (default runs/NAME-cv-TIME).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the cross-validation in this directory (finished folds are kept).")
-@click.option("--folds", "n_folds", type=int, help="Run folds 1..N only (default: all of the recipe's [cv] folds).")
+@click.option("--folds", "n_folds", type=int, help="Run folds 1..N only (default: all of the recipe's [cv] folds); "
+              "with --resume, N may add folds to those the cross-validation was started with.")
 @click.option("--seeds", "n_seeds", type=int, default=1, show_default=True, help="Seeds per fold.")
 @click.option("--no-baseline", is_flag=True, help="Train coarse-to-fine only.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe key (as for `run`), e.g. "
@@ -330,11 +333,16 @@ def cv(recipe, run_dir, resume_dir, n_folds, n_seeds, no_baseline, overrides, st
     from c2ftrain.init_weights import InitError
     from c2ftrain.recipe import RecipeError, load_recipe
 
-    check_run_dir("cv", resume_dir, run_dir, "cv.json")
+    check_run_dir("cv", resume_dir, run_dir, "cv.json", allowed=("n_folds",))
     try:
         if resume_dir:
             rec, folds, seeds, with_baseline = load_cv_config(resume_dir)
             no_baseline, run_dir = not with_baseline, resume_dir
+            if n_folds is not None:  # more folds of the same experiment: each fold's runs stand alone
+                if n_folds < len(folds):
+                    fail(f"--resume {resume_dir} was started with folds {folds}: --folds can add folds "
+                         f"({len(folds)}..{rec.cv.folds}), not drop finished ones")
+                folds = fold_list(rec, n_folds)
         else:
             rec = load_recipe(recipe, parse_overrides(overrides))
             folds, seeds = fold_list(rec, n_folds), seed_list(rec, n_seeds)

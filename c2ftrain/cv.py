@@ -66,22 +66,23 @@ def check_folds(recipe: Recipe, folds: list[int]) -> None:
 
 def check_fold_stores(recipe: Recipe, folds: list[int]) -> None:
     """Every fold run has its store."""
+    from c2fdata.datasets import build_command
     from c2fdata.storage import as_location
 
     missing = [(k, recipe.cv.store_of(k)) for k in folds if not as_location(recipe.cv.store_of(k)).exists()]
     if missing:
         raise FileNotFoundError("fold stores not found: " + ", ".join(f"{s} (fold {k})" for k, s in missing)
-                                + "; build each, e.g. `c2fdata build --dataset esc50 --root ESC-50 --fold K "
-                                "--out " + recipe.cv.store + "`")
+                                + "; build each, e.g. `" + build_command(recipe.cv.store.replace("{fold}", "K"), "esc50", "K") + "`")
 
 
 def check_fold_splits(recipe: Recipe) -> None:
     """Every fold's split, not only those run: each fold trains on all the others."""
+    from c2fdata.datasets import build_command
     from c2fdata.storage import as_location
     from c2fdata.store import open_store
 
     store = recipe.cv.store
-    build = f"`c2fdata build --dataset esc50 --root ESC-50 --fold 0 --out {store}` (every fold its own split)"
+    build = f"`{build_command(store, 'esc50', 0)}` (every fold its own split)"
     if not as_location(store).exists():
         raise FileNotFoundError(f"store {store} not found (cv.split = {recipe.cv.split!r}); build it with {build}")
     have = set(open_store(store).attrs["splits"])

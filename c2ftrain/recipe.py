@@ -8,6 +8,7 @@ copy one and edit it. `load_recipe("demo")` takes a shipped name or a path.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -679,6 +680,12 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None, *,
             lengths.add(key)
     for key, value in (overrides or {}).items():
         apply_override(d, key, value, origin[key])
+    changed = [k for k in overrides or {} if k not in NOT_COMPARED]  # a seed or name changes no setting
+    if changed and d.get("description") and "description" not in (overrides or {}):
+        # The description was written for the recipe's own settings ("<= 14 epochs"): printed
+        # unchanged after `--set phases.1.epochs=2` it would describe a run that is not this one.
+        d["description"] += " (as written; since changed: " + ", ".join(
+            f"{k}={json.dumps(overrides[k], default=str)}" for k in changed) + ")"
     return recipe_from_dict(d)
 
 

@@ -159,6 +159,35 @@ def test_cv_reports_every_fold_and_the_mean_and_resumes_after_a_crash(fold_store
     assert folds[1]["c2f"]["metric_mean"] == folds[1]["c2f"]["eval_curve"][-1]
 
 
+def test_cv_resume_can_add_folds_and_not_drop_them(fold_stores, tmp_path, monkeypatch):
+    import c2ftrain.experiment as experiment
+
+    trained = []
+    real = experiment.PhaseTrainer.run
+
+    def run(self, resume=False):
+        trained.append((self.out.parent.name, self.label))
+        return real(self, resume)
+
+    monkeypatch.setattr(experiment.PhaseTrainer, "run", run)
+    out = tmp_path / "cv"
+    r = CliRunner().invoke(main, ["cv", recipe_file(tmp_path, fold_stores), "--out", str(out), "--folds", "1",
+                                  "--no-baseline", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    first = (out / "fold-1" / "c2f" / "outcome.json").read_text()
+    trained[:] = []
+    r = CliRunner().invoke(main, ["cv", "--resume", str(out), "--folds", "3", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert trained == [("fold-2", "c2f"), ("fold-3", "c2f")]  # fold 1 read back, still without baselines
+    assert (out / "fold-1" / "c2f" / "outcome.json").read_text() == first
+    assert json.loads((out / "report.json").read_text())["folds"] == [1, 2, 3]
+    assert json.loads((out / "cv.json").read_text())["folds"] == [1, 2, 3]
+    r = CliRunner().invoke(main, ["cv", "--resume", str(out), "--folds", "2", "--device", "cpu"])
+    assert r.exit_code == 2 and "not drop finished ones" in r.output
+    r = CliRunner().invoke(main, ["cv", "--resume", str(out), "--seeds", "2", "--device", "cpu"])
+    assert r.exit_code == 2 and "leave out --seeds" in r.output  # the other options stay refused
+
+
 def test_best_evaluation_by_hand():
     curves = [[0.5, 0.7, 0.6], [0.6, 0.5, 0.9], [0.4, 0.6, 0.3, 0.99]]  # the longer one is cut to 3
     # means per evaluation: 0.5, 0.6, 0.6 -> the first of the best: the second evaluation
@@ -215,7 +244,7 @@ def test_cv_errors(fold_stores, tmp_path):
     r = CliRunner().invoke(main, ["cv", recipe_file(tmp_path, fold_stores), "--set", "cv.folds=4", "--folds", "1"])
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "has no split fold4" in text and "fold1, fold2, fold3" in text
-    assert f"c2fdata build --dataset esc50 --root ESC-50 --fold 0 --out {fold_stores}/esc-folds" in text
+    assert f"c2fdata build --dataset esc50 --root DIR --fold 0 --out {fold_stores}/esc-folds" in text
     # a store built with --fold K (train/eval) under the fold-splits layout
     r = CliRunner().invoke(main, ["cv", recipe_file(tmp_path, fold_stores), "--set", f"store=\"{fold_stores}/esc-fold1\""])
     text = " ".join(r.output.split())

@@ -97,3 +97,12 @@ def test_the_build_command_read_off_a_stores_name(store, command):
     from c2fdata.datasets import build_command
 
     assert build_command(store) == command
+
+
+def test_the_build_command_of_a_known_dataset_and_fold():
+    """Cross-validation knows what it needs whatever the store is named: the dataset and fold."""
+    from c2fdata.datasets import build_command
+
+    assert build_command("/data/folds", "esc50", 0) == "c2fdata build --dataset esc50 --root DIR --fold 0 --out /data/folds"
+    assert build_command("stores/esc50-foldK", "esc50", "K") == (
+        "c2fdata build --dataset esc50 --root DIR --fold K --out stores/esc50-foldK")

@@ -42,6 +42,15 @@ def test_overrides():
     assert r.optim.lr == 5e-4 and r.data.batch_size == 32
 
 
+def test_a_description_says_what_overrides_changed_since_it_was_written():
+    written = load_recipe("demo").description
+    assert "<= 14 epochs" in written  # a figure the overrides below make untrue
+    changed = load_recipe("demo", {"phases.1.epochs": 2, "data.backend": "torch", "seed": 3}).description
+    assert changed == written + ' (as written; since changed: phases.1.epochs=2, data.backend="torch")'
+    assert load_recipe("demo", {"seed": 3}).description == written  # the seed is not a setting described
+    assert load_recipe("demo", {"description": "mine", "optim.lr": 1e-4}).description == "mine"
+
+
 def test_a_table_override_changes_its_keys_only():
     """`set = { optim.lr = 5e-4 }` in a grid file is TOML for {"optim": {"lr": 5e-4}}: the rest of
     [optim] must stay the recipe's (it went back to the defaults, adam without weight decay)."""

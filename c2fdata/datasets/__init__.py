@@ -23,18 +23,21 @@ NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
 DEFAULT_STORE = "stores/{dataset}"  # where `c2fdata build` writes without --out
 
 
-def build_command(store: str) -> str:
+def build_command(store: str, dataset: str | None = None, fold: int | str | None = None) -> str:
     """The `c2fdata build` command that writes a store at `store`, for errors about a missing one.
-    Its dataset is read off the store's name where that is a dataset's (as the default
-    stores/DATASET is; "esc50-fold2" too); else DATASET stands in. ESC-50 as its recipe reads it:
-    stores/esc50 with every fold its own split (--fold 0), stores/esc50-foldK with fold K held out."""
+    Its dataset, unless given, is read off the store's name where that is a dataset's (as the
+    default stores/DATASET is; "esc50-fold2" too); else DATASET stands in. ESC-50 as its recipe
+    reads it, unless `fold` is given: stores/esc50 with every fold its own split (--fold 0),
+    stores/esc50-foldK with fold K held out."""
     name = str(store).rstrip("/").rsplit("/", 1)[-1]
-    dataset = next((d for d in sorted(ADAPTERS, key=len, reverse=True) if name == d or name.startswith(d + "-")),
-                   None)
+    dataset = dataset or next((d for d in sorted(ADAPTERS, key=len, reverse=True)
+                               if name == d or name.startswith(d + "-")), None)
     words = ["c2fdata build --dataset", dataset or "DATASET"]
     if dataset is None or dataset in NEEDS_ROOT:
         words.append("--root DIR")
-    if dataset == "esc50":  # the recipes' convention: stores/esc50 holds every fold (--fold 0), esc50-foldK one
+    if fold is not None:
+        words.append(f"--fold {fold}")
+    elif dataset == "esc50":  # the recipes' convention: stores/esc50 holds every fold (--fold 0), esc50-foldK one
         fold = name[len("esc50-fold"):] if name.startswith("esc50-fold") else "0"
         words.append(f"--fold {fold if fold.isdigit() else 0}")
     if store != DEFAULT_STORE.format(dataset=dataset):
