@@ -160,7 +160,7 @@ def test_cv_reports_every_fold_and_the_mean_and_resumes_after_a_crash(fold_store
 
 
 def test_cv_resume_can_add_folds_and_not_drop_them(fold_stores, tmp_path, monkeypatch):
-    import c2ftrain.experiment as experiment
+    from c2ftrain import experiment
 
     trained = []
     real = experiment.PhaseTrainer.run
