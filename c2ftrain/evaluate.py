@@ -20,17 +20,23 @@ from c2ftrain.model import AST, ASTConfig
 def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist(),
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of `model` over every clip the loader serves (all ranks together), at the
-    resolution the model and loader are set to; `progress(done, total)` after each batch."""
+    resolution the model and loader are set to; `progress(done, total)` after each batch. The
+    model is left in the mode it came in (a training model goes on training: with dropout or drop
+    path, an evaluation mid-run must not switch them off for the rest of the run)."""
+    was_training = model.training
     model.eval()
     scores, targets, index = [], [], []
     loader.set_epoch(0)
     total = len(loader)
-    for k, batch in enumerate(loader, 1):
-        scores.append(class_scores(model, batch["features"].to(device, non_blocking=True), multi_label, device))
-        targets.append(batch["labels"])
-        index.append(batch["index"])
-        if progress:
-            progress(k, total)
+    try:
+        for k, batch in enumerate(loader, 1):
+            scores.append(class_scores(model, batch["features"].to(device, non_blocking=True), multi_label, device))
+            targets.append(batch["labels"])
+            index.append(batch["index"])
+            if progress:
+                progress(k, total)
+    finally:
+        model.train(was_training)
     s, t = gather_cat(d, torch.cat(scores).cpu()), gather_cat(d, torch.cat(targets).cpu())
     i = gather_cat(d, torch.cat(index).cpu())
     order = torch.argsort(i)  # rank shards interleave; every clip once

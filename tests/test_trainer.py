@@ -165,6 +165,35 @@ def test_fused_adam_trains_as_the_default_adam(toy_store, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-4)
 
 
+def test_every_step_trains_in_training_mode_and_evaluations_in_eval_mode(toy_store, tmp_path, monkeypatch):
+    """Evaluations come between phases: the steps after them must still train with dropout and
+    drop path on (a model left in eval mode would train coarse-to-fine's later phases without
+    them, the baseline's single phase with them), and the evaluations must see them off."""
+    import dataclasses
+
+    import c2ftrain.evaluate as evaluate
+    import c2ftrain.trainer as trainer
+
+    modes = {"train": [], "eval": []}
+    real_step, real_scores = trainer.train_step, evaluate.class_scores
+
+    def step(net, *args, **kw):
+        modes["train"].append(net.training)
+        return real_step(net, *args, **kw)
+
+    def scores(model, *args, **kw):
+        modes["eval"].append(model.training)
+        return real_scores(model, *args, **kw)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(evaluate, "class_scores", scores)
+    recipe = toy_recipe(toy_store)
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, drop_path_rate=0.1))
+    PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    assert len(modes["train"]) == 12 and all(modes["train"])
+    assert len(modes["eval"]) >= 3 and not any(modes["eval"])
+
+
 def test_compiled_training_equals_eager(toy_store, tmp_path, monkeypatch):
     """model.compile wraps the train step's model in torch.compile, anew in each phase (each has
     its own shapes and positional table), and trains the model that is checkpointed. Dynamo
