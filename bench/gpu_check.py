@@ -21,6 +21,7 @@ running nothing; --dry-run prints every command
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -167,6 +168,7 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
     Whatever it leaves behind (reader processes, torchrun's workers) is killed with it."""
     out = open(cmd.stdout, "w") if cmd.stdout else log
     proc = subprocess.Popen(cmd.argv, stdout=out, stderr=log, cwd=cwd, env=env, start_new_session=True)
+    groups = ProcessGroups(proc.pid)
     deadline = time.monotonic() + timeout_s
     try:
         if cmd.kill_when is not None:
@@ -175,40 +177,56 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
             if proc.poll() is not None:
                 return f"ended (exit code {proc.returncode}) before {cmd.kill_when.name} appeared: nothing to kill"
             if not cmd.kill_when.exists():
-                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}{dump_stacks(proc, log)}"
+                return f"timed out after {timeout_s:.0f} s waiting for {cmd.kill_when.name}{dump_stacks(groups, log)}"
             proc.send_signal(signal.SIGKILL)  # the training process alone, as a crash would
             proc.wait()
             return ""
         rc = proc.wait(timeout=max(deadline - time.monotonic(), 0.001))
         return "" if rc == 0 else f"exit code {rc}"
     except subprocess.TimeoutExpired:
-        return f"timed out after {timeout_s:.0f} s{dump_stacks(proc, log)}"
+        return f"timed out after {timeout_s:.0f} s{dump_stacks(groups, log)}"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        groups.signal(signal.SIGKILL)
         proc.wait()
         if cmd.stdout:
             out.close()
+
+
+class ProcessGroups:
+    """The process groups of a command and of everything it started. torchrun's agent starts
+    each worker in a session of its own, which a signal to the command's group does not reach;
+    and once the agent has ended, its workers are init's and no longer found below it. So every
+    group below is remembered as it is seen, and each signal goes to all those seen so far."""
+
+    def __init__(self, pid: int):
+        self.pid, self.seen = pid, {pid}
+
+    def signal(self, sig: int) -> None:
+        from bench.timing import descendants
+
+        own = os.getpgrp()  # never this process's own group (the check itself)
+        for pid in {self.pid} | descendants(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self.seen.add(os.getpgid(pid))
+        for group in self.seen - {own}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
 
 
 STACKS_NOTE = " (where it was: the Python stacks at the end of its log)"
 STACK_DUMP_WAIT_S = 3.0  # for every process of the group to write its stacks before the SIGKILL
 
 
-def dump_stacks(proc: subprocess.Popen, log) -> str:
+def dump_stacks(groups: ProcessGroups, log) -> str:
     """Ask every process of a command that ran out of time where it is: c2f's commands print all
     their threads' stacks on SIGUSR1 (into the step's log) and go on; others (pytest, torchrun's
-    agent, spawned reader processes) end on it, as they would on the SIGKILL that follows. The
+    agent, spawned reader processes) end on it, as they would on the SIGKILL that follows. Every
+    group below the command is asked (torchrun's workers sit in sessions of their own), and the
     whole wait is kept even if the top process ends at once (torchrun's agent does): its workers
     are still writing. Returns STACKS_NOTE if a dump reached the log, else ""."""
     log.flush()
     before = os.path.getsize(log.name)
-    try:
-        os.killpg(proc.pid, STACK_DUMP_SIGNAL)
-    except ProcessLookupError:
-        return ""
+    groups.signal(STACK_DUMP_SIGNAL)
     time.sleep(STACK_DUMP_WAIT_S)
     with open(log.name, "rb") as f:
         f.seek(before)

@@ -54,12 +54,30 @@ def descendants_cpu_s(root: int | None = None) -> float | None:
     none (not Linux). Threads inside this process (DALI's operator threads) are not included."""
     import os
 
-    root = os.getpid() if root is None else root
+    table = _process_table()
+    if table is None:
+        return None
+    below = _below(table, os.getpid() if root is None else root)
+    return sum(table[p][1] for p in below) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below `root` (children, theirs, ...), read from /proc; empty where there
+    is none. A process that has left its parent's session (torchrun's workers) is included while
+    its parent lives: read before signalling, since an orphan is adopted by init."""
+    table = _process_table()
+    return set() if table is None else _below(table, root)
+
+
+def _process_table() -> dict[int, tuple[int, int]] | None:
+    """pid -> (parent pid, CPU clock ticks) of every live process; None without /proc."""
+    import os
+
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return None
-    parent, cpu = {}, {}
+    table = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -67,10 +85,13 @@ def descendants_cpu_s(root: int | None = None) -> float | None:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # ended meanwhile
-        parent[pid] = int(fields[1])
-        cpu[pid] = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+        table[pid] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid; utime + stime (stat's 14, 15)
+    return table
+
+
+def _below(table: dict[int, tuple[int, int]], root: int) -> set[int]:
     below, frontier = set(), {root}
     while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - below
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier} - below
         below |= frontier
-    return sum(cpu[p] for p in below) / os.sysconf("SC_CLK_TCK")
+    return below

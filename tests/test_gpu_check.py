@@ -143,10 +143,14 @@ def test_no_stacks_note_where_no_stack_was_written(tmp_path):
     assert result["detail"] == "timed out after 2 s"  # a plain process ends on SIGUSR1, saying nothing
 
 
-def test_a_timed_out_step_leaves_no_process_behind(tmp_path):
+@pytest.mark.parametrize("own_session", [False, True])
+def test_a_timed_out_step_leaves_no_process_behind(tmp_path, own_session):
+    """Also a child in a session of its own (torchrun starts its workers so) whose parent ends on
+    the stack-dump signal (as torchrun's agent does), leaving it to init."""
     child_pid = tmp_path / "child.pid"
     script = (f"import subprocess, sys, time, pathlib; p = subprocess.Popen([sys.executable, '-c', 'import time; "
-              f"time.sleep(60)']); pathlib.Path({str(child_pid)!r}).write_text(str(p.pid)); time.sleep(60)")
+              f"time.sleep(60)'], start_new_session={own_session}); "
+              f"pathlib.Path({str(child_pid)!r}).write_text(str(p.pid)); time.sleep(60)")
     [result] = gc.run_all([python_step("a", script, timeout=3)], tmp_path)
     assert result["detail"] == "timed out after 3 s"  # neither process prints stacks
     pid = int(child_pid.read_text())
