@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -29,11 +28,14 @@ def machine_line(m: dict) -> str:
     return line if warning is None else f"{line}\n[yellow]{escape(warning)}[/yellow]"
 
 
-def write_json(path: Path | None, payload: dict) -> None:
+def write_json(path: Path | None, payload: dict, quiet: bool = False) -> None:
     if path:
+        from c2fdata.json_files import write_json_atomic
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {path}")
+        write_json_atomic(path, payload)  # a run killed while writing leaves the last whole file
+        if not quiet:
+            console.print(f"wrote {path}")
 
 
 @contextmanager
@@ -308,7 +310,8 @@ def throughput(phase_numbers, all_phases, recipe, store, backend, device, batch_
         with reporting("checking the recipe and its store", stall_s) as say:
             result = bench_throughput(rec, numbers, store=store, backend=backend, device=device,
                                       batch_size=batch_size, compile_mode=compile_mode, settings=settings,
-                                      progress=say)
+                                      progress=say,  # a run cut short keeps its timed rounds
+                                      on_round=lambda partial: write_json(json_path, partial, quiet=True))
     except (ValueError, FileNotFoundError, ImportError) as err:  # RecipeError is a ValueError
         raise click.ClickException(str(err)) from None
     console.print(throughput_table(result))

@@ -329,7 +329,8 @@ def bench_recipe(recipe: Recipe, phase_numbers: list[int], *, store: str | Path 
 def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | Path | None = None,
                      backend: str | None = None, device: str = "cpu", batch_size: int | None = None,
                      compile_mode: str | None = None, settings: ThroughputSettings = ThroughputSettings(),
-                     progress: Callable[[str], None] | None = None) -> dict:
+                     progress: Callable[[str], None] | None = None,
+                     on_round: Callable[[dict], None] | None = None) -> dict:
     """Figures of the phases `phase_numbers` (1-based) of `recipe` and of its full-resolution
     phase, in one run. Returns the JSON payload (see docs/BENCHMARKS.md for the keys).
     batch_size: every phase's batch instead of the recipe's (how the split moves with the batch).
@@ -338,7 +339,9 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
     which must then be kept (warmup >= 1).
     progress(text): called before each part of the run with what comes next ("round 2/6 (timed):
     phase 1 (pool-avg C=4): end to end"), so that a caller can show it, and a stalled run shows
-    where it stalled."""
+    where it stalled.
+    on_round(payload): called after each timed round but the last with the payload so far
+    ("finished": false, "timed_rounds": how many), so that a run cut short (a time limit) keeps its rounds."""
     say = progress or (lambda text: None)
     if compile_mode is None and recipe.model.compile != "none":
         compile_mode = recipe.model.compile
@@ -374,31 +377,38 @@ def bench_throughput(recipe: Recipe, phase_numbers: list[int], *, store: str | P
         with contextlib.ExitStack() as open_loaders:  # each closed even if another's close fails
             for st in steps:
                 open_loaders.callback(st.close_loader)
+            def payload(timed_rounds: int) -> dict:
+                for st in steps:  # DALI: one pipeline per phase, whatever the number of rounds
+                    st.p.builds = st.builds
+                ref = next(p for p in phases if p.number == ref_number)
+                ref_flops = ref.resolution.train_flops_per_sample(trainer.cfg)
+                rows = [_row(trainer, p, ref, ref_flops) for p in phases]
+                return {
+                    "machine": {**describe(), "torch_threads": torch.get_num_threads()},
+                    "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+                    "recipe": recipe.name, "store": str(recipe.store), "device": str(trainer.device),
+                    "loader": {"backend": resolve_backend(trainer.base),  # the backend that really served
+                               "device": trainer.base.device, "num_workers": trainer.base.num_workers,
+                               "num_threads": trainer.base.num_threads},
+                    "settings": dataclasses.asdict(settings),
+                    "finished": timed_rounds == settings.repeats, "timed_rounds": timed_rounds,
+                    "compile": compile_mode, "optim_fused": recipe.optim.fused,
+                    "reference_phase": ref_number,
+                    "phases": rows,
+                    "targets": _targets(rows, ref_number),
+                    "gpu_targets": _gpu_targets(rows) if trainer.device.type == "cuda" else None,
+                }
+
             rounds = settings.warmup + settings.repeats
             for r in range(rounds):
                 kind = "timed" if r >= settings.warmup else "warm-up"
                 _round(steps, timed=r >= settings.warmup,
                        say=lambda text, r=r, kind=kind: say(f"round {r + 1}/{rounds} ({kind}): {text}"))
+                if on_round and r >= settings.warmup and r + 1 < rounds:
+                    on_round(payload(r + 1 - settings.warmup))
             say("closing the loaders")
-        for st in steps:  # DALI: one pipeline per phase, whatever the number of rounds
-            st.p.builds = st.builds
-        loader_backend = resolve_backend(trainer.base)  # the backend that really served the batches
-    ref = next(p for p in phases if p.number == ref_number)
-    ref_flops = ref.resolution.train_flops_per_sample(trainer.cfg)
-    rows = [_row(trainer, p, ref, ref_flops) for p in phases]
-    return {
-        "machine": {**describe(), "torch_threads": torch.get_num_threads()},
-        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-        "recipe": recipe.name, "store": str(recipe.store), "device": str(trainer.device),
-        "loader": {"backend": loader_backend, "device": trainer.base.device,
-                   "num_workers": trainer.base.num_workers, "num_threads": trainer.base.num_threads},
-        "settings": dataclasses.asdict(settings),
-        "compile": compile_mode, "optim_fused": recipe.optim.fused,
-        "reference_phase": ref_number,
-        "phases": rows,
-        "targets": _targets(rows, ref_number),
-        "gpu_targets": _gpu_targets(rows) if trainer.device.type == "cuda" else None,
-    }
+        result = payload(settings.repeats)
+    return result
 
 
 def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
@@ -421,7 +431,7 @@ def _row(trainer: PhaseTrainer, p: _Phase, ref: _Phase, ref_flops: int) -> dict:
         "speedup": {**{k: _paired_speedup(p, ref, k) for k in FIGURES}, "flops": ref_flops / flops},
         "train_step_flops_per_sample": flops,
         "spread": {k: m[k].spread for k in FIGURES},
-        "repeats": p.rates,
+        "repeats": {k: list(v) for k, v in p.rates.items()},  # as they are now: later rounds add to p.rates
     }
 
 

@@ -12,12 +12,12 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from c2fdata.json_files import write_json_atomic
 from c2ftrain.distributed import Dist, init_distributed
 from c2ftrain.recipe import DataSpec, ModelSpec, Phase, Recipe, recipe_from_dict
 from c2ftrain.report import build_report, write_report
@@ -203,14 +203,6 @@ def _one_run(recipe, phases, out: Path, label: str, d: Dist, device: str, resume
     if d.is_main:
         write_json_atomic(done, {**outcome_to_json(outcome), "store_fingerprint": fingerprint})
     return outcome
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Written whole or not at all: a process stopped mid-write leaves the previous file (or none),
-    never a truncated one that a resume would then fail to read."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 def read_json_object(path: Path, remedy: str) -> dict:

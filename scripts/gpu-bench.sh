@@ -4,8 +4,10 @@
 # data-loading share and GPU busy, with each loader backend, on a stand-in store of AudioSet's
 # shape (noisy tones; built once, AudioSet itself being out of reach offline).
 #   bash scripts/gpu-bench.sh [--loader dali|torch|both] [--out DIR] [--store DIR] [--repeats N] [--batches N]
-#                             [--batch-size N] [--tag NAME] [-- BENCH-THROUGHPUT-OPTIONS...]
-# Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-<NAME>].json and .png (default DIR: results).
+#                             [--batch-size N] [--phase N] [--tag NAME] [-- BENCH-THROUGHPUT-OPTIONS...]
+# Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-<NAME>].json and .png (default DIR: results); the
+# JSON is rewritten after every timed round, so a run stopped early keeps its rounds ("finished":
+# false). --phase N (repeatable) measures phase N and the full-resolution phase, not every phase.
 # Options after -- go to `bench throughput` as they are, e.g.
 #   bash scripts/gpu-bench.sh --loader torch --tag graphs -- --compile reduce-overhead --set optim.fused=true
 # Each part of the run is a line on stderr, and a part silent for 90 s (a compile, a stall) prints
@@ -16,17 +18,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's bench/, even if another is installed
 PY="${PYTHON:-python3}"
-loader=both out=results store=stores/audioset-stand-in repeats=3 batches=50 batch=() tag="" extra=()
+loader=both out=results store=stores/audioset-stand-in repeats=3 batches=50 batch=() tag="" extra=() phases=()
 usage() { echo "gpu-bench.sh: $1 (see the header of $0)" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --loader|--out|--store|--repeats|--batches|--batch-size|--tag) [[ $# -ge 2 ]] || usage "$1 needs a value" ;;&
+    --loader|--out|--store|--repeats|--batches|--batch-size|--phase|--tag) [[ $# -ge 2 ]] || usage "$1 needs a value" ;;&
     --loader) loader=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --store) store=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --batches) batches=$2; shift 2 ;;
     --batch-size) batch=(--batch-size "$2"); tag="-b$2$tag"; shift 2 ;;
+    --phase) phases+=(--phase "$2"); tag="$tag-p$2"; shift 2 ;;
     --tag) tag="$tag-$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) usage "unknown argument $1" ;;
@@ -46,8 +49,9 @@ if [[ ! -d $store ]]; then  # audioset_balanced's splits; 2,000 clips = 166 batc
 fi
 mkdir -p "$out"
 rc=0
+[[ ${#phases[@]} -gt 0 ]] || phases=(--all)
 for l in "${loaders[@]}"; do  # one loader failing (DALI missing, say) still lets the other run
-  "$PY" -m bench.cli throughput --recipe audioset_balanced --store "$store" --all --device cuda --loader "$l" \
+  "$PY" -m bench.cli throughput --recipe audioset_balanced --store "$store" "${phases[@]}" --device cuda --loader "$l" \
     --repeats "$repeats" --warmup 1 --batches "$batches" --loader-batches 50 --stall-dump 90 "${batch[@]}" "${extra[@]}" \
     --json "$out/throughput-asb-gpu-$l$tag.json" --plot "$out/throughput-asb-gpu-$l$tag.png" || rc=1
 done

@@ -132,6 +132,25 @@ def test_throughput_one_phase_adds_the_reference(tiny_recipe, tmp_path):
     assert [r["phase"] for r in json.loads(out.read_text())["phases"]] == [1, 2]
 
 
+def test_throughput_hands_over_each_timed_round_but_the_last(tiny_recipe, tmp_path):
+    """A run cut short (a lent GPU's time limit) keeps the rounds it finished: the CLI rewrites
+    its JSON with each; the last is the result itself."""
+    from bench.throughput import ThroughputSettings, bench_throughput
+    from c2ftrain.recipe import load_recipe
+
+    partial = []
+    result = bench_throughput(load_recipe(tiny_recipe), [1], settings=ThroughputSettings(
+        repeats=3, warmup=1, batches=1, loader_batches=1), on_round=partial.append)
+    assert [(d["finished"], d["timed_rounds"]) for d in partial] == [(False, 1), (False, 2)]
+    assert (result["finished"], result["timed_rounds"]) == (True, 3)
+    assert [len(r["repeats"]["model"]) for r in partial[1]["phases"]] == [2, 2]
+    assert [len(r["repeats"]["model"]) for r in result["phases"]] == [3, 3]
+    out = tmp_path / "t.json"
+    run(["throughput", "--recipe", str(tiny_recipe), "--repeats", "2", "--warmup", "0", "--batches", "1",
+         "--loader-batches", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["finished"] is True and not list(tmp_path.glob("*.tmp"))
+
+
 def test_throughput_batch_size_overrides_every_phase(tiny_recipe, tmp_path):
     out = tmp_path / "t.json"
     run(["throughput", "--recipe", str(tiny_recipe), "--phase", "1", "--batch-size", "4", "--repeats", "1",

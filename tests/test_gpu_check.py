@@ -47,6 +47,25 @@ def test_gpu_bench_refuses_bad_arguments_and_a_machine_without_cuda(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("args, phases", [([], ["--all"]), (["--phase", "1"], ["--phase", "1"]),
+                                          (["--phase", "1", "--phase", "2"], ["--phase", "1", "--phase", "2"])])
+def test_gpu_bench_measures_every_phase_or_those_named(tmp_path, args, phases):
+    """What the script asks of `bench throughput`, read from a stand-in python that logs its calls."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')  # "CUDA is available", every run ends well
+    fake.chmod(0o755)
+    (tmp_path / "store").mkdir()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-bench.sh"), "--loader", "torch", "--store",
+                           str(tmp_path / "store"), "--out", str(tmp_path / "o"), *args],
+                          capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 0, proc.stderr
+    [bench] = [line.split() for line in log.read_text().splitlines() if "throughput" in line]
+    assert [w for i, w in enumerate(bench) if w in ("--all", "--phase") or bench[i - 1] == "--phase"] == phases
+    suffix = "".join(f"-p{n}" for n in phases[1::2])
+    assert bench[bench.index("--json") + 1] == str(tmp_path / "o" / f"throughput-asb-gpu-torch{suffix}.json")
+
+
 def test_dry_run_prints_every_steps_commands_and_writes_nothing(tmp_path):
     proc = gpu_check("--dry-run", "--workdir", tmp_path / "work")
     assert proc.returncode == 0, proc.stderr

@@ -171,8 +171,7 @@ def test_every_step_trains_in_training_mode_and_evaluations_in_eval_mode(toy_sto
     them, the baseline's single phase with them), and the evaluations must see them off."""
     import dataclasses
 
-    import c2ftrain.evaluate as evaluate
-    import c2ftrain.trainer as trainer
+    from c2ftrain import evaluate, trainer
 
     modes = {"train": [], "eval": []}
     real_step, real_scores = trainer.train_step, evaluate.class_scores
