@@ -52,6 +52,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found")
     what_now = ("restore it from a copy, or delete it (`c2ftrain run --resume` then trains that run again from "
                 "its start)")
+    if path.suffix != ".pt" and not zipfile.is_zipfile(path):  # another file given (metrics.jsonl, a .pth of AST's)
+        raise ValueError(f"{path} is not a c2f checkpoint: those are final.pt and checkpoints/last.pt in a run's "
+                         "directory (starting weights of AST or timm go in model.init)")
     try:
         damaged = _damaged_entry(path)
     except (zipfile.BadZipFile, OSError, EOFError) as err:

@@ -560,7 +560,7 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.option("--store", help="the store to evaluate on, a folder or an s3:// URL (default: the one the checkpoint "
                               "was trained on)")
 @click.option("--split", help="the split to evaluate (default: the run's evaluation split, else eval)")
@@ -568,7 +568,10 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
-    """Evaluate a checkpoint (final.pt or checkpoints/last.pt) at full resolution on a store split."""
+    """Evaluate a checkpoint (final.pt or checkpoints/last.pt, or a run directory: its
+    coarse-to-fine final.pt) at full resolution on a store split."""
+    from rich.markup import escape
+
     from c2ftrain.evaluate import evaluate_checkpoint
 
     try:
@@ -578,13 +581,13 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
-        from rich.markup import escape
-
-        console.print(f"{escape(str(checkpoint))} on {escape(metrics['store'])}, split {escape(metrics['split'])} "
-                      f"({metrics['clips']} clips, full resolution)", soft_wrap=True)
+        console.print(f"{escape(metrics['checkpoint'])} on {escape(metrics['store'])}, split "
+                      f"{escape(metrics['split'])} ({metrics['clips']} clips, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
-            if k not in ("skipped_clips", "store", "split", "clips"):
+            if k not in ("skipped_clips", "checkpoint", "store", "split", "clips", "notes"):
                 console.print(f"{k:>10}: {metric_text(k, v)}")
+    for note in metrics["notes"]:  # on stderr, as the warning below
+        log_console(stderr=True).print(f"[yellow]note[/yellow]: {escape(note)}", soft_wrap=True)
     if metrics["skipped_clips"]:  # on stderr: --json keeps stdout one JSON object
         log_console(stderr=True).print(
             f"[yellow]warning[/yellow]: {metrics['skipped_clips']} clip(s) failed their checksum and were left out of "

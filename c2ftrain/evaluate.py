@@ -67,6 +67,30 @@ def load_trained_model(path: Path) -> tuple[AST, dict]:
     return model, state
 
 
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint a path names: a file as it is; a directory, its final.pt: a training run's
+    (RUN/c2f), an experiment's coarse-to-fine run (RUN/c2f/final.pt), or the one seed's of a
+    multi-seed experiment; a ValueError saying what to give where there is none or several."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for candidate in (path / "final.pt", path / "c2f" / "final.pt"):
+        if candidate.is_file():
+            return candidate
+    seeds = sorted(path.glob("seed-*/c2f/final.pt"))
+    if len(seeds) == 1:
+        return seeds[0]
+    if seeds:
+        raise ValueError(f"{path} holds {len(seeds)} seeds' coarse-to-fine models: give one, e.g. {seeds[0]}")
+    latest = next((p for p in (path / "checkpoints" / "last.pt", path / "c2f" / "checkpoints" / "last.pt")
+                   if p.is_file()), None)
+    if latest:
+        raise ValueError(f"{path} has no final.pt (a run not finished?): its latest checkpoint is {latest}; give "
+                         "that to use it")
+    raise ValueError(f"no checkpoint in {path}: give a final.pt or checkpoints/last.pt, or a run directory "
+                     "holding one")
+
+
 def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
     """The model at `frames` frames and the config's patch: a checkpoint saved in a coarse phase
     (checkpoints/last.pt) is resampled as its recipe resamples (it holds the recipe; final.pt is
@@ -84,7 +108,9 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     in the checkpoint); a ValueError for a store whose features or classes differ from the
     training store's. A checkpoint saved on a GPU loads on a CPU-only machine. skipped_clips:
     clips left out because they failed their checksum (each warned about), as a run counts them;
-    store, split and clips: what was evaluated (the defaults resolved)."""
+    checkpoint, store, split and clips: what was evaluated (the defaults resolved: `path` may be a
+    run directory, see find_checkpoint); notes: what the figures do not say by themselves."""
+    path = find_checkpoint(path)
     model, state = load_trained_model(path)
     if store is None:  # the store it was trained on, which every checkpoint names
         if "store" not in state:
@@ -104,10 +130,15 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
                                         target_frames=inputs.target_frames, norm_mean=inputs.norm_mean,
                                         norm_std=inputs.norm_std, device="gpu" if device.type == "cuda" else "cpu"),
                          reader)
+    notes = []
+    if reader.target_frames < inputs.target_frames:
+        notes.append(f"the model takes {inputs.target_frames} frames a clip and {store}'s clips hold at most "
+                     f"{reader.target_frames}: every clip was zero-padded by at least "
+                     f"{inputs.target_frames - reader.target_frames} frames, unlike the clips it was trained on")
     try:
         metrics = evaluate_loader(model.to(device), loader, reader.multi_label, device)
         skipped = len(getattr(loader, "skipped_clips", ()))
-        return {**metrics, "skipped_clips": skipped, "store": str(store), "split": split,
-                "clips": len(reader) - skipped}
+        return {**metrics, "skipped_clips": skipped, "checkpoint": str(path), "store": str(store), "split": split,
+                "clips": len(reader) - skipped, "notes": notes}
     finally:
         loader.close()

@@ -19,7 +19,7 @@ from typing import Callable
 
 from c2fdata.json_files import write_json_atomic
 from c2ftrain.distributed import Dist, init_distributed
-from c2ftrain.recipe import DataSpec, ModelSpec, Phase, Recipe, recipe_from_dict
+from c2ftrain.recipe import DataSpec, ModelSpec, Phase, Recipe, RecipeError, recipe_from_dict
 from c2ftrain.report import build_report, write_report
 from c2ftrain.run_lock import hold_run_dir
 from c2ftrain.trainer import PhaseRecord, PhaseTrainer, RunOutcome, check_same_store, model_config
@@ -55,6 +55,14 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
     from c2fdata.reader import StoreReader
 
     reader = StoreReader(recipe.store, recipe.data.eval_split)
+    crop = recipe.data.target_frames
+    if crop is not None and crop > reader.target_frames:  # a store holds its clips up to its target length
+        raise RecipeError(
+            f"data.target_frames = {crop} is longer than the clips of {recipe.store} (at most "
+            f"{reader.target_frames} frames: built with --target-frames {reader.target_frames}): every clip would "
+            f"be zero-padded by {crop - reader.target_frames} frames or more, a model of padding. Set "
+            f"data.target_frames to at most {reader.target_frames}, or build a store of longer clips into a new "
+            f"--out (`c2fdata build ... --target-frames {crop}`)")
     cfg = model_config(recipe, reader)
     recipe.check_against(cfg.target_frames, cfg.n_mels, cfg.patch_size)
     return reader.attrs.get("fingerprint")

@@ -164,7 +164,7 @@ def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
         load_predictor(tmp_path / "moved.pt")
 
 
-EVALUATED = ("skipped_clips", "store", "split", "clips")  # what evaluate_checkpoint says beside the metrics
+EVALUATED = ("skipped_clips", "checkpoint", "store", "split", "clips", "notes")  # what evaluate_checkpoint says beside the metrics
 
 
 def test_eval_refuses_a_store_with_other_features_or_classes(trained, tmp_path):
@@ -245,7 +245,7 @@ def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tm
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "other.pt"), "--device", "cpu"])
     assert r.exit_code == 2 and "no split 'valid'" in r.output  # the recorded split, not "eval"
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "other.pt"), "--split", "eval", "--json", "--device", "cpu"])
-    assert json.loads(r.stdout) == json.loads(given.stdout)
+    assert json.loads(r.stdout) == {**json.loads(given.stdout), "checkpoint": str(tmp_path / "other.pt")}
     state["store"] = str(tmp_path / "moved")
     save_checkpoint(tmp_path / "moved.pt", state)
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "moved.pt")])

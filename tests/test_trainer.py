@@ -101,7 +101,15 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"final.pt on {toy_store}, split eval (32 clips, full resolution)" in " ".join(r.output.split())
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
-    assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output
+    assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output and "delete it" not in r.output
+    # a run directory means its coarse-to-fine final.pt
+    r = CliRunner().invoke(main, ["eval", str(tmp_path), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["checkpoint"] == str(tmp_path / "c2f" / "final.pt")
+    (tmp_path / "c2f" / "final.pt").rename(tmp_path / "c2f" / "kept.pt")
+    r = CliRunner().invoke(main, ["eval", str(tmp_path), "--device", "cpu"])
+    assert r.exit_code == 2 and "no final.pt (a run not finished?)" in r.output and "checkpoints/last.pt" in r.output
+    (tmp_path / "c2f" / "kept.pt").rename(tmp_path / "c2f" / "final.pt")
     # a clip failing its checksum is left out, counted and said, not scored silently
     damaged = tmp_path / "damaged"
     shutil.copytree(toy_store, damaged)
@@ -130,7 +138,30 @@ def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
     inputs = load_checkpoint(tmp_path / "final.pt")["inputs"]
     assert (inputs["target_frames"], inputs["norm_mean"], inputs["norm_std"]) == (T // 2, -2.0, 0.7)
     assert evaluate_checkpoint(tmp_path / "final.pt", toy_store, device="cpu") == {
-        "accuracy": outcome.metric, "skipped_clips": 0, "store": str(toy_store), "split": "eval", "clips": 32}
+        "accuracy": outcome.metric, "skipped_clips": 0, "checkpoint": str(tmp_path / "final.pt"),
+        "store": str(toy_store), "split": "eval", "clips": 32, "notes": []}
+
+
+def test_clips_shorter_than_the_model_takes(toy_store, tmp_path):
+    """Training on a crop longer than the store's clips is refused (every clip would be padding);
+    evaluating a model on a store of shorter clips is done, with a note saying they were padded."""
+    from c2ftrain.evaluate import evaluate_checkpoint
+    from c2ftrain.experiment import check_recipe_against_store
+
+    with pytest.raises(RecipeError, match=f"data.target_frames = {2 * T} is longer than the clips of .*at most {T} frames"):
+        check_recipe_against_store(toy_recipe(toy_store, target_frames=2 * T))
+    check_recipe_against_store(toy_recipe(toy_store, target_frames=T))
+    short = tmp_path / "short"
+    halves = {name: toy_split(n, seed) for name, n, seed in (("train", 16, 4), ("eval", 16, 5))}
+    for split in halves.values():
+        split["features"], split["frames"] = split["features"][:, :T // 2], np.full(16, T // 2)
+    create_store_from_arrays(short, dataset="toy", vocabulary=Vocabulary.from_names([f"c{k}" for k in range(N_CLASSES)]),
+                             multi_label=False, splits=halves, block_clips=16)
+    recipe = recipe_from_dict({**toy_recipe(toy_store).to_dict(), "phases": [{"method": "none", "factor": 1, "steps": 2}]})
+    PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    [note] = evaluate_checkpoint(tmp_path / "run" / "final.pt", short, device="cpu")["notes"]
+    assert f"takes {T} frames" in note and f"at most {T // 2}" in note and f"by at least {T // 2} frames" in note
+    assert evaluate_checkpoint(tmp_path / "run" / "final.pt", toy_store, device="cpu")["notes"] == []
 
 
 def test_cli_run_errors(tmp_path):
