@@ -25,6 +25,7 @@ from c2fdata.codec import DEFAULT_CODEC, get_codec
 from c2fdata.datasets import Clip, DatasetSpec, prepare
 from c2fdata.datasets.base import limited
 from c2fdata.features import FbankConfig
+from c2fdata.repair import RepairPlan, mark_for_rebuild
 
 
 class StrictError(RuntimeError):
@@ -40,6 +41,7 @@ class BuildConfig:
     shard: tuple[int, int] = (0, 1)  # (K, N): this builder takes blocks b with b % N == K
     limit: int | None = None  # at most this many clips per split (quick trials)
     strict: bool = False
+    retry_failed: bool = False  # compute again the blocks holding clips that failed (their files since fixed)
     block_clips: int = st.DEFAULT_BLOCK_CLIPS
     codec: str = DEFAULT_CODEC  # how the store keeps features (codec.py; docs/STORE.md compares them)
     options: dict = field(default_factory=dict)  # adapter options: fold, target_frames, seed, ...
@@ -198,13 +200,22 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         raise StrictError(f"--strict: {len(issues)} metadata problem(s), first: {first['split']}/{first['id']}: "
                           f"{first['reason']}: {first['detail']}")
     missing = {s: ids for s, ids in spec.missing.items() if ids}
-    group = st.create_or_open(
-        cfg.out, dataset=spec.name, vocabulary=spec.vocabulary, multi_label=spec.multi_label,
-        target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
-        fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
-        prepare_issues=[i for i in issues if i["reason"] != "missing"],
-        extra_attrs={"notes": spec.notes, "train_split_note": spec.train_split_note},
-    )
+
+    def open_group():
+        return st.create_or_open(
+            cfg.out, dataset=spec.name, vocabulary=spec.vocabulary, multi_label=spec.multi_label,
+            target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
+            fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
+            prepare_issues=[i for i in issues if i["reason"] != "missing"],
+            extra_attrs={"notes": spec.notes, "train_split_note": spec.train_split_note},
+        )
+
+    group = open_group()
+    retried = 0
+    if cfg.retry_failed and (plan := RepairPlan(_failed_blocks(group, metas, cfg.shard))).n_blocks:
+        retried = sum(int((st.read_meta(group, s, "status") == st.FAILED).sum()) for s in plan.blocks)
+        mark_for_rebuild(cfg.out, plan)  # as `c2fdata repair` does: the blocks pending, the store unfinalised
+        group = open_group()
     todo = _pending_blocks(group, metas, cfg)
     total = sum(b.size for b in todo)
     problems = [dict(i, fatal=False) for i in issues]
@@ -236,9 +247,40 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         stats = group.attrs["stats"]  # a finished store, built again: nothing to do, nothing rewritten
     else:
         stats = st.finalize(group, cfg.out)
+    completion = st.completion(group)
     return BuildResult(
         path=str(cfg.out), computed=computed, failed=failed, seconds=time.perf_counter() - t0,
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
-        completion=st.completion(group), problems=problems,
-        notes=st.store_notes(dict(group.attrs)) + _length_notes(built_frames, spec.target_frames, fbank_cfg.frame_shift_ms),
+        completion=completion, problems=problems,
+        notes=st.store_notes(dict(group.attrs)) + _length_notes(built_frames, spec.target_frames, fbank_cfg.frame_shift_ms)
+        + _retry_notes(cfg, completion, failed, retried),
     )
+
+
+def _failed_blocks(group, metas: dict[str, st.SplitMeta], shard: tuple[int, int]) -> dict[str, list[int]]:
+    """This shard's blocks that hold a clip that failed, per split."""
+    k, n = shard
+    blocks = {}
+    for split in metas:
+        status = st.read_meta(group, split, "status")
+        ranges = st.block_ranges(len(status), int(group.attrs["block_clips"]))
+        if found := [b for b, (s, e) in enumerate(ranges) if b % n == k and (status[s:e] == st.FAILED).any()]:
+            blocks[split] = found
+    return blocks
+
+
+def _retry_notes(cfg: BuildConfig, completion: dict, failed_now: int, retried: int) -> list[str]:
+    """What a build run again says of the clips that failed before it: a rerun computes pending
+    blocks only, so without this its report would show none of them, as if they were fixed."""
+    failed = sum(c["failed"] for c in completion.values())
+    if cfg.retry_failed:
+        if not retried:
+            return ["--retry-failed: no clip had failed; nothing was computed again"]
+        return [(f"--retry-failed: {retried} clip(s) that had failed were computed again (with their blocks): "
+                 f"{retried - failed_now} now built, {failed_now} failed again (the table above says why)")]
+    earlier = failed - failed_now
+    if earlier <= 0:
+        return []
+    return [(f"{earlier} clip(s) failed in an earlier run of this build and were not tried again "
+             f"(`c2fdata info {cfg.out} --problems` says why); once their files are fixed, the same command with "
+             "--retry-failed computes them again")]

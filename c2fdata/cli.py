@@ -101,6 +101,9 @@ def main(verbose: bool) -> None:
 @click.option("--shard", default="0/1", show_default=True, help="K/N: this builder fills every N-th block from K (0 <= K < N).")
 @click.option("--limit", type=int, help="At most this many clips per split (a quick trial).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad clip or metadata problem.")
+@click.option("--retry-failed", is_flag=True, help="Compute again the clips that failed in an earlier run (their "
+              "files since fixed or fetched again), with the blocks that hold them; a re-run without it computes "
+              "only what is pending.")
 @click.option("--fold", type=int, default=1, show_default=True,
               help="esc50: K = 1..5 makes fold K the eval split and the other four train; 0 stores every "
               "fold as its own split fold1..fold5, one store for `c2ftrain cv`.")
@@ -114,8 +117,8 @@ def main(verbose: bool) -> None:
 @click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
               help="How features are kept: " + "; ".join(f"{c.name}: {c.help}" for c in CODECS.values())
               + " (docs/STORE.md compares them).")
-def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames, block_clips, seed, train_split,
-          codec):
+def build(dataset, root, out, workers, shard, limit, strict, retry_failed, fold, target_frames, block_clips, seed,
+          train_split, codec):
     """Turn a dataset into a feature store; re-run the same command to resume."""
     from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
     from c2fdata.datasets import DEFAULT_STORE
@@ -127,7 +130,7 @@ def build(dataset, root, out, workers, shard, limit, strict, fold, target_frames
     try:
         cfg = BuildConfig(
             dataset=dataset, root=root, out=out or DEFAULT_STORE.format(dataset=dataset), workers=workers,
-            shard=parse_shard(shard), limit=limit, strict=strict,
+            shard=parse_shard(shard), limit=limit, strict=strict, retry_failed=retry_failed,
             block_clips=block_clips or DEFAULT_BLOCK_CLIPS, codec=codec, options=options,
         )
     except ValueError as err:

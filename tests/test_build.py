@@ -155,6 +155,34 @@ def test_bad_input_is_reported_not_fatal(bad_root, tmp_path):
     assert verify_store(tmp_path / "s") == []
 
 
+def test_clips_that_failed_are_computed_again_with_retry_failed_only(folder_big, tmp_path):
+    """A cut download fails its clip; fetched again, a plain re-run leaves it failed (and says
+    so); --retry-failed computes its block again, and the store then equals a build of the
+    mended files from scratch, statistics included."""
+    clip = folder_big / "train" / "a" / "03.wav"
+    whole = clip.read_bytes()
+    clip.write_bytes(whole[: len(whole) // 2])
+    first = build_store(cfg(folder_big, tmp_path / "s", workers=1))
+    assert first.failed == 1 and [p["reason"] for p in first.problems] == ["truncated"]
+    assert "--retry-failed" in first.problems[0]["detail"]
+    clip.write_bytes(whole)  # fetched again
+    again = build_store(cfg(folder_big, tmp_path / "s", workers=1))
+    assert again.computed == 0 and again.completion["train"]["failed"] == 1
+    assert any("1 clip(s) failed in an earlier run" in n and "--retry-failed" in n for n in again.notes)
+    retried = build_store(cfg(folder_big, tmp_path / "s", workers=1, retry_failed=True))
+    assert retried.computed == 4 and retried.failed == 0  # the block of 4 that held it
+    assert retried.completion["train"] == {"clips": 16, "ok": 16, "failed": 0, "pending": 0}
+    assert retried.finalized and any("1 clip(s) that had failed were computed again" in n for n in retried.notes)
+    fresh = build_store(cfg(folder_big, tmp_path / "fresh", workers=1))
+    for split, (feats, frames, status) in store_arrays(tmp_path / "fresh").items():
+        got = store_arrays(tmp_path / "s")[split]
+        assert np.array_equal(got[0], feats) and np.array_equal(got[1], frames) and np.array_equal(got[2], status)
+    assert retried.stats == pytest.approx(fresh.stats)
+    assert verify_store(tmp_path / "s") == []
+    nothing = build_store(cfg(folder_big, tmp_path / "s", workers=1, retry_failed=True))
+    assert nothing.computed == 0 and "no clip had failed" in nothing.notes[-1]
+
+
 def test_a_wav_is_cut_short_only_when_audio_is_missing():
     """libsndfile's note on a WAV's data chunk, judged: a frame or more missing is a cut file; a
     header that promised no length (written to a pipe: SoX's 0x7ffff000, 0xffffffff), a longer

@@ -85,7 +85,7 @@ class FileSource:
             raise BadClip("unreadable", f"{self.path}: {err}") from None
         if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
-                                       "copy? Fetch it again")
+                                       "copy? Fetch it again, then run the build again with --retry-failed")
         return audio, int(sr)
 
     def __str__(self) -> str:
@@ -190,7 +190,7 @@ class AudioScan:
             out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode "
                        f"{'were' if n > 1 else 'was'} left out "
                        f"({kinds}); convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
-                       "and build again")
+                       "and build the store anew (into a new --out: its clip lists change)")
         if self.unreadable:
             more = f" and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
             out.append(f"{len(self.unreadable)} folder(s) under {root} could not be read and were left out "
