@@ -215,6 +215,14 @@ def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     if not loc.child("zarr.json").is_file():
         from c2fdata.datasets import build_command
 
+        local = Path(loc.path) if loc.fs is None else None
+        if local is not None and local.is_dir() and any(local.iterdir()) and not any(local.glob("*/zarr.json")):
+            # a folder of other things (a dataset's audio and metadata, most often): a store is
+            # never built into it
+            raise StoreFormatError(
+                f"{loc.url}: a folder, but not a c2f store (no zarr.json): if it holds a dataset, give it to "
+                f"`c2fdata build --dataset DATASET --root {loc.url}` as --root; the store goes to --out "
+                "(default stores/DATASET)")
         raise StoreFormatError(f"{loc.url}: no store here (no zarr.json); build one with "
                                f"`{build_command(str(path) if isinstance(path, (str, Path)) else loc.url)}`")
     try:

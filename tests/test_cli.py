@@ -46,8 +46,14 @@ def test_clear_errors(tmp_path):
     assert r.exit_code == 2 and "0 <= K < N" in r.output
     r = CliRunner().invoke(main, ["build", "--dataset", "folder", "--root", str(tmp_path), "--shard", "x"])
     assert r.exit_code == 2 and "K/N" in r.output
-    r = CliRunner().invoke(main, ["info", str(tmp_path)])
-    assert r.exit_code == 2 and "no store here" in r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "absent")])
+    assert r.exit_code == 2 and "no store here" in r.output and "--out" in r.output
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "clip.wav").write_bytes(b"")
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "audio")])  # a dataset's folder: never built into
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "not a c2f store" in text and f"--root {tmp_path / 'audio'}" in text
+    assert f"--out {tmp_path / 'audio'}" not in text
     for option in ("--target-frames", "--block-clips"):  # 0 is refused, not taken for "the default"
         r = CliRunner().invoke(main, ["build", "--dataset", "instruments", "--out", str(tmp_path / "z"), option, "0"])
         assert r.exit_code == 2 and f"Invalid value for '{option}': 0 is not in the range x>=1" in r.output
