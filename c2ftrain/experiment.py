@@ -52,8 +52,22 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
     leaves less than one patch of the store's clips or a split is missing. Returns the store's
     fingerprint (its dataset, feature settings and every split's clip ids; None for a store
     written before fingerprints), which says whether two paths hold the same store."""
+    from c2fdata.pipeline.splits import split_names
     from c2fdata.reader import StoreReader
+    from c2fdata.store import open_store
 
+    attrs = open_store(recipe.store).attrs
+    have, trains_on = sorted(attrs["splits"]), attrs.get("train_split")
+    data = recipe.data
+    asked = [("data.eval_split", data.eval_split)] + [("data.extra_eval_splits", s) for s in data.extra_eval_splits]
+    if data.train_split is not None:
+        asked += [("data.train_split", s) for s in split_names(data.train_split)]
+    for key, split in asked:
+        if split not in have:  # named by the recipe key that asks for it, with the store's splits to choose from
+            others = [s for s in have if s not in {a for _, a in asked} and (s != trains_on or key == "data.train_split")]
+            hint = f"; e.g. --set {key}={others[0]}" if others and key != "data.extra_eval_splits" else ""
+            raise RecipeError(f"{key} names the split {split!r}, which {recipe.store} does not have (its splits: "
+                              f"{', '.join(have)}){hint}")
     reader = StoreReader(recipe.store, recipe.data.eval_split)
     crop = recipe.data.target_frames
     if crop is not None and crop > reader.target_frames:  # a store holds its clips up to its target length

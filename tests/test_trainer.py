@@ -142,6 +142,24 @@ def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
         "store": str(toy_store), "split": "eval", "clips": 32, "notes": []}
 
 
+def test_a_split_the_store_lacks_is_named_by_the_recipe_key_that_asks_for_it(toy_store, tmp_path):
+    """Kinetics-Sounds trees have val/, the recipe evaluates on test: the key and a split to use."""
+    from c2ftrain.experiment import check_recipe_against_store
+
+    other = tmp_path / "tv"
+    create_store_from_arrays(other, dataset="toy", vocabulary=Vocabulary.from_names([f"c{k}" for k in range(N_CLASSES)]),
+                             multi_label=False, splits={"train": toy_split(16, 0), "val": toy_split(16, 1)},
+                             block_clips=16)
+    with pytest.raises(RecipeError, match=r"data.eval_split names the split 'eval', which .* does not have \(its "
+                                          r"splits: train, val\); e.g. --set data.eval_split=val$"):
+        check_recipe_against_store(toy_recipe(other))
+    with pytest.raises(RecipeError, match=r"data.extra_eval_splits names the split 'test'.*train, val\)$"):
+        check_recipe_against_store(toy_recipe(other, eval_split="val", extra_eval_splits=["test"]))
+    with pytest.raises(RecipeError, match=r"data.train_split names the split 'tr'.*e.g. --set data.train_split=train$"):
+        check_recipe_against_store(toy_recipe(other, eval_split="val", train_split="tr"))
+    check_recipe_against_store(toy_recipe(other, eval_split="val"))
+
+
 def test_clips_shorter_than_the_model_takes(toy_store, tmp_path):
     """Training on a crop longer than the store's clips is refused (every clip would be padding);
     evaluating a model on a store of shorter clips is done, with a note saying they were padded."""
