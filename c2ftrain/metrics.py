@@ -7,7 +7,9 @@
 - AUC: per-class ROC AUC as sklearn's `roc_auc_score` (tied scores count one half), averaged
   over classes having both positives and negatives.
 - d-prime: sqrt(2) * Phi^-1(mean AUC), as AST computes it from the class-averaged AUC.
-- accuracy: top-1, for single-label data.
+- accuracy: top-1, for single-label data; top5_accuracy beside it where there are more than 5
+  classes (VGGSound and VoxCeleb1 identification report both). Ties are broken as argmax breaks
+  them, the lower class index first, so that top-1 is top-k at k = 1.
 
 `scores` are (N, K) logits or probabilities (only their order matters for AP/AUC); `targets`
 are (N, K) multi-hot for multi-label data, (N,) class indices or (N, K) one-hot otherwise.
@@ -116,11 +118,28 @@ def accuracy(scores, targets) -> float:
     return float((scores.argmax(axis=1) == targets).mean())
 
 
+def top_k_accuracy(scores, targets, k: int) -> float:
+    """The share of clips whose class is among the k highest scores (ties: the lower class index
+    ranks first, as argmax takes it); targets as for `accuracy`."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    if targets.ndim == 2:
+        targets = targets.argmax(axis=1)
+    rows = np.arange(scores.shape[0])
+    own = scores[rows, targets][:, None]
+    before = np.arange(scores.shape[1])[None, :] < targets[:, None]
+    rank = (scores > own).sum(axis=1) + ((scores == own) & before).sum(axis=1)  # classes ranked above it
+    return float((rank < k).mean())
+
+
 def compute_metrics(scores, targets, multi_label: bool) -> dict:
-    """Multi-label: {"mAP", "AUC", "d_prime", "classes_skipped"}; else {"accuracy"}.
-    The headline key is `metric_name(multi_label)`."""
+    """Multi-label: {"mAP", "AUC", "d_prime", "classes_skipped"}; else {"accuracy"}, and
+    "top5_accuracy" where there are more than 5 classes. The headline key is
+    `metric_name(multi_label)`."""
     if not multi_label:
-        return {"accuracy": accuracy(scores, targets)}
+        out = {"accuracy": accuracy(scores, targets)}
+        if np.asarray(scores).shape[1] > 5:
+            out["top5_accuracy"] = top_k_accuracy(scores, targets, 5)
+        return out
     mean_ap, skipped = _nanmean(average_precision(scores, targets))
     mean_auc, _ = _nanmean(roc_auc(scores, targets))
     return dict(mAP=mean_ap, AUC=mean_auc, d_prime=d_prime(mean_auc), classes_skipped=skipped)

@@ -11,6 +11,7 @@ from c2ftrain.metrics import (
     mean_average_precision,
     metric_name,
     roc_auc,
+    top_k_accuracy,
 )
 
 
@@ -104,6 +105,27 @@ def test_accuracy_and_single_label_metrics():
     assert compute_metrics(scores, labels, multi_label=False) == {"accuracy": 0.5}
     with pytest.raises(ValueError):
         accuracy(scores, labels[:3])
+
+
+def test_top_5_accuracy_against_a_sort_by_hand():
+    """Where there are more than 5 classes: the class among the 5 highest scores, ranked as
+    Python's sort ranks (score descending, then class index), ties included."""
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (200, 9)).astype(float)  # few distinct values: many ties
+    labels = rng.integers(0, 9, 200)
+
+    def in_top(row, label, k):
+        ranked = sorted(range(len(row)), key=lambda c: (-row[c], c))
+        return label in ranked[:k]
+
+    for k in (1, 3, 5):
+        by_hand = sum(in_top(s, t, k) for s, t in zip(scores.tolist(), labels.tolist())) / len(labels)
+        assert top_k_accuracy(scores, labels, k) == by_hand
+    assert top_k_accuracy(scores, labels, 1) == accuracy(scores, labels)
+    assert top_k_accuracy(scores, np.eye(9)[labels], 5) == top_k_accuracy(scores, labels, 5)
+    assert compute_metrics(scores, labels, multi_label=False) == {
+        "accuracy": accuracy(scores, labels), "top5_accuracy": top_k_accuracy(scores, labels, 5)}
+    assert set(compute_metrics(scores[:, :5], labels % 5, multi_label=False)) == {"accuracy"}  # 5 classes: always 1
 
 
 def test_metric_names_and_metric_keys():

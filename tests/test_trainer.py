@@ -604,8 +604,9 @@ def test_weight_averaging_of_chosen_epochs(toy_store, tmp_path):
     from c2ftrain.evaluate import evaluate_checkpoint
 
     assert (evaluate_checkpoint(tmp_path / "three" / "final_averaged.pt", toy_store, device="cpu")
-            == {"accuracy": out.metrics["averaged/accuracy"], "skipped_clips": 0, "store": str(toy_store),
-                "split": "eval", "clips": 32})
+            == {"accuracy": out.metrics["averaged/accuracy"], "skipped_clips": 0,
+                "checkpoint": str(tmp_path / "three" / "final_averaged.pt"), "store": str(toy_store),
+                "split": "eval", "clips": 32, "notes": []})
     assert load_checkpoint(tmp_path / "three" / "final_averaged.pt")["inputs"]["norm_mean"] == -2.0
     assert avg["pos_embed"].shape == final["pos_embed"].shape  # coarse epochs enter at full resolution
     assert not torch.equal(avg["head.weight"], final["head.weight"])
