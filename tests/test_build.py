@@ -125,6 +125,7 @@ def bad_root(tmp_path):
     sf.write(d / "silent.wav", np.zeros(16000, np.float32), 16000)
     sf.write(d / "short.wav", tone(0.3), 16000)
     (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    (d / "garbage.mp3").write_bytes(bytes(range(256)) * 8)  # libsndfile: "File does not exist" of such an mp3
     sf.write(d / "cut.wav", tone(1.0), 16000)  # then cut: libsndfile reads the half that is there, silently
     whole = (d / "cut.wav").read_bytes()
     (d / "cut.wav").write_bytes(whole[: len(whole) // 2])
@@ -143,12 +144,13 @@ def test_bad_input_is_reported_not_fatal(bad_root, tmp_path):
     assert {k: (v["reason"], v["fatal"]) for k, v in by_id.items()} == {
         "empty": ("empty", True), "nan": ("non-finite", True), "tiny": ("too-short", True),
         "corrupt": ("unreadable", True), "silent": ("silent", False), "short": ("short", False),
-        "cut": ("truncated", True),
+        "cut": ("truncated", True), "garbage": ("unreadable", True),
     }
     assert "corrupt.wav" in by_id["corrupt"]["detail"] and "cut short" in by_id["cut"]["detail"]
+    assert "no audio it can decode" in by_id["garbage"]["detail"] and "not exist" not in by_id["garbage"]["detail"]
     r = StoreReader(tmp_path / "s", "train")
     assert sorted(i.split("/")[-1] for i in r.ids) == ["good", "piped", "short", "silent", "stereo_22k"]
-    assert r.failed() == 5
+    assert r.failed() == 6
     # the report is kept in the store
     from c2fdata.info import build_problems
     assert {p["reason"] for p in build_problems(tmp_path / "s")} == {p["reason"] for p in res.problems}

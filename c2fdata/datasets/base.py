@@ -82,7 +82,11 @@ class FileSource:
         except FileNotFoundError:
             raise BadClip("missing", f"{self.path}: file not found") from None
         except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-            raise BadClip("unreadable", f"{self.path}: {err}") from None
+            said = str(err)
+            if "does not exist" in said and os.path.isfile(self.path):
+                # libsndfile's words for an MP3 it finds no frame in, of a file that is there
+                said = "libsndfile found no audio it can decode in it (corrupt, or not the format its name says)"
+            raise BadClip("unreadable", f"{self.path}: {said}") from None
         if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
                                        "copy? Fetch it again, then run the build again with --retry-failed")
