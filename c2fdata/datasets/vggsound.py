@@ -1,7 +1,10 @@
 """VGGSound: `vggsound.csv` (no header: youtube_id,start_seconds,label,split) plus clips.
 
 Layout: ROOT/vggsound.csv and the audio anywhere below ROOT, named `YTID_START6.ext` (the
-official `---g-f_I2yQ_000001`), `YTID_START.ext` or `YTID.ext`. Single-label, 309 classes taken
+official `---g-f_I2yQ_000001`), `YTID_START.ext` or `YTID.ext`. A file named by its YouTube id
+alone is taken only for a video the CSV lists at one start time: where it lists several (the
+same video's segments, possibly in both splits under different labels) one such file cannot tell
+them apart, and those rows are left out and named in a note. Single-label, 309 classes taken
 from the CSV (sorted by name), splits "train" and "test"."""
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from c2fdata.datasets.base import Clip, DatasetSpec, FileSource, index_audio
+from c2fdata.datasets.base import AudioIndex, Clip, DatasetSpec, FileSource, index_audio
 from c2fdata.vocab import Vocabulary
 
 TARGET_FRAMES = 1024
+SHOWN = 5  # examples named in a note or an error
 
 
 def read_vggsound_csv(path: Path) -> list[tuple[str, int, str, str]]:
@@ -35,6 +39,11 @@ def read_vggsound_csv(path: Path) -> list[tuple[str, int, str, str]]:
     return rows
 
 
+def candidate_stems(ytid: str, start: int) -> list[str]:
+    """The names a segment's own file may have (not the bare `YTID`, which is no segment's own)."""
+    return [f"{ytid}_{start:06d}", f"{ytid}_{start}"]
+
+
 def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetSpec:
     root = Path(root)
     meta = root / "vggsound.csv"
@@ -42,19 +51,43 @@ def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetS
         raise ValueError(f"{meta} not found: VGGSound needs its vggsound.csv in --root")
     rows = read_vggsound_csv(meta)
     audio = index_audio(root)
+    starts: dict[str, set[int]] = {}
+    for ytid, start, _, _ in rows:
+        starts.setdefault(ytid, set()).add(start)
     clips: dict[str, list[Clip]] = {}
     missing: dict[str, list[str]] = {}
+    shared: dict[str, list[tuple[str, str, str]]] = {}  # ytid -> (clip id, split, label): rows finding only YTID.ext
     for ytid, start, label, split in rows:
         clip_id = f"{ytid}_{start:06d}"
-        hit = audio.find((clip_id, f"{ytid}_{start}", ytid))
+        hit = audio.find(candidate_stems(ytid, start))
+        if hit is None and ytid in audio.paths:
+            if len(starts[ytid]) == 1:
+                hit = audio.paths[ytid]
+            else:  # one file for several segments: it is at most one of them, and which is not known
+                shared.setdefault(ytid, []).append((clip_id, split, label))
         clips.setdefault(split, [])
         if hit is None:
             missing.setdefault(split, []).append(clip_id)
         else:
             clips[split].append(Clip(clip_id, split, (label,), FileSource(str(hit))))
-    vocab = Vocabulary.from_names(sorted({r[2] for r in rows}))
+    notes = list(audio.notes)
+    if shared:
+        notes.append(_shared_note(shared, audio))
     return DatasetSpec(
-        name="vggsound", vocabulary=vocab, multi_label=False,
+        name="vggsound", vocabulary=Vocabulary.from_names(sorted({r[2] for r in rows})), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split="train", missing=missing,
-        notes=audio.notes,
+        notes=notes,
     )
+
+
+def _shared_note(shared: dict[str, list[tuple[str, str, str]]], audio: AudioIndex) -> str:
+    n = sum(map(len, shared.values()))
+    shown = "; ".join(f"{ytid}: {', '.join(f'{i} ({s}, {label!r})' for i, s, label in rows)} -> {audio.paths[ytid]}"
+                      for ytid, rows in list(shared.items())[:SHOWN])
+    more = f"; and {len(shared) - SHOWN} more videos" if len(shared) > SHOWN else ""
+    first = next(iter(shared.values()))[0][0]
+    return (f"{n} row(s) of vggsound.csv were left out (counted as missing): their video is listed at more than one "
+            f"start time and the only file found is named by its YouTube id alone, which cannot say which segment "
+            f"it holds ({shown}{more}); name each segment's file YTID_START.ext (e.g. {first}.wav) "
+            "and build again")
+

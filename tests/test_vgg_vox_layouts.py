@@ -1,0 +1,52 @@
+"""VGGSound and VoxCeleb as users' copies lay them out: a video listed at two start times with
+one file named by its id, .mp4 downloads, start_end file names, FLAC-converted VoxCeleb, only
+one of VoxCeleb1's two downloads, utterances longer than the stored length. Each expectation is
+written out literally."""
+
+
+import soundfile as sf
+from conftest import tone
+
+from c2fdata.datasets import prepare
+
+
+def wav(path, seconds=0.3, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, seed=seed), 16000)
+    return path
+
+
+def csv_rows(root, *rows):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vggsound.csv").write_text("".join(f"{y},{s},{label},{split}\n" for y, s, label, split in rows))
+
+
+def layout(spec):
+    return {s: [(c.id, c.labels, c.source.path) for c in v] for s, v in spec.clips.items()}
+
+
+# VGGSound ---------------------------------------------------------------------------------------
+
+def test_vggsound_one_file_named_by_the_video_is_not_shared_by_its_segments(tmp_path):
+    """A video listed at two start times (one train, one test, other labels) and one file
+    YTID.wav: it used to become both clips, the same features under two labels in both splits."""
+    csv_rows(tmp_path, ("dupvideo001", 30, "dog", "train"), ("dupvideo001", 100, "cat", "test"),
+             ("solovideo01", 40, "dog", "train"),
+             ("bothvideo01", 10, "dog", "train"), ("bothvideo01", 50, "cat", "test"))
+    a = tmp_path / "audio"
+    wav(a / "dupvideo001.wav")
+    wav(a / "solovideo01.wav", seed=1)  # listed once: its file may be named by the id alone
+    wav(a / "bothvideo01_000010.wav", seed=2)  # a segment's own file, beside a bare one
+    wav(a / "bothvideo01.wav", seed=3)
+    spec = prepare("vggsound", tmp_path)
+    assert layout(spec) == {
+        "train": [("solovideo01_000040", ("dog",), str(a / "solovideo01.wav")),
+                  ("bothvideo01_000010", ("dog",), str(a / "bothvideo01_000010.wav"))],
+        "test": []}
+    assert spec.missing == {"train": ["dupvideo001_000030"], "test": ["dupvideo001_000100", "bothvideo01_000050"]}
+    note = next(n for n in spec.notes if "YouTube id alone" in n)
+    assert note.startswith("3 row(s) of vggsound.csv were left out (counted as missing)")
+    assert (f"dupvideo001: dupvideo001_000030 (train, 'dog'), dupvideo001_000100 (test, 'cat') -> "
+            f"{a / 'dupvideo001.wav'}; bothvideo01: bothvideo01_000050 (test, 'cat') -> "
+            f"{a / 'bothvideo01.wav'}") in note
+    assert note.endswith("name each segment's file YTID_START.ext (e.g. dupvideo001_000030.wav) and build again")
