@@ -3,7 +3,6 @@ one file named by its id, .mp4 downloads, start_end file names, FLAC-converted V
 one of VoxCeleb1's two downloads, utterances longer than the stored length. Each expectation is
 written out literally."""
 
-
 import soundfile as sf
 from conftest import tone
 
@@ -50,3 +49,20 @@ def test_vggsound_one_file_named_by_the_video_is_not_shared_by_its_segments(tmp_
             f"{a / 'dupvideo001.wav'}; bothvideo01: bothvideo01_000050 (test, 'cat') -> "
             f"{a / 'bothvideo01.wav'}") in note
     assert note.endswith("name each segment's file YTID_START.ext (e.g. dupvideo001_000030.wav) and build again")
+
+
+def test_vggsound_start_end_namings(tmp_path):
+    """YTID_STARTms_ENDms (AudioSet's) and YTID_START6_END6 (in s), the end 10 s after the start."""
+    csv_rows(tmp_path, ("msvideo0001", 30, "dog", "train"), ("secvideo001", 30, "cat", "train"),
+             ("zerovideo01", 0, "dog", "train"), ("endvideo001", 30, "cat", "train"))
+    a = tmp_path / "a"
+    wav(a / "msvideo0001_30000_40000.wav")
+    wav(a / "secvideo001_000030_000040.flac", seed=1)
+    wav(a / "zerovideo01_0_10000.wav", seed=2)
+    wav(a / "endvideo001_000030_000045.wav", seed=3)  # not a 10-s segment of this row's
+    spec = prepare("vggsound", tmp_path)
+    assert layout(spec)["train"] == [
+        ("msvideo0001_000030", ("dog",), str(a / "msvideo0001_30000_40000.wav")),
+        ("secvideo001_000030", ("cat",), str(a / "secvideo001_000030_000040.flac")),
+        ("zerovideo01_000000", ("dog",), str(a / "zerovideo01_0_10000.wav"))]
+    assert spec.missing == {"train": ["endvideo001_000030"]}

@@ -1,11 +1,13 @@
 """VGGSound: `vggsound.csv` (no header: youtube_id,start_seconds,label,split) plus clips.
 
 Layout: ROOT/vggsound.csv and the audio anywhere below ROOT, named `YTID_START6.ext` (the
-official `---g-f_I2yQ_000001`), `YTID_START.ext` or `YTID.ext`. A file named by its YouTube id
-alone is taken only for a video the CSV lists at one start time: where it lists several (the
-same video's segments, possibly in both splits under different labels) one such file cannot tell
-them apart, and those rows are left out and named in a note. Single-label, 309 classes taken
-from the CSV (sorted by name), splits "train" and "test"."""
+official `---g-f_I2yQ_000001`), `YTID_START.ext`, `YTID_STARTms_ENDms.ext` (`YTID_30000_40000`,
+as AudioSet's) or `YTID_START6_END6.ext` (`YTID_000030_000040`), the end 10 s after the start,
+or `YTID.ext`. A file named by its YouTube id alone is taken only for a video the CSV lists
+at one start time: where it lists several (the same video's segments, possibly in both splits
+under different labels) one such file cannot tell them apart, and those rows are left out and
+named in a note. Single-label, 309 classes taken from the CSV (sorted by name), splits "train"
+and "test"."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from c2fdata.datasets.base import AudioIndex, Clip, DatasetSpec, FileSource, ind
 from c2fdata.vocab import Vocabulary
 
 TARGET_FRAMES = 1024
+CLIP_SECONDS = 10  # every VGGSound clip: [start, start + 10 s)
 SHOWN = 5  # examples named in a note or an error
 
 
@@ -40,8 +43,13 @@ def read_vggsound_csv(path: Path) -> list[tuple[str, int, str, str]]:
 
 
 def candidate_stems(ytid: str, start: int) -> list[str]:
-    """The names a segment's own file may have (not the bare `YTID`, which is no segment's own)."""
-    return [f"{ytid}_{start:06d}", f"{ytid}_{start}"]
+    """The names a segment's own file may have (not the bare `YTID`, which is no segment's own).
+    Each holds the start, so no two segments share one: an end is the start + 10 s exactly (in
+    ms, or in zero-padded s), and `YTID_000030_000040` read as ms would start at 0.03 s, which no
+    row of whole seconds does."""
+    end = start + CLIP_SECONDS
+    return [f"{ytid}_{start:06d}", f"{ytid}_{start}", f"{ytid}_{start * 1000}_{end * 1000}",
+            f"{ytid}_{start:06d}_{end:06d}"]
 
 
 def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetSpec:
