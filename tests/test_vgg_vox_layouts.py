@@ -3,6 +3,9 @@ one file named by its id, .mp4 downloads, start_end file names, FLAC-converted V
 one of VoxCeleb1's two downloads, utterances longer than the stored length. Each expectation is
 written out literally."""
 
+import re
+
+import pytest
 import soundfile as sf
 from conftest import tone
 
@@ -51,6 +54,22 @@ def test_vggsound_one_file_named_by_the_video_is_not_shared_by_its_segments(tmp_
     assert note.endswith("name each segment's file YTID_START.ext (e.g. dupvideo001_000030.wav) and build again")
 
 
+def test_vggsound_mp4_downloads_are_named_in_the_error(tmp_path):
+    """The Hugging Face / official layout, YTID_000030.mp4: libsndfile decodes none of them."""
+    rows = [("vid00000001", 30, "dog", "train"), ("vid00000002", 0, "cat", "train"), ("vid00000003", 5, "dog", "test")]
+    csv_rows(tmp_path, *rows)
+    for ytid, start, _, _ in rows:
+        (tmp_path / "video" / f"{ytid}_{start:06d}.mp4").parent.mkdir(exist_ok=True)
+        (tmp_path / "video" / f"{ytid}_{start:06d}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(ValueError) as err:
+        prepare("vggsound", tmp_path)
+    message = str(err.value)
+    assert "none of the 3 clips of vggsound.csv has its audio below it" in message
+    assert "found no audio file" in message
+    assert message.endswith(f"3 files under {tmp_path} in formats c2f cannot decode were left out (3 .mp4); convert "
+                            "them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) and build again")
+
+
 def test_vggsound_start_end_namings(tmp_path):
     """YTID_STARTms_ENDms (AudioSet's) and YTID_START6_END6 (in s), the end 10 s after the start."""
     csv_rows(tmp_path, ("msvideo0001", 30, "dog", "train"), ("secvideo001", 30, "cat", "train"),
@@ -66,3 +85,15 @@ def test_vggsound_start_end_namings(tmp_path):
         ("secvideo001_000030", ("cat",), str(a / "secvideo001_000030_000040.flac")),
         ("zerovideo01_000000", ("dog",), str(a / "zerovideo01_0_10000.wav"))]
     assert spec.missing == {"train": ["endvideo001_000030"]}
+
+
+def test_vggsound_nothing_found_names_what_is_there(tmp_path):
+    csv_rows(tmp_path, ("vid00000001", 30, "dog", "train"), ("vid00000002", 0, "cat", "test"))
+    for name in ("clip_a", "clip_b", "vid00000001-30"):
+        wav(tmp_path / "a" / f"{name}.wav")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path}: none of the 2 clips of vggsound.csv has its audio below it; expected files named "
+            "YTID_000030.ext, YTID_30.ext, YTID_30000_40000.ext (start and end in ms), YTID_000030_000040.ext (in s) "
+            "or YTID.ext, .ext one of wav,flac,ogg,mp3,opus,aiff,aif (e.g. vid00000001_000030.wav); found 3 audio "
+            "file(s), none named so: clip_a, clip_b, vid00000001-30")):
+        prepare("vggsound", tmp_path)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from c2fdata.datasets.base import AudioIndex, Clip, DatasetSpec, FileSource, index_audio
+from c2fdata.datasets.base import AUDIO_EXTENSIONS, AudioIndex, Clip, DatasetSpec, FileSource, index_audio
 from c2fdata.vocab import Vocabulary
 
 TARGET_FRAMES = 1024
 CLIP_SECONDS = 10  # every VGGSound clip: [start, start + 10 s)
+NAMINGS = ("YTID_000030.ext, YTID_30.ext, YTID_30000_40000.ext (start and end in ms), "
+           "YTID_000030_000040.ext (in s) or YTID.ext")
 SHOWN = 5  # examples named in a note or an error
 
 
@@ -81,6 +83,8 @@ def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetS
     notes = list(audio.notes)
     if shared:
         notes.append(_shared_note(shared, audio))
+    if not any(clips.values()):
+        raise ValueError(_nothing_found(root, rows, audio, notes))
     return DatasetSpec(
         name="vggsound", vocabulary=Vocabulary.from_names(sorted({r[2] for r in rows})), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split="train", missing=missing,
@@ -99,3 +103,14 @@ def _shared_note(shared: dict[str, list[tuple[str, str, str]]], audio: AudioInde
             f"it holds ({shown}{more}); name each segment's file YTID_START.ext (e.g. {first}.wav) "
             "and build again")
 
+
+def _nothing_found(root: Path, rows, audio: AudioIndex, notes: list[str]) -> str:
+    """Why no row of the CSV found its file: the namings looked for, and what is there instead."""
+    exts = ",".join(e[1:] for e in AUDIO_EXTENSIONS)
+    ytid, start = rows[0][:2] if rows else ("---g-f_I2yQ", 1)
+    stems = sorted(audio.paths)
+    found = (f"found {len(stems)} audio file(s), none named so: {', '.join(stems[:SHOWN])}"
+             f"{' ...' if len(stems) > SHOWN else ''}" if stems else "found no audio file")
+    return (f"{root}: none of the {len(rows)} clips of vggsound.csv has its audio below it; expected files "
+            f"named {NAMINGS}, .ext one of {exts} (e.g. {ytid}_{start:06d}.wav); {found}"
+            + "".join(f". {n}" for n in notes))
