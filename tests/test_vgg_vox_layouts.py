@@ -97,3 +97,14 @@ def test_vggsound_nothing_found_names_what_is_there(tmp_path):
             "or YTID.ext, .ext one of wav,flac,ogg,mp3,opus,aiff,aif (e.g. vid00000001_000030.wav); found 3 audio "
             "file(s), none named so: clip_a, clip_b, vid00000001-30")):
         prepare("vggsound", tmp_path)
+
+
+def test_vggsound_classes_without_a_training_clip_are_named(tmp_path):
+    csv_rows(tmp_path, ("vid00000001", 30, "dog", "train"), ("vid00000002", 0, "cat", "train"),
+             ("vid00000003", 0, "cat", "test"), ("vid00000004", 0, "owl", "test"))
+    for k, ytid in enumerate(("vid00000001", "vid00000003", "vid00000004")):  # the training cat is not downloaded
+        wav(tmp_path / "a" / f"{ytid}_{0 if k else 30:06d}.wav", seed=k)
+    spec = prepare("vggsound", tmp_path)
+    assert spec.vocabulary.names == ("cat", "dog", "owl")
+    assert spec.notes == ["2 class(es) have no clip in the training split 'train', so a model cannot learn them: "
+                          "cat, owl"]
