@@ -108,3 +108,32 @@ def test_vggsound_classes_without_a_training_clip_are_named(tmp_path):
     assert spec.vocabulary.names == ("cat", "dog", "owl")
     assert spec.notes == ["2 class(es) have no clip in the training split 'train', so a model cannot learn them: "
                           "cat, owl"]
+
+
+# VoxCeleb ---------------------------------------------------------------------------------------
+
+def iden_split(root, *lines):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "iden_split.txt").write_text("".join(f"{s} {rel}\n" for s, rel in lines))
+
+
+def test_voxceleb_any_audio_extension(tmp_path):
+    """A FLAC-converted copy (wav/id10001/1zcIwhmdeo4/00001.flac) is found under iden_split.txt's .wav names."""
+    iden_split(tmp_path, (1, "id10001/1zcIwhmdeo4/00001.wav"), (1, "id10001/1zcIwhmdeo4/00002.wav"),
+               (3, "id10002/vidB/00001.wav"))
+    w = tmp_path / "wav"
+    wav(w / "id10001" / "1zcIwhmdeo4" / "00001.flac")
+    wav(w / "id10001" / "1zcIwhmdeo4" / "00002.wav", seed=1)
+    wav(w / "id10002" / "vidB" / "00001.ogg", seed=2)
+    spec = prepare("voxceleb", tmp_path)
+    assert layout(spec) == {
+        "train": [("id10001/1zcIwhmdeo4/00001", ("id10001",), str(w / "id10001" / "1zcIwhmdeo4" / "00001.flac")),
+                  ("id10001/1zcIwhmdeo4/00002", ("id10001",), str(w / "id10001" / "1zcIwhmdeo4" / "00002.wav"))],
+        "val": [],
+        "test": [("id10002/vidB/00001", ("id10002",), str(w / "id10002" / "vidB" / "00001.ogg"))]}
+    assert spec.missing == {}
+    wav(w / "id10001" / "1zcIwhmdeo4" / "00001.wav")  # the original beside its FLAC copy: which one?
+    with pytest.raises(ValueError, match=re.escape(
+            f"1 duplicate clip ids: 'id10001/1zcIwhmdeo4/00001' ({w / 'id10001' / '1zcIwhmdeo4' / '00001.flac'} and "
+            f"{w / 'id10001' / '1zcIwhmdeo4' / '00001.wav'})")):
+        prepare("voxceleb", tmp_path)
