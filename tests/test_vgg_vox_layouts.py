@@ -137,3 +137,50 @@ def test_voxceleb_any_audio_extension(tmp_path):
             f"1 duplicate clip ids: 'id10001/1zcIwhmdeo4/00001' ({w / 'id10001' / '1zcIwhmdeo4' / '00001.flac'} and "
             f"{w / 'id10001' / '1zcIwhmdeo4' / '00001.wav'})")):
         prepare("voxceleb", tmp_path)
+
+
+def test_voxceleb_one_of_its_two_downloads(tmp_path):
+    """--root at vox1_dev_wav with iden_split.txt beside its wav/: the 40 test speakers (two here)
+    have no audio at all; a speaker with only evaluation clips on disk cannot be learnt either."""
+    iden_split(tmp_path, (1, "id10001/v/00001.wav"), (3, "id10001/v/00002.wav"),
+               (1, "id10002/v/00001.wav"), (3, "id10002/v/00002.wav"),
+               (1, "id10270/v/00001.wav"), (2, "id10270/v/00002.wav"), (3, "id10270/v/00003.wav"),
+               (1, "id10309/v/00001.wav"))
+    w = tmp_path / "wav"
+    wav(w / "id10001" / "v" / "00001.wav")
+    wav(w / "id10001" / "v" / "00002.wav", seed=1)
+    wav(w / "id10002" / "v" / "00002.wav", seed=2)  # its training utterance not downloaded
+    spec = prepare("voxceleb", tmp_path)
+    assert spec.vocabulary.names == ("id10001", "id10002", "id10270", "id10309")
+    assert spec.missing == {"train": ["id10002/v/00001", "id10270/v/00001", "id10309/v/00001"],
+                            "val": ["id10270/v/00002"], "test": ["id10270/v/00003"]}
+    assert spec.notes == [
+        f"3 of 4 speakers have no clip in the training split 'train', so a model cannot learn them: id10002, id10270, "
+        f"id10309. 2 of them have no audio at all in {w} (id10270, id10309: the speakers of the vox1_test_wav "
+        "download), though iden_split.txt lists 4 utterances of theirs: VoxCeleb1 comes as two downloads, "
+        "vox1_dev_wav (1,211 speakers) and vox1_test_wav (40 speakers, id10270 .. id10309), and iden_split.txt uses "
+        "both; put the idXXXXX folders of both wav/ folders into one wav/ under --root and build again"]
+    (w / "id10002" / "v" / "00002.wav").rename(w / "id10002" / "v" / "00001.wav")  # now a training clip
+    assert prepare("voxceleb", tmp_path).notes[0].startswith(
+        "2 of 4 speakers have no clip in the training split 'train', so a model cannot learn them: id10270, id10309. "
+        "2 of them have no audio at all")
+
+
+def test_voxceleb_audio_not_where_expected(tmp_path):
+    iden_split(tmp_path / "vox1", (1, "id10001/v/00001.wav"))
+    wav(tmp_path / "vox1" / "vox1_dev_wav" / "wav" / "id10001" / "v" / "00001.wav")
+    (tmp_path / "vox1" / "vox1_test_wav" / "wav").mkdir(parents=True)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'vox1' / 'wav'} not found: VoxCeleb1 needs its audio in ROOT/wav/idXXXXX/VIDEO/NNNNN.wav "
+            "next to iden_split.txt; found vox1_dev_wav/wav, vox1_test_wav/wav: put the idXXXXX folders of both of "
+            "VoxCeleb1's downloads (vox1_dev_wav, vox1_test_wav) into one wav/ folder")):
+        prepare("voxceleb", tmp_path / "vox1")
+    w = tmp_path / "vox1" / "wav"
+    wav(w / "v" / "00001.wav")  # the speaker folder left out
+    (w / "id10001" / "v").mkdir(parents=True)
+    (w / "id10001" / "v" / "00001.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'vox1'}: none of the 1 utterances of iden_split.txt is in {w} (expected "
+            f"{w}/idXXXXX/VIDEO/NNNNN.ext, .ext one of wav,flac,ogg,mp3,opus,aiff,aif); found 1 audio file(s), none "
+            f"of them listed: v/00001. 1 file under {w} in formats c2f cannot decode was left out (1 .m4a)")):
+        prepare("voxceleb", tmp_path / "vox1")
