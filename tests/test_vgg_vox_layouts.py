@@ -9,7 +9,10 @@ import pytest
 import soundfile as sf
 from conftest import tone
 
+from c2fdata.build import BuildConfig, build_store
 from c2fdata.datasets import prepare
+from c2fdata.info import build_problems
+from c2fdata.reader import StoreReader
 
 
 def wav(path, seconds=0.3, seed=0):
@@ -184,3 +187,26 @@ def test_voxceleb_audio_not_where_expected(tmp_path):
             f"{w}/idXXXXX/VIDEO/NNNNN.ext, .ext one of wav,flac,ogg,mp3,opus,aiff,aif); found 1 audio file(s), none "
             f"of them listed: v/00001. 1 file under {w} in formats c2f cannot decode was left out (1 .m4a)")):
         prepare("voxceleb", tmp_path / "vox1")
+
+
+def test_voxceleb_short_utterances_are_not_problems_and_cut_ones_are_counted(voxceleb_root, tmp_path):
+    """Utterances of 0.5, 1.5 and 2.5 s at 200 frames: 48 and 148 frames are stored whole (no
+    "short" problem: their length is the data's), 2.5 s (248 frames) is cut to 200, counted."""
+    res = build_store(BuildConfig(dataset="voxceleb", root=voxceleb_root, out=tmp_path / "vox",
+                                  options={"target_frames": 200}))
+    assert [(p["split"], p["id"], p["reason"]) for p in res.problems] == [("val", "id10003/gone/00009", "missing")]
+    assert [(p["split"], p["id"], p["reason"]) for p in build_problems(tmp_path / "vox")] == [
+        ("val", "id10003/gone/00009", "missing")]
+    assert ("3 of the 9 clips built are 200 frames or longer and were stored as their first 200 frames, the rest of "
+            "each left out (a larger --target-frames, into another --out, keeps more)") in res.notes
+    assert StoreReader(tmp_path / "vox", "train").frames().tolist() == [48, 148] * 3
+
+
+def test_short_clips_of_other_datasets_are_still_flagged(tmp_path):
+    """The variable-length exemption is VoxCeleb's: a folder's 0.5-s clip at 200 frames stays "short"."""
+    wav(tmp_path / "data" / "train" / "dog" / "a.wav", seconds=0.5)
+    res = build_store(BuildConfig(dataset="folder", root=tmp_path / "data", out=tmp_path / "s",
+                                  options={"target_frames": 200}))
+    assert [(p["id"], p["reason"], p["detail"]) for p in res.problems] == [
+        ("dog/a", "short", "dog/a: 48 of 200 frames, zero-padded")]
+    assert not any("stored as their first" in n for n in res.notes)

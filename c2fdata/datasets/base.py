@@ -114,6 +114,10 @@ class DatasetSpec:
     missing: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     train_split_note: str = ""  # when train_split is a guess: which split, and how to choose another
+    # Clips whose lengths vary by nature (VoxCeleb's utterances): stored at their true length up to
+    # target_frames, so a short clip is no defect (the build flags none as "short") and the build
+    # counts those cut at target_frames in a note instead.
+    variable_length: bool = False
 
     def __post_init__(self):
         if self.target_frames <= 0:

@@ -7,7 +7,8 @@ VoxCeleb1 comes as two downloads, vox1_dev_wav and vox1_test_wav, whose wav/ fol
 one ROOT/wav: speakers with no training clip are named in a note, which says so where whole
 speakers have no audio. Utterances vary in length: each is stored up to `target_frames`
 (default 1024 = 10.24 s; most utterances are shorter) with its true frame count, so the loader
-can crop randomly while training."""
+can crop randomly while training; a short one is no defect, and the build counts those cut at
+`target_frames` (DatasetSpec.variable_length)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def prepare_voxceleb(root, *, target_frames: int | None = None, **_) -> DatasetS
     return DatasetSpec(
         name="voxceleb", vocabulary=Vocabulary.from_names(speakers), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split="train", missing=missing,
-        notes=notes,
+        notes=notes, variable_length=True,
     )
 
 
