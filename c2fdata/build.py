@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +151,9 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
 
 
 def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResult], target_frames: int,
-                   n_mels: int, dtype: str) -> BlockResult:
-    """The next `block.size` results, assembled into the block's arrays."""
+                   n_mels: int, dtype: str, flag_short: bool = True) -> BlockResult:
+    """The next `block.size` results, assembled into the block's arrays. `flag_short` False (a
+    variable-length dataset): a clip flagged only as short is kept as clean."""
     n = block.size
     feats = np.zeros((n, target_frames, n_mels), dtype)
     frames = np.zeros(n, np.int32)
@@ -160,6 +161,8 @@ def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResul
     errors, sums, problems = [""] * n, np.zeros(3), []
     for j in range(n):
         r = next(results)
+        if r.reason == "short" and not flag_short:
+            r = replace(r, reason="", detail="")
         if r.features is not None:
             feats[j], frames[j], sums = r.features, r.frames, sums + r.sums
         status[j], errors[j] = r.status, r.message
@@ -184,6 +187,16 @@ def _length_notes(built: list[np.ndarray], target: int, frame_shift_ms: float) -
     return [(f"{short} of {frames.size} clips are shorter than half of the {target} frames each is stored at "
              f"(median {int(np.median(frames))} frames, {1000 / frame_shift_ms:g} a second; the rest zero-padding): "
              f"{what}, into another --out")]
+
+
+def _cut_notes(built: list[np.ndarray], target: int) -> list[str]:
+    """A variable-length dataset's clips that reached target_frames: cut there, their ends lost."""
+    frames = np.concatenate(built) if built else np.zeros(0)
+    cut = int((frames >= target).sum())
+    if not cut:
+        return []
+    return [(f"{cut} of the {frames.size} clips built are {target} frames or longer and were stored as their first "
+             f"{target} frames, the rest of each left out (a larger --target-frames, into another --out, keeps more)")]
 
 
 def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None = None) -> BuildResult:
@@ -229,7 +242,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
     try:
         for task in todo:
             block = _collect_block(task, metas[task.split].ids, results, spec.target_frames, fbank_cfg.n_mels,
-                                   codec.dtype)
+                                   codec.dtype, flag_short=not spec.variable_length)
             problems += block.problems
             if cfg.strict and block.problems:
                 first = block.problems[0]
@@ -253,6 +266,7 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         finalized=stats is not None, stats=stats or group.attrs.get("stats"),
         completion=completion, problems=problems,
         notes=st.store_notes(dict(group.attrs)) + _length_notes(built_frames, spec.target_frames, fbank_cfg.frame_shift_ms)
+        + (_cut_notes(built_frames, spec.target_frames) if spec.variable_length else [])
         + _retry_notes(cfg, completion, failed, retried),
     )
 

@@ -211,7 +211,7 @@ def test_undecodable_files_are_noted(tmp_path):
     assert spec.vocabulary.names == ("dog",)
     assert spec.notes == [(f"3 files under {tmp_path} in formats c2f cannot decode were left out (2 .m4a, 1 .webm); "
                            "convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
-                           "and build the store anew (into a new --out: its clip lists change)")]
+                           "and build again (into a new --out where a store was built already: its clip lists change)")]
     shutil.rmtree(tmp_path / "train" / "dog")
     with pytest.raises(ValueError, match=r"no audio found.*\. 2 files .* cannot decode were left out \(2 \.m4a\)"):
         prepare("folder", tmp_path)

@@ -68,6 +68,10 @@ def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") ->
     return None
 
 
+# Clips found after a fix to the audio (converted, renamed, merged) change a store's clip lists,
+# which a store built before refuses: what to do then, in the notes that ask for such a fix.
+BUILD_AGAIN = "build again (into a new --out where a store was built already: its clip lists change)"
+
 @dataclass(frozen=True)
 class FileSource:
     path: str
@@ -118,6 +122,10 @@ class DatasetSpec:
     missing: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     train_split_note: str = ""  # when train_split is a guess: which split, and how to choose another
+    # Clips whose lengths vary by nature (VoxCeleb's utterances): stored at their true length up to
+    # target_frames, so a short clip is no defect (the build flags none as "short") and the build
+    # counts those cut at target_frames in a note instead.
+    variable_length: bool = False
 
     def __post_init__(self):
         if self.target_frames <= 0:
@@ -194,7 +202,7 @@ class AudioScan:
             out.append(f"{n} file{'s' if n > 1 else ''} under {root} in formats c2f cannot decode "
                        f"{'were' if n > 1 else 'was'} left out "
                        f"({kinds}); convert them to flac or wav (e.g. `ffmpeg -i clip.m4a -ac 1 -ar 16000 clip.flac`) "
-                       "and build the store anew (into a new --out: its clip lists change)")
+                       f"and {BUILD_AGAIN}")
         if self.unreadable:
             more = f" and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
             out.append(f"{len(self.unreadable)} folder(s) under {root} could not be read and were left out "
