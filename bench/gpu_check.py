@@ -173,7 +173,7 @@ def run_command(cmd: Command, log, timeout_s: float, env: dict[str, str], cwd: P
     Whatever it leaves behind (reader processes, torchrun's workers) is killed with it."""
     out = open(cmd.stdout, "w") if cmd.stdout else log
     proc = subprocess.Popen(cmd.argv, stdout=out, stderr=log, cwd=cwd, env=env, start_new_session=True)
-    groups = ProcessGroups(proc.pid)
+    groups = ProcessGroups(proc)
     deadline = time.monotonic() + timeout_s
     try:
         if cmd.kill_when is not None:
@@ -201,18 +201,20 @@ class ProcessGroups:
     """The process groups of a command and of everything it started. torchrun's agent starts
     each worker in a session of its own, which a signal to the command's group does not reach;
     and once the agent has ended, its workers are init's and no longer found below it. So every
-    group below is remembered as it is seen, and each signal goes to all those seen so far."""
+    group below is remembered as it is seen, and each signal goes to all those seen so far. The
+    tree is only walked while the command is not reaped: after, its pid may be another process's."""
 
-    def __init__(self, pid: int):
-        self.pid, self.seen = pid, {pid}
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.seen = proc, {proc.pid}
 
     def signal(self, sig: int) -> None:
         from bench.timing import descendants
 
         own = os.getpgrp()  # never this process's own group (the check itself)
-        for pid in {self.pid} | descendants(self.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                self.seen.add(os.getpgid(pid))
+        if self.proc.returncode is None:  # not reaped: its pid (a zombie at worst) is not another's yet
+            for pid in {self.proc.pid} | descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    self.seen.add(os.getpgid(pid))
         for group in self.seen - {own}:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, sig)

@@ -150,6 +150,11 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
             yield ClipTask(clips[row].id, None if unknown else clips[row].source)
 
 
+# Failures a file fetched or converted again mends; a re-run of the build leaves them as they are.
+MENDABLE = ("truncated", "unreadable", "missing")
+RETRY_HINT = " (mended, the same build command with --retry-failed computes it again)"
+
+
 def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResult], target_frames: int,
                    n_mels: int, dtype: str, flag_short: bool = True) -> BlockResult:
     """The next `block.size` results, assembled into the block's arrays. `flag_short` False (a
@@ -167,8 +172,9 @@ def _collect_block(block: BlockTask, ids: list[str], results: Iterator[ClipResul
             feats[j], frames[j], sums = r.features, r.frames, sums + r.sums
         status[j], errors[j] = r.status, r.message
         if r.reason and r.reason != "unknown-label":  # reported from the metadata, with the labels
+            detail = r.detail + (RETRY_HINT if r.reason in MENDABLE else "")
             problems.append({"split": block.split, "id": ids[block.start + j], "reason": r.reason,
-                             "detail": r.detail, "fatal": r.failed})
+                             "detail": detail, "fatal": r.failed})
     return BlockResult(feats, frames, status, errors, sums, problems)
 
 
@@ -224,10 +230,10 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         )
 
     group = open_group()
-    retried = 0
-    if cfg.retry_failed and (plan := RepairPlan(_failed_blocks(group, metas, cfg.shard))).n_blocks:
-        retried = sum(int((st.read_meta(group, s, "status") == st.FAILED).sum()) for s in plan.blocks)
-        mark_for_rebuild(cfg.out, plan)  # as `c2fdata repair` does: the blocks pending, the store unfinalised
+    earlier = _earlier_failures(group, metas, cfg.shard)  # before anything is computed: what failed before
+    if cfg.retry_failed and earlier.mine:
+        blocks = {split: sorted({int(r) // cfg.block_clips for r in rows}) for split, rows in earlier.mine.items()}
+        mark_for_rebuild(cfg.out, RepairPlan(blocks))  # as `c2fdata repair` does: pending, the store unfinalised
         group = open_group()
     todo = _pending_blocks(group, metas, cfg)
     total = sum(b.size for b in todo)
@@ -267,34 +273,52 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
         completion=completion, problems=problems,
         notes=st.store_notes(dict(group.attrs)) + _length_notes(built_frames, spec.target_frames, fbank_cfg.frame_shift_ms)
         + (_cut_notes(built_frames, spec.target_frames) if spec.variable_length else [])
-        + _retry_notes(cfg, completion, failed, retried),
+        + _retry_notes(cfg, earlier, group),
     )
 
 
-def _failed_blocks(group, metas: dict[str, st.SplitMeta], shard: tuple[int, int]) -> dict[str, list[int]]:
-    """This shard's blocks that hold a clip that failed, per split."""
+@dataclass
+class EarlierFailures:
+    """Rows of clips that had failed when a build started and that a fixed file could mend (an
+    unknown label fails again whatever the file): this shard's, per split, and the other shards'
+    count."""
+
+    mine: dict[str, np.ndarray]
+    others: int
+
+
+def _earlier_failures(group, metas: dict[str, st.SplitMeta], shard: tuple[int, int]) -> EarlierFailures:
     k, n = shard
-    blocks = {}
+    block = int(group.attrs["block_clips"])
+    mine, others = {}, 0
     for split in metas:
-        status = st.read_meta(group, split, "status")
-        ranges = st.block_ranges(len(status), int(group.attrs["block_clips"]))
-        if found := [b for b, (s, e) in enumerate(ranges) if b % n == k and (status[s:e] == st.FAILED).any()]:
-            blocks[split] = found
-    return blocks
+        rows = np.flatnonzero(st.read_meta(group, split, "status") == st.FAILED)
+        if rows.size:
+            errors = st.read_meta(group, split, "errors")
+            rows = np.array([r for r in rows if not str(errors[r]).startswith("unknown-label")], np.int64)
+        in_mine = (rows // block) % n == k
+        if in_mine.any():
+            mine[split] = rows[in_mine]
+        others += int((~in_mine).sum())
+    return EarlierFailures(mine, others)
 
 
-def _retry_notes(cfg: BuildConfig, completion: dict, failed_now: int, retried: int) -> list[str]:
-    """What a build run again says of the clips that failed before it: a rerun computes pending
-    blocks only, so without this its report would show none of them, as if they were fixed."""
-    failed = sum(c["failed"] for c in completion.values())
+def _retry_notes(cfg: BuildConfig, earlier: EarlierFailures, group) -> list[str]:
+    """What a build run again says of the clips that had failed before it: a re-run computes
+    pending blocks only, so without this its report would show none of them, as if mended."""
+    notes = []
+    mine = sum(r.size for r in earlier.mine.values())
+    shard = f" --shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard[1] > 1 else ""
     if cfg.retry_failed:
-        if not retried:
-            return ["--retry-failed: no clip had failed; nothing was computed again"]
-        return [(f"--retry-failed: {retried} clip(s) that had failed were computed again (with their blocks): "
-                 f"{retried - failed_now} now built, {failed_now} failed again (the table above says why)")]
-    earlier = failed - failed_now
-    if earlier <= 0:
-        return []
-    return [(f"{earlier} clip(s) failed in an earlier run of this build and were not tried again "
-             f"(`c2fdata info {cfg.out} --problems` says why); once their files are fixed, the same command with "
-             "--retry-failed computes them again")]
+        still = sum(int((st.read_meta(group, s, "status")[rows] == st.FAILED).sum()) for s, rows in earlier.mine.items())
+        notes.append(f"--retry-failed: {mine} clip(s) that had failed were computed again (with their blocks): "
+                     f"{mine - still} now built, {still} failed again (the table above says why)" if mine else
+                     f"--retry-failed: no clip of{shard or ' this build'}'s blocks had failed; nothing was computed again")
+    elif mine:
+        notes.append(f"{mine} clip(s) failed in an earlier run of this build and were not tried again "
+                     f"(`c2fdata info {cfg.out} --problems` says why); once their files are fixed, the same command "
+                     "with --retry-failed computes them again")
+    if earlier.others:
+        notes.append(f"{earlier.others} clip(s) that failed before are in other shards' blocks: their own --shard "
+                     "with --retry-failed computes them again")
+    return notes

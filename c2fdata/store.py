@@ -41,6 +41,7 @@ as version 2 would misread. Each codec names its version (codec.FeatureCodec).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -215,8 +216,10 @@ def open_store(path: str | Path | Location, mode: str = "r") -> zarr.Group:
     if not loc.child("zarr.json").is_file():
         from c2fdata.datasets import build_command
 
-        local = Path(loc.path) if loc.fs is None else None
-        if local is not None and local.is_dir() and any(local.iterdir()) and not any(local.glob("*/zarr.json")):
+        local, other = (Path(loc.path) if loc.fs is None else None), False
+        with contextlib.suppress(OSError):  # a folder it may not list: the plain message below
+            other = local is not None and local.is_dir() and any(local.iterdir()) and not any(local.glob("*/zarr.json"))
+        if other:
             # a folder of other things (a dataset's audio and metadata, most often): a store is
             # never built into it
             raise StoreFormatError(
@@ -329,7 +332,8 @@ def create_or_open(
 def _open_same(loc: Location, attrs: dict) -> zarr.Group:
     """The existing store at loc, if it was made from the same metadata and settings."""
     if not loc.child("zarr.json").is_file():
-        raise StoreFormatError(f"{loc.url} exists and is not a c2f store; choose another --out or remove it")
+        raise StoreFormatError(f"{loc.url} exists and is not a c2f store (a dataset's folder? that is --root); "
+                               "choose another --out, one that does not exist yet")
     group = open_store(loc, mode="r+")
     check_documents(loc, group.attrs["splits"])
     found = group.attrs.get("fingerprint")

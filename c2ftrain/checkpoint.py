@@ -52,7 +52,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found")
     what_now = ("restore it from a copy, or delete it (`c2ftrain run --resume` then trains that run again from "
                 "its start)")
-    if path.suffix != ".pt" and not zipfile.is_zipfile(path):  # another file given (metrics.jsonl, a .pth of AST's)
+    with open(path, "rb") as f:
+        zip_start = f.read(4) == b"PK\x03\x04"  # torch.save's, even cut short (a partial copy)
+    if path.suffix != ".pt" and not zip_start:  # another file given (metrics.jsonl, a .pth of AST's)
         raise ValueError(f"{path} is not a c2f checkpoint: those are final.pt and checkpoints/last.pt in a run's "
                          "directory (starting weights of AST or timm go in model.init)")
     try:

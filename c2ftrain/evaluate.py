@@ -77,11 +77,12 @@ def find_checkpoint(path: Path) -> Path:
     for candidate in (path / "final.pt", path / "c2f" / "final.pt"):
         if candidate.is_file():
             return candidate
-    seeds = sorted(path.glob("seed-*/c2f/final.pt"))
-    if len(seeds) == 1:
-        return seeds[0]
-    if seeds:
-        raise ValueError(f"{path} holds {len(seeds)} seeds' coarse-to-fine models: give one, e.g. {seeds[0]}")
+    seeds = sorted(p for p in path.glob("seed-*") if p.is_dir())
+    if len(seeds) > 1:  # one of them finished is not the experiment's model either
+        raise ValueError(f"{path} holds {len(seeds)} seeds' runs ({', '.join(p.name for p in seeds)}): give one "
+                         f"seed's model, e.g. {seeds[0] / 'c2f' / 'final.pt'}")
+    if seeds and (seeds[0] / "c2f" / "final.pt").is_file():
+        return seeds[0] / "c2f" / "final.pt"
     latest = next((p for p in (path / "checkpoints" / "last.pt", path / "c2f" / "checkpoints" / "last.pt")
                    if p.is_file()), None)
     if latest:

@@ -5,9 +5,10 @@
 # shape (noisy tones; built once, AudioSet itself being out of reach offline).
 #   bash scripts/gpu-bench.sh [--loader dali|torch|both] [--out DIR] [--store DIR] [--repeats N] [--batches N]
 #                             [--batch-size N] [--phase N] [--tag NAME] [-- BENCH-THROUGHPUT-OPTIONS...]
-# Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-<NAME>].json and .png (default DIR: results); the
-# JSON is rewritten after every timed round, so a run stopped early keeps its rounds ("finished":
-# false). --phase N (repeatable) measures phase N and the full-resolution phase, not every phase.
+# Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-p<N>...][-<NAME>].json and .png (default DIR:
+# results; the suffixes in the order the options are given). The JSON is rewritten after every
+# timed round, so a run stopped early keeps its rounds ("finished": false). --phase N (repeatable)
+# measures phase N and the full-resolution phase, not every phase.
 # Options after -- go to `bench throughput` as they are, e.g.
 #   bash scripts/gpu-bench.sh --loader torch --tag graphs -- --compile reduce-overhead --set optim.fused=true
 # Each part of the run is a line on stderr, and a part silent for 90 s (a compile, a stall) prints

@@ -182,7 +182,32 @@ def test_clips_that_failed_are_computed_again_with_retry_failed_only(folder_big,
     assert retried.stats == pytest.approx(fresh.stats)
     assert verify_store(tmp_path / "s") == []
     nothing = build_store(cfg(folder_big, tmp_path / "s", workers=1, retry_failed=True))
-    assert nothing.computed == 0 and "no clip had failed" in nothing.notes[-1]
+    assert nothing.computed == 0 and "no clip of this build's blocks had failed" in nothing.notes[-1]
+
+
+def test_retry_failed_counts_this_shards_clips_and_names_the_others(folder_big, tmp_path):
+    """Two builders, a cut download in each one's blocks (rows 3 and 5 of train: blocks 0 and 1
+    of 4 clips). Each re-run speaks of its own shard's failures and points to the other's; a
+    retry that mends one clip and meets a new failure in its block counts each as what it is."""
+    cut = {name: folder_big / "train" / "a" / name for name in ("03.wav", "05.wav", "00.wav")}
+    whole = {name: path.read_bytes() for name, path in cut.items()}
+    for name in ("03.wav", "05.wav"):
+        cut[name].write_bytes(whole[name][: len(whole[name]) // 2])
+    out = tmp_path / "s"
+    for k in (0, 1):
+        build_store(cfg(folder_big, out, shard=(k, 2)))
+    cut["03.wav"].write_bytes(whole["03.wav"])  # mended
+    cut["00.wav"].write_bytes(whole["00.wav"][:100])  # its neighbour in block 0 now cut: a new failure
+    res = build_store(cfg(folder_big, out, shard=(0, 2), retry_failed=True))
+    assert res.computed == 4 and [p["id"] for p in res.problems if p["reason"] == "truncated"] == ["a/00"]
+    assert res.notes[-2:] == [
+        "--retry-failed: 1 clip(s) that had failed were computed again (with their blocks): 1 now built, 0 failed "
+        "again (the table above says why)",
+        "1 clip(s) that failed before are in other shards' blocks: their own --shard with --retry-failed computes "
+        "them again"]
+    plain = build_store(cfg(folder_big, out, shard=(1, 2)))
+    assert plain.computed == 0 and plain.notes[-2].startswith("1 clip(s) failed in an earlier run of this build")
+    assert plain.notes[-1].startswith("1 clip(s) that failed before are in other shards' blocks")  # row 0, shard 0's
 
 
 def test_a_wav_is_cut_short_only_when_audio_is_missing():
@@ -252,6 +277,11 @@ def test_unknown_labels_in_metadata(audioset_root, tmp_path):
     assert "--ZhevVpy1s_50.000" not in reader.ids and "--PJHxphWEs_30.000" in reader.ids
     kept = reader.labels()[reader.ids.index("--aE2O5G5WE_0.000")]
     assert sorted(reader.vocabulary.names[k] for k in np.flatnonzero(kept)) == ["Music", "Speech"]
+    # no file mends an unknown label: a re-run does not send it to --retry-failed, which leaves it be
+    again = build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "s"))
+    assert not any("earlier run" in n for n in again.notes)
+    retried = build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "s", retry_failed=True))
+    assert retried.computed == 0 and "nothing was computed again" in retried.notes[-1]
     with pytest.raises(StrictError, match=r"metadata problem\(s\), first: "):
         build_store(BuildConfig(dataset="audioset", root=audioset_root, out=tmp_path / "t", strict=True))
 

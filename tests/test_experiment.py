@@ -177,7 +177,10 @@ def test_the_documented_demo_grid_is_valid():
 def test_cli_validation_error_leaves_no_run_directory(toy_store, tmp_path):  # noqa: F811
     out = tmp_path / "never"
     r = CliRunner().invoke(main, ["run", "demo", "--set", f'store="{toy_store}"', "--set", "phases.1.factor=8",
-                                  "--out", str(out)])
+                                  "--out", str(out)])  # the demo's extra split, eval_seen, is not in the toy store
+    assert r.exit_code == 2 and "data.extra_eval_splits names the split 'eval_seen'" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["run", "demo", "--set", f'store="{toy_store}"', "--set", "phases.1.factor=8",
+                                  "--set", "data.extra_eval_splits=[]", "--out", str(out)])
     assert r.exit_code == 2 and "fewer than one 16-frame patch" in " ".join(r.output.split())
     assert not out.exists()
     r = CliRunner().invoke(main, ["run", "demo", "--set", "phases.9.factor=2"])

@@ -110,6 +110,16 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     r = CliRunner().invoke(main, ["eval", str(tmp_path), "--device", "cpu"])
     assert r.exit_code == 2 and "no final.pt (a run not finished?)" in r.output and "checkpoints/last.pt" in r.output
     (tmp_path / "c2f" / "kept.pt").rename(tmp_path / "c2f" / "final.pt")
+    whole = (tmp_path / "c2f" / "final.pt").read_bytes()
+    (tmp_path / "copy.bak").write_bytes(whole[: len(whole) // 2])  # a checkpoint cut short, under another name
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "copy.bak"), "--store", str(toy_store)])
+    assert r.exit_code == 2 and "truncated" in r.output
+    seeds = tmp_path / "seeds"
+    for seed in (0, 1):
+        (seeds / f"seed-{seed}" / "c2f").mkdir(parents=True)
+    shutil.copy(tmp_path / "c2f" / "final.pt", seeds / "seed-0" / "c2f" / "final.pt")  # seed 1 not finished
+    r = CliRunner().invoke(main, ["eval", str(seeds)])
+    assert r.exit_code == 2 and "holds 2 seeds' runs (seed-0, seed-1)" in " ".join(r.output.split())
     # a clip failing its checksum is left out, counted and said, not scored silently
     damaged = tmp_path / "damaged"
     shutil.copytree(toy_store, damaged)

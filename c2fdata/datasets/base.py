@@ -72,6 +72,7 @@ def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") ->
 # which a store built before refuses: what to do then, in the notes that ask for such a fix.
 BUILD_AGAIN = "build again (into a new --out where a store was built already: its clip lists change)"
 
+
 @dataclass(frozen=True)
 class FileSource:
     path: str
@@ -93,7 +94,7 @@ class FileSource:
             raise BadClip("unreadable", f"{self.path}: {said}") from None
         if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
-                                       "copy? Fetch it again, then run the build again with --retry-failed")
+                                       "copy? Fetch it again")
         return audio, int(sr)
 
     def __str__(self) -> str:
