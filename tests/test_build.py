@@ -201,10 +201,10 @@ def test_retry_failed_counts_this_shards_clips_and_names_the_others(folder_big, 
     res = build_store(cfg(folder_big, out, shard=(0, 2), retry_failed=True))
     assert res.computed == 4 and [p["id"] for p in res.problems if p["reason"] == "truncated"] == ["a/00"]
     assert res.notes[-2:] == [
-        "--retry-failed: 1 clip(s) that had failed were computed again (with their blocks): 1 now built, 0 failed "
-        "again (the table above says why)",
-        "1 clip(s) that failed before are in other shards' blocks: their own --shard with --retry-failed computes "
-        "them again"]
+        ("--retry-failed: 1 clip(s) that had failed were computed again (with their blocks): 1 now built, 0 failed "
+         "again (the table above says why)"),
+        ("1 clip(s) that failed before are in other shards' blocks: their own --shard with --retry-failed computes "
+         "them again")]
     plain = build_store(cfg(folder_big, out, shard=(1, 2)))
     assert plain.computed == 0 and plain.notes[-2].startswith("1 clip(s) failed in an earlier run of this build")
     assert plain.notes[-1].startswith("1 clip(s) that failed before are in other shards' blocks")  # row 0, shard 0's
