@@ -67,6 +67,18 @@ def load_trained_model(path: Path) -> tuple[AST, dict]:
     return model, state
 
 
+def trained_store(state: dict) -> str | None:
+    """The store a checkpoint was trained on: as the recipe named it, where that is found from
+    here, else its absolute path at training time (a relative store seen from another working
+    directory); None for a checkpoint that names none."""
+    from c2fdata.storage import as_location
+
+    store, absolute = state.get("store"), state.get("store_absolute")
+    if store is not None and absolute and not as_location(store).exists() and as_location(absolute).exists():
+        return absolute
+    return store
+
+
 def find_checkpoint(path: Path) -> Path:
     """The checkpoint a path names: a file as it is; a directory, its final.pt: a training run's
     (RUN/c2f), an experiment's coarse-to-fine run (RUN/c2f/final.pt), or the one seed's of a
@@ -116,7 +128,7 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     if store is None:  # the store it was trained on, which every checkpoint names
         if "store" not in state:
             raise ValueError(f"{path} does not name the store it was trained on: give it with --store")
-        store = state["store"]
+        store = trained_store(state)
         from c2fdata.storage import as_location
 
         if not as_location(store).exists():

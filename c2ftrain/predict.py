@@ -21,7 +21,7 @@ import torch
 from c2fdata.datasets.base import AUDIO_EXTENSIONS, UNDECODABLE_EXTENSIONS, FileSource
 from c2fdata.features import BadClip, fbank, pad_or_crop
 from c2fdata.pipeline.torch_loader import normalize
-from c2ftrain.evaluate import class_scores, load_trained_model, to_full_resolution
+from c2ftrain.evaluate import class_scores, load_trained_model, to_full_resolution, trained_store
 from c2ftrain.inputs import ModelInputs, checkpoint_inputs
 from c2ftrain.model import AST
 
@@ -86,7 +86,7 @@ def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[A
         inputs = ModelInputs.from_dict(state["inputs"])
     else:
         recorded = "inputs" in state
-        store = store or state.get("store")  # final.pt has always named the store it was trained on
+        store = store or trained_store(state)  # final.pt has always named the store it was trained on
         if store is None:
             raise ValueError(f"{checkpoint} was saved before checkpoints recorded their model's feature settings, "
                              "classes and normalisation: give the store it was trained on with --store")

@@ -145,6 +145,11 @@ class RunOutcome:
         return sum(r.wall_s for r in self.records)
 
 
+def absolute_store(store: str) -> str:
+    """A local store's absolute path (an s3:// URL as it is)."""
+    return str(store) if "://" in str(store) else str(Path(store).absolute())
+
+
 def model_config(recipe: Recipe, reader: StoreReader) -> ASTConfig:
     m = recipe.model
     sizes = {k: getattr(m, k) for k in ("embed_dim", "depth", "num_heads") if getattr(m, k) is not None}
@@ -430,6 +435,8 @@ class PhaseTrainer:
         and the store it was trained on."""
         return {"model": model.state_dict(), "resolution": model.resolution_state(), "model_config": self.cfg.to_dict(),
                 "inputs": self.inputs.to_dict(), "store": str(self.recipe.store),
+                # a relative store is the working directory's: `c2ftrain eval` run from elsewhere finds it here
+                "store_absolute": absolute_store(self.recipe.store),
                 "store_fingerprint": self.store_fingerprint, "eval_split": self.recipe.data.eval_split}
 
     def save(self, model: AST, optimizer, state: RunState) -> None:

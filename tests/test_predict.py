@@ -142,7 +142,8 @@ def test_a_checkpoint_from_before_inputs_were_recorded(trained, tmp_path):
     """last.pt holds the recipe: with the store named, its inputs are recovered in full. final.pt
     has always named its store, which is then the default (with the store's statistics)."""
     root, store, run = trained
-    old_keys = lambda state: {k: v for k, v in state.items() if k not in ("inputs", "store", "store_fingerprint")}
+    old_keys = lambda state: {k: v for k, v in state.items()
+                              if k not in ("inputs", "store", "store_absolute", "store_fingerprint")}
     save_checkpoint(tmp_path / "old.pt", old_keys(load_checkpoint(run / "checkpoints" / "last.pt")))
     with pytest.raises(ValueError, match="give the store it was trained on with --store"):
         load_predictor(tmp_path / "old.pt")
@@ -246,7 +247,7 @@ def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tm
     assert r.exit_code == 2 and "no split 'valid'" in r.output  # the recorded split, not "eval"
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "other.pt"), "--split", "eval", "--json", "--device", "cpu"])
     assert json.loads(r.stdout) == {**json.loads(given.stdout), "checkpoint": str(tmp_path / "other.pt")}
-    state["store"] = str(tmp_path / "moved")
+    state["store"] = state["store_absolute"] = str(tmp_path / "moved")
     save_checkpoint(tmp_path / "moved.pt", state)
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "moved.pt")])
     assert r.exit_code == 2 and f"was trained on the store {tmp_path / 'moved'}, which is not there" in r.output

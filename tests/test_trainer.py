@@ -170,6 +170,27 @@ def test_a_split_the_store_lacks_is_named_by_the_recipe_key_that_asks_for_it(toy
     check_recipe_against_store(toy_recipe(other, eval_split="val"))
 
 
+def test_eval_finds_a_relative_training_store_from_another_directory(toy_store, tmp_path, monkeypatch):
+    """A recipe's relative store is the working directory's; a checkpoint also records where that
+    was, so `c2ftrain eval` without --store works from elsewhere, and predict too."""
+    from click.testing import CliRunner
+
+    from c2ftrain.cli import main
+
+    monkeypatch.chdir(toy_store.parent)
+    recipe = recipe_from_dict({**toy_recipe("toy").to_dict(), "phases": [{"method": "none", "factor": 1, "steps": 2}]})
+    PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    state = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert (state["store"], state["store_absolute"]) == ("toy", str(toy_store))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["store"] == str(toy_store)
+    (tmp_path / "toy").mkdir()  # a store of that name here is taken, as the recipe names it
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--device", "cpu"])
+    assert r.exit_code == 2 and "no store here" in r.output
+
+
 def test_clips_shorter_than_the_model_takes(toy_store, tmp_path):
     """Training on a crop longer than the store's clips is refused (every clip would be padding);
     evaluating a model on a store of shorter clips is done, with a note saying they were padded."""
