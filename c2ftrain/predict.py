@@ -21,7 +21,12 @@ import torch
 from c2fdata.datasets.base import AUDIO_EXTENSIONS, UNDECODABLE_EXTENSIONS, FileSource
 from c2fdata.features import BadClip, fbank, pad_or_crop
 from c2fdata.pipeline.torch_loader import normalize
-from c2ftrain.evaluate import class_scores, load_trained_model, to_full_resolution, trained_store
+from c2ftrain.evaluate import (
+    class_scores,
+    load_trained_model,
+    to_full_resolution,
+    trained_store,
+)
 from c2ftrain.inputs import ModelInputs, checkpoint_inputs
 from c2ftrain.model import AST
 
