@@ -566,8 +566,11 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 @click.option("--split", help="the split to evaluate (default: the run's evaluation split, else eval)")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--scores", "scores_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every clip's scores to FILE (.npz: ids, scores, targets, classes), for metrics of "
+                   "your own.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
+def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device):
     """Evaluate a checkpoint (final.pt or checkpoints/last.pt, or a run directory: its
     coarse-to-fine final.pt) at full resolution on a store split."""
     from rich.markup import escape
@@ -575,7 +578,8 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
     from c2ftrain.evaluate import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(checkpoint, existing_store(store), split, batch_size, device=_device(device))
+        metrics = evaluate_checkpoint(checkpoint, existing_store(store), split, batch_size, device=_device(device),
+                                      scores_path=scores_path)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
@@ -584,8 +588,10 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, device):
         console.print(f"{escape(metrics['checkpoint'])} on {escape(metrics['store'])}, split "
                       f"{escape(metrics['split'])} ({metrics['clips']} clips, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
-            if k not in ("skipped_clips", "checkpoint", "store", "split", "clips", "notes"):
+            if k not in ("skipped_clips", "checkpoint", "store", "split", "clips", "notes", "scores"):
                 console.print(f"{k:>10}: {metric_text(k, v)}")
+        if scores_path:
+            console.print(f"scores of every clip: {escape(str(scores_path))}")
     for note in metrics["notes"]:  # on stderr, as the warning below
         log_console(stderr=True).print(f"[yellow]note[/yellow]: {escape(note)}", soft_wrap=True)
     if metrics["skipped_clips"]:  # on stderr: --json keeps stdout one JSON object

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from c2fdata.pipeline import PipelineConfig, make_loader
@@ -16,13 +17,22 @@ from c2ftrain.metrics import compute_metrics
 from c2ftrain.model import AST, ASTConfig
 
 
-@torch.no_grad()
 def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist(),
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of `model` over every clip the loader serves (all ranks together), at the
-    resolution the model and loader are set to; `progress(done, total)` after each batch. The
+    resolution the model and loader are set to; `progress(done, total)` after each batch."""
+    scores, targets, _ = loader_scores(model, loader, multi_label, device, d, progress)
+    return compute_metrics(scores, targets, multi_label)
+
+
+@torch.no_grad()
+def loader_scores(model: AST, loader, multi_label: bool, device: torch.device, d: Dist | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) float32 scores, the targets ((N, K) multi-hot or (N,) classes) and each row's clip
+    index in the split, in clip order, of every clip the loader serves (all ranks together). The
     model is left in the mode it came in (a training model goes on training: with dropout or drop
     path, an evaluation mid-run must not switch them off for the rest of the run)."""
+    d = d or Dist()
     was_training = model.training
     model.eval()
     scores, targets, index = [], [], []
@@ -40,7 +50,7 @@ def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device,
     s, t = gather_cat(d, torch.cat(scores).cpu()), gather_cat(d, torch.cat(targets).cpu())
     i = gather_cat(d, torch.cat(index).cpu())
     order = torch.argsort(i)  # rank shards interleave; every clip once
-    return compute_metrics(s[order].numpy(), t[order].numpy(), multi_label)
+    return s[order].numpy(), t[order].numpy(), i[order].numpy()
 
 
 def class_scores(model: AST, x: torch.Tensor, multi_label: bool, device: torch.device) -> torch.Tensor:
@@ -115,14 +125,15 @@ def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
 
 
 def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str | None = None,
-                        batch_size: int = 64, device: str | None = None) -> dict:
+                        batch_size: int = 64, device: str | None = None, scores_path: Path | None = None) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
     split of a store, fed as the model was trained (its clip length and normalisation, recorded
     in the checkpoint); a ValueError for a store whose features or classes differ from the
     training store's. A checkpoint saved on a GPU loads on a CPU-only machine. skipped_clips:
     clips left out because they failed their checksum (each warned about), as a run counts them;
     checkpoint, store, split and clips: what was evaluated (the defaults resolved: `path` may be a
-    run directory, see find_checkpoint); notes: what the figures do not say by themselves."""
+    run directory, see find_checkpoint); notes: what the figures do not say by themselves.
+    scores_path: also write every clip's scores there (write_scores), for metrics of one's own."""
     path = find_checkpoint(path)
     model, state = load_trained_model(path)
     if store is None:  # the store it was trained on, which every checkpoint names
@@ -149,9 +160,23 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
                      f"{reader.target_frames}: every clip was zero-padded by at least "
                      f"{inputs.target_frames - reader.target_frames} frames, unlike the clips it was trained on")
     try:
-        metrics = evaluate_loader(model.to(device), loader, reader.multi_label, device)
+        scores, targets, index = loader_scores(model.to(device), loader, reader.multi_label, device)
         skipped = len(getattr(loader, "skipped_clips", ()))
-        return {**metrics, "skipped_clips": skipped, "checkpoint": str(path), "store": str(store), "split": split,
-                "clips": len(reader) - skipped, "notes": notes}
     finally:
         loader.close()
+    written = {}
+    if scores_path is not None:
+        write_scores(scores_path, [reader.ids[k] for k in index], scores, targets, inputs.vocabulary.names)
+        written = {"scores": str(scores_path)}
+    return {**compute_metrics(scores, targets, reader.multi_label), "skipped_clips": skipped, "checkpoint": str(path),
+            "store": str(store), "split": split, "clips": len(reader) - skipped, "notes": notes, **written}
+
+
+def write_scores(path: Path, ids: list[str], scores: np.ndarray, targets: np.ndarray, classes) -> None:
+    """An .npz of `ids` (N,), `scores` (N, K) float32 (softmax, or sigmoid for multi-label data),
+    `targets` ((N, K) multi-hot, or (N,) class indices) and `classes` (K,) names: what a metric
+    c2f does not compute (EER, mAP at other cut-offs, per-class tables) needs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # np.savez would add .npz to a name without it
+        np.savez(f, ids=np.asarray(ids), scores=scores.astype(np.float32), targets=targets, classes=np.asarray(classes))

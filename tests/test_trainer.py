@@ -102,6 +102,19 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     assert f"final.pt on {toy_store}, split eval (32 clips, full resolution)" in " ".join(r.output.split())
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "metrics.jsonl"), "--store", str(toy_store)])
     assert r.exit_code == 2 and "is not a c2f checkpoint" in r.output and "delete it" not in r.output
+    # every clip's scores for metrics of one's own: the accuracy recomputed from them by hand
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--scores", str(tmp_path / "s.npz"),
+                                  "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "s.npz") as z:
+        ids, scores, targets, classes = z["ids"], z["scores"], z["targets"], z["classes"]
+    assert list(classes) == [f"c{k}" for k in range(N_CLASSES)] and scores.shape == (32, N_CLASSES)
+    assert sorted(ids) == sorted(f"1-{i}" for i in range(32))  # toy_split(32, 1)'s clips, each once
+    truth = dict(zip([f"1-{i}" for i in range(32)], toy_split(32, 1)["labels"]))
+    assert [f"c{t}" for t in targets] == [truth[i][0] for i in ids]
+    right = sum(int(np.argmax(row)) == t for row, t in zip(scores, targets))
+    assert right / 32 == json.loads(r.stdout)["accuracy"] == outcome.metric
+    np.testing.assert_allclose(scores.sum(axis=1), 1, rtol=1e-5)  # softmax: single-label
     # a run directory means its coarse-to-fine final.pt
     r = CliRunner().invoke(main, ["eval", str(tmp_path), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
