@@ -15,9 +15,10 @@ ADAPTERS = {
     "esc50": ("c2fdata.datasets.esc50", "prepare_esc50"),
     "voxceleb": ("c2fdata.datasets.voxceleb", "prepare_voxceleb"),
     "folder": ("c2fdata.datasets.folder", "prepare_folder"),
+    "manifest": ("c2fdata.datasets.manifest", "prepare_manifest"),
     "instruments": ("c2fdata.datasets.instruments", "prepare_instruments"),
 }
-NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder"}
+NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder", "manifest"}
 
 
 DEFAULT_STORE = "stores/{dataset}"  # where `c2fdata build` writes without --out

@@ -1,0 +1,90 @@
+"""--dataset manifest: clips listed in ROOT/manifest.csv, wherever their files are."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone
+
+from c2fdata.build import BuildConfig, build_store
+from c2fdata.datasets import prepare
+from c2fdata.reader import StoreReader
+
+
+@pytest.fixture
+def root(tmp_path):
+    """Six clips in two folders and one elsewhere (an absolute path), a file listed but absent, a
+    video c2f cannot decode; a byte-order mark before the header, as spreadsheets write it."""
+    r = tmp_path / "data"
+    for k, name in enumerate(("a/0.wav", "a/1.flac", "b/2.wav", "b/3.wav", "a/4.wav")):
+        (r / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(r / name, tone(1.0, freq=300 + 100 * k, seed=k), 16000)
+    far = tmp_path / "elsewhere" / "5.wav"
+    far.parent.mkdir()
+    sf.write(far, tone(1.0, freq=900, seed=5), 22050)
+    (r / "clip.mp4").write_bytes(b"\x00" * 64)
+    (r / "manifest.csv").write_text(
+        "\ufeffsplit,path,label,id\n"
+        "train,a/0.wav,dog,\n"
+        "train,a/1.flac,cat,\n"
+        f"train,{far},bird,far-away\n"
+        "eval,b/2.wav,dog,\n"
+        "eval,b/3.wav,cat,\n"
+        "eval,b/gone.wav,cat,\n"
+        "train,clip.mp4,dog,\n", encoding="utf-8")
+    return r
+
+
+def test_a_manifest_lists_clips_labels_and_splits(root, tmp_path):
+    spec = prepare("manifest", root)
+    got = {s: [(c.id, c.labels, c.source.path) for c in clips] for s, clips in spec.clips.items()}
+    assert got == {
+        "train": [("a/0", ("dog",), str(root / "a/0.wav")), ("a/1", ("cat",), str(root / "a/1.flac")),
+                  ("far-away", ("bird",), str(tmp_path / "elsewhere" / "5.wav"))],
+        "eval": [("b/2", ("dog",), str(root / "b/2.wav")), ("b/3", ("cat",), str(root / "b/3.wav"))]}
+    assert spec.vocabulary.names == ("bird", "cat", "dog") and not spec.multi_label
+    assert spec.missing == {"eval": ["b/gone"]} and spec.train_split == "train"
+    assert len(spec.notes) == 1 and "1 .mp4" in spec.notes[0]
+    res = build_store(BuildConfig(dataset="manifest", root=root, out=tmp_path / "s", options={"target_frames": 128}))
+    assert res.finalized and res.completion["train"]["ok"] == 3 and res.completion["eval"]["ok"] == 2
+    train = StoreReader(tmp_path / "s", "train")
+    assert train.ids == ["a/0", "a/1", "far-away"]
+    assert [train.vocabulary.names[int(k)] for k in train.labels()] == ["dog", "cat", "bird"]
+    # the same file as a folder tree's clip: the same features
+    folder = tmp_path / "tree" / "train" / "dog"
+    folder.mkdir(parents=True)
+    (folder / "0.wav").write_bytes((root / "a" / "0.wav").read_bytes())
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "tree", out=tmp_path / "f", options={"target_frames": 128}))
+    np.testing.assert_array_equal(StoreReader(tmp_path / "f", "train")[0][0], train[0][0])
+
+
+def test_labels_column_is_multi_label(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(1.0), 16000)
+    sf.write(tmp_path / "y.wav", tone(1.0, freq=500), 16000)
+    (tmp_path / "manifest.csv").write_text("path,labels,split\nx.wav,Speech; Music,train\ny.wav,Music,train\n")
+    spec = prepare("manifest", tmp_path)
+    assert spec.multi_label and spec.vocabulary.names == ("Music", "Speech")
+    assert [c.labels for c in spec.clips["train"]] == [("Speech", "Music"), ("Music",)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("file,label,split\nx.wav,a,train\n", "lacks path"),
+    ("path,split\nx.wav,train\n", "lacks label"),
+    ("path,label,labels,split\nx.wav,a,a,train\n", "both a label and a labels column"),
+    ("path,label,split\nx.wav,,train\nx.wav,a;b,train\n", ("2 row(s) lack a path, a label or a split, or name more "
+                                                           "than one class in a `label` column (use `labels`")),
+    ("path,label,split\nx.txt,a,train\n", "x.txt is not an audio file c2f reads"),
+    ("path,label,split\nnone.wav,a,train\n", "none of its 1 clips was found (1 listed files are not there"),
+    ("path,label,split\nx.wav,a,train\nx.wav,b,train\n", "duplicate clip ids: 'x'"),
+])
+def test_a_bad_manifest_is_named_with_what_to_do(tmp_path, text, message):
+    sf.write(tmp_path / "x.wav", tone(1.0), 16000)
+    (tmp_path / "x.txt").write_text("not audio")
+    (tmp_path / "manifest.csv").write_text(text)
+    with pytest.raises(ValueError) as err:
+        prepare("manifest", tmp_path)
+    assert message in str(err.value) and "manifest" in str(err.value)
+
+
+def test_no_manifest_says_what_it_reads(tmp_path):
+    with pytest.raises(ValueError, match="manifest.csv not found: --dataset manifest reads ROOT/manifest.csv"):
+        prepare("manifest", tmp_path)
