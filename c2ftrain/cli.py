@@ -206,9 +206,9 @@ def parse_overrides(overrides: tuple[str, ...]) -> dict:
 
 def skipped_classes_line(report: dict) -> str:
     """The classes a multi-label evaluation left out (no positive clip in the split), said once
-    under the table, not at every evaluation; "" for a single-label run."""
+    under the table, not at every evaluation; "" for a single-label run or where none was."""
     n = report["c2f"]["metrics"].get("classes_skipped")
-    return "" if n is None else f"{n:.0f} classes have no positive clip in the evaluation split and are left out of mAP and AUC"
+    return "" if not n else f"{n:.0f} classes have no positive clip in the evaluation split and are left out of mAP and AUC"
 
 
 def print_outcome(report: dict) -> None:
@@ -602,7 +602,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device)
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="classes shown per file")
 @click.option("--store", help="the training store, a folder or an s3:// URL: for a checkpoint saved before checkpoints recorded their inputs "
@@ -610,8 +610,9 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line and file")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def predict(checkpoint, audio, top_k, store, as_json, device):
-    """Score audio files (or every audio file under a folder) with a trained checkpoint: its best
-    classes per file. Files longer than the model's clips are scored in windows, averaged."""
+    """Score audio files (or every audio file under a folder) with a trained checkpoint (or a run
+    directory: its coarse-to-fine final.pt): its best classes per file. Files longer than the
+    model's clips are scored in windows, averaged."""
     from rich.markup import escape
     from rich.progress import Progress
     from rich.table import Table

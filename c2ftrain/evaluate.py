@@ -155,6 +155,9 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
                                         norm_std=inputs.norm_std, device="gpu" if device.type == "cuda" else "cpu"),
                          reader)
     notes = []
+    if failed := reader.failed():
+        notes.append(f"{failed} clip(s) of {split} failed in the build and are not scored (`c2fdata info {store} "
+                     "--problems` says why)")
     if reader.target_frames < inputs.target_frames:
         notes.append(f"the model takes {inputs.target_frames} frames a clip and {store}'s clips hold at most "
                      f"{reader.target_frames}: every clip was zero-padded by at least "

@@ -65,7 +65,11 @@ def check_recipe_against_store(recipe: Recipe) -> str | None:
     for key, split in asked:
         if split not in have:  # named by the recipe key that asks for it, with the store's splits to choose from
             others = [s for s in have if s not in {a for _, a in asked} and (s != trains_on or key == "data.train_split")]
-            hint = f"; e.g. --set {key}={others[0]}" if others and key != "data.extra_eval_splits" else ""
+            if key == "data.extra_eval_splits":  # evaluated besides: leave it out
+                kept = [s for s in data.extra_eval_splits if s in have]
+                hint = f"; leave it out: --set '{key}={json.dumps(kept)}'"
+            else:
+                hint = f"; e.g. --set {key}={others[0]}" if others else ""
             raise RecipeError(f"{key} names the split {split!r}, which {recipe.store} does not have (its splits: "
                               f"{', '.join(have)}){hint}")
     reader = StoreReader(recipe.store, recipe.data.eval_split)

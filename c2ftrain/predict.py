@@ -23,6 +23,7 @@ from c2fdata.features import BadClip, fbank, pad_or_crop
 from c2fdata.pipeline.torch_loader import normalize
 from c2ftrain.evaluate import (
     class_scores,
+    find_checkpoint,
     load_trained_model,
     to_full_resolution,
     trained_store,
@@ -86,7 +87,7 @@ def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[A
     normalisation where the checkpoint holds the recipe, as checkpoints/last.pt does)."""
     from c2fdata.reader import StoreReader
 
-    model, state = load_trained_model(checkpoint)
+    model, state = load_trained_model(find_checkpoint(checkpoint))
     if "inputs" in state and store is None:  # all it needs: no store to read
         inputs = ModelInputs.from_dict(state["inputs"])
     else:

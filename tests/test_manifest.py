@@ -43,7 +43,9 @@ def test_a_manifest_lists_clips_labels_and_splits(root, tmp_path):
         "eval": [("b/2", ("dog",), str(root / "b/2.wav")), ("b/3", ("cat",), str(root / "b/3.wav"))]}
     assert spec.vocabulary.names == ("bird", "cat", "dog") and not spec.multi_label
     assert spec.missing == {"eval": ["b/gone"]} and spec.train_split == "train"
-    assert len(spec.notes) == 1 and "1 .mp4" in spec.notes[0]
+    assert len(spec.notes) == 2 and "1 .mp4" in spec.notes[0]
+    assert spec.notes[1] == (f"1 listed file(s) are not there (e.g. b/gone.wav; relative paths are taken from {root}, "
+                             "the manifest's folder): counted as missing")
     res = build_store(BuildConfig(dataset="manifest", root=root, out=tmp_path / "s", options={"target_frames": 128}))
     assert res.finalized and res.completion["train"]["ok"] == 3 and res.completion["eval"]["ok"] == 2
     train = StoreReader(tmp_path / "s", "train")
@@ -70,14 +72,16 @@ def test_labels_column_is_multi_label(tmp_path):
     ("file,label,split\nx.wav,a,train\n", "lacks path"),
     ("path,split\nx.wav,train\n", "lacks label"),
     ("path,label,labels,split\nx.wav,a,a,train\n", "both a label and a labels column"),
-    ("path,label,split\nx.wav,,train\nx.wav,a;b,train\n", ("2 row(s) lack a path, a label or a split, or name more "
-                                                           "than one class in a `label` column (use `labels`")),
+    ("path,label,split\nx.wav,,train\nx.wav,a;b,train\n", "2 row(s) lack a path, a label or a split, have more"),
+    ("path,label,split\nx.wav,high, pitched,train\n", "line 2: more fields than the header names (an unquoted comma"),
     ("path,label,split\nx.txt,a,train\n", "x.txt is not an audio file c2f reads"),
     ("path,label,split\nnone.wav,a,train\n", "none of its 1 clips was found (1 listed files are not there"),
-    ("path,label,split\nx.wav,a,train\nx.wav,b,train\n", "duplicate clip ids: 'x'"),
+    ("path,label,split\nx.wav,a,train\nx.wav,b,train\n", "listed more than once in one split"),
+    ("path,label,split,id\nx.wav,a,train,1\ny.flac,a,train,1\n", "duplicate clip ids: '1'"),
 ])
 def test_a_bad_manifest_is_named_with_what_to_do(tmp_path, text, message):
     sf.write(tmp_path / "x.wav", tone(1.0), 16000)
+    sf.write(tmp_path / "y.flac", tone(1.0), 16000)
     (tmp_path / "x.txt").write_text("not audio")
     (tmp_path / "manifest.csv").write_text(text)
     with pytest.raises(ValueError) as err:
@@ -87,4 +91,44 @@ def test_a_bad_manifest_is_named_with_what_to_do(tmp_path, text, message):
 
 def test_no_manifest_says_what_it_reads(tmp_path):
     with pytest.raises(ValueError, match="manifest.csv not found: --dataset manifest reads ROOT/manifest.csv"):
+        prepare("manifest", tmp_path)
+
+
+def test_what_spreadsheets_and_other_machines_write(tmp_path):
+    """';'-separated, CRLF, headers in capitals, a column c2f does not read, trailing empty rows,
+    backslash paths: read as meant, and the column left out said."""
+    (tmp_path / "a").mkdir()
+    for name in ("a/1.wav", "a/2.wav", "a/3.wav"):
+        sf.write(tmp_path / name, tone(1.0), 16000)
+    (tmp_path / "manifest.csv").write_bytes(
+        "Path;Label;Split;Speaker\r\na\\1.wav;dog;train;x\r\na/2.wav;cat;train;y\r\na/3.wav;dog;eval;z\r\n;;;\r\n;;;\r\n"
+        .encode())
+    spec = prepare("manifest", tmp_path)
+    assert {s: [(c.id, c.labels, c.source.path) for c in cs] for s, cs in spec.clips.items()} == {
+        "train": [("a/1", ("dog",), str(tmp_path / "a/1.wav")), ("a/2", ("cat",), str(tmp_path / "a/2.wav"))],
+        "eval": [("a/3", ("dog",), str(tmp_path / "a/3.wav"))]}
+    assert spec.notes == ["columns speaker of manifest.csv are not read (path, label or labels, split and id are)"]
+
+
+def test_numbers_as_labels_are_classes_in_numeric_order(tmp_path):
+    for k in range(4):
+        sf.write(tmp_path / f"{k}.wav", tone(1.0), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split\n0.wav,10,train\n1.wav,2,train\n2.wav,1,train\n3.wav,0,train\n")
+    assert prepare("manifest", tmp_path).vocabulary.names == ("0", "1", "2", "10")
+
+
+def test_a_file_in_two_splits_and_splits_named_alike_are_noted(tmp_path):
+    for k in range(3):
+        sf.write(tmp_path / f"{k}.wav", tone(1.0), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split\n0.wav,a,train\n1.wav,b,train\n0.wav,a,eval\n"
+                                           "2.wav,b,Train\n")
+    notes = prepare("manifest", tmp_path).notes
+    assert notes == [f"1 file(s) are listed in more than one split (e.g. {tmp_path / '0.wav'}: train at line 2, eval at "
+                     "line 4): those splits share clips, so an evaluation on one of them scores clips the model may "
+                     "have trained on", "splits named alike are kept apart: Train, train (a typo in the split column?)"]
+
+
+def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
+    (tmp_path / "manifest.csv").write_bytes("path,label,split\nx.wav,caf\u00e9,train\n".encode("cp1252"))
+    with pytest.raises(ValueError, match="manifest.csv is not UTF-8 text .*save it as CSV UTF-8"):
         prepare("manifest", tmp_path)

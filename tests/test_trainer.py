@@ -176,7 +176,8 @@ def test_a_split_the_store_lacks_is_named_by_the_recipe_key_that_asks_for_it(toy
     with pytest.raises(RecipeError, match=r"data.eval_split names the split 'eval', which .* does not have \(its "
                                           r"splits: train, val\); e.g. --set data.eval_split=val$"):
         check_recipe_against_store(toy_recipe(other))
-    with pytest.raises(RecipeError, match=r"data.extra_eval_splits names the split 'test'.*train, val\)$"):
+    with pytest.raises(RecipeError, match=r"data.extra_eval_splits names the split 'test'.*train, val\); leave it "
+                                          r"out: --set 'data.extra_eval_splits=\[\]'$"):
         check_recipe_against_store(toy_recipe(other, eval_split="val", extra_eval_splits=["test"]))
     with pytest.raises(RecipeError, match=r"data.train_split names the split 'tr'.*e.g. --set data.train_split=train$"):
         check_recipe_against_store(toy_recipe(other, eval_split="val", train_split="tr"))
@@ -202,6 +203,28 @@ def test_eval_finds_a_relative_training_store_from_another_directory(toy_store, 
     (tmp_path / "toy").mkdir()  # a store of that name here is taken, as the recipe names it
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--device", "cpu"])
     assert r.exit_code == 2 and "no store here" in r.output
+
+
+def test_eval_says_how_many_clips_of_the_split_failed_in_the_build(tmp_path):
+    import soundfile as sf
+    from conftest import tone
+
+    from c2fdata.build import BuildConfig, build_store
+    from c2ftrain.evaluate import evaluate_checkpoint
+
+    for split, n in (("train", 4), ("eval", 3)):
+        for c in ("a", "b"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for k in range(n):
+                sf.write(tmp_path / "d" / split / c / f"{k}.wav", tone(0.7, freq=300 + 200 * k + 900 * (c == "b")), 16000)
+    (tmp_path / "d" / "eval" / "a" / "bad.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s", options={"target_frames": 64}))
+    recipe = recipe_from_dict({**toy_recipe(tmp_path / "s").to_dict(), "phases": [{"method": "none", "factor": 1, "steps": 1}],
+                               "baseline": {"phases": []}})
+    PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    out = evaluate_checkpoint(tmp_path / "run" / "final.pt", device="cpu")
+    assert out["clips"] == 6 and out["notes"] == [
+        f"1 clip(s) of eval failed in the build and are not scored (`c2fdata info {tmp_path / 's'} --problems` says why)"]
 
 
 def test_clips_shorter_than_the_model_takes(toy_store, tmp_path):
@@ -857,6 +880,7 @@ def test_counts_print_as_whole_numbers():
     assert skipped_classes_line({"c2f": {"metrics": {"mAP": 0.4, "classes_skipped": 521.0}}}).startswith(
         "521 classes have no positive clip in the evaluation split")
     assert skipped_classes_line({"c2f": {"metrics": {"accuracy": 0.4}}}) == ""
+    assert skipped_classes_line({"c2f": {"metrics": {"mAP": 0.4, "classes_skipped": 0}}}) == ""
 
     assert (metric_text("classes_skipped", 522.0), metric_text("averaged/epochs", 3)) == ("522", "3")
     assert (metric_text("mAP", 0.5), metric_text("eval_extra/accuracy", 1)) == ("0.5000", "1.0000")

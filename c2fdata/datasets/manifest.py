@@ -10,16 +10,21 @@ copied. The CSV has a header row naming its columns, in any order:
 - `split`: the split the clip belongs to (`train`, `eval`, ...);
 - `id` (optional): the clip's id, unique in its split (default: `path` without its extension).
 
-Classes are the sorted set of the labels. The statistics come from the split named "train" (as
-for folder trees: in any case, or the one name holding "train"), or the one --train-split
-names. A listed file that is not there is counted as missing (reported, never fatal); a file c2f
-cannot decode (.m4a, .mp4, ...) is named in a note; rows without a path, label or split are
-errors naming the row.
+Classes are the sorted set of the labels (labels that are numbers in numeric order). The
+statistics come from the split named "train" (as for folder trees: in any case, or the one name
+holding "train"), or the one --train-split names. A listed file that is not there is counted as
+missing (reported, never fatal); a file c2f cannot decode (.m4a, .mp4, ...) is named in a note;
+rows without a path, label or split, or with more fields than the header (an unquoted comma),
+and a file listed twice in one split are errors naming the rows; a file in two splits, splits
+named alike (`Train`, `train`) and columns not read are noted. What spreadsheets and other
+machines write is read as meant: a byte-order mark, `;` as the separator, headers in capitals,
+trailing empty rows, Windows paths.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from c2fdata.datasets.base import (
@@ -44,42 +49,70 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     if not path.is_file():
         raise ValueError(f"{path} not found: --dataset manifest reads ROOT/{MANIFEST}, a CSV with a header row "
                          "path,label,split (or labels, several classes separated by ';'; an id column optional)")
-    rows, columns = _read(path)
+    rows, columns, ignored = _read(path)
     multi_label = "labels" in columns
     clips: dict[str, list[Clip]] = {}
     missing: dict[str, list[str]] = {}
     scan = AudioScan()
     bad: list[str] = []
+    files: dict[Path, list[tuple[int, str]]] = {}  # a file listed more than once: where
+    lost: list[str] = []
     for line, row in rows:
+        if None in row:  # DictReader keeps the fields past the header's under None
+            bad.append(f"line {line}: more fields than the header names (an unquoted comma in a field?)")
+            continue
         where, split = row.get("path", "").strip(), row.get("split", "").strip()
         labels = tuple(x.strip() for x in row.get("labels" if multi_label else "label", "").split(";") if x.strip())
         if not where or not split or not labels or (not multi_label and len(labels) > 1):
             bad.append(f"line {line}: {dict(row)}")
             continue
-        file = Path(where) if Path(where).is_absolute() else root / where
-        clip_id = row.get("id", "").strip() or str(Path(where).with_suffix(""))
+        file = _located(root, where)
+        clip_id = row.get("id", "").strip() or str(Path(where.replace("\\", "/")).with_suffix(""))
         ext = file.suffix.lower()
-        if ext in UNDECODABLE_EXTENSIONS:
-            scan.undecodable.append(file)
-        elif not file.is_file():
+        if not file.is_file():
             missing.setdefault(split, []).append(clip_id)
+            lost.append(where)
+        elif ext in UNDECODABLE_EXTENSIONS:
+            scan.undecodable.append(file)
         elif ext not in AUDIO_EXTENSIONS:
             bad.append(f"line {line}: {where} is not an audio file c2f reads ({', '.join(AUDIO_EXTENSIONS)})")
         else:
             clips.setdefault(split, []).append(Clip(clip_id, split, labels, FileSource(str(file))))
+            files.setdefault(file.resolve(), []).append((line, split))
     if bad:
         more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-        raise ValueError(f"{path}: {len(bad)} row(s) lack a path, a label or a split, or name more than one class "
-                         f"in a `label` column (use `labels` for several, separated by ';'): "
-                         f"{'; '.join(bad[:SHOWN])}{more}")
+        raise ValueError(f"{path}: {len(bad)} row(s) lack a path, a label or a split, have more fields than the "
+                         f"header, or name more than one class in a `label` column (use `labels` for several, "
+                         f"separated by ';'): {'; '.join(bad[:SHOWN])}{more}")
+    twice = {f: at for f, at in files.items() if len({s for _, s in at}) < len(at)}
+    if twice:
+        shown = "; ".join(f"{f} (lines {', '.join(str(n) for n, _ in at)})" for f, at in list(twice.items())[:SHOWN])
+        raise ValueError(f"{path}: {len(twice)} file(s) listed more than once in one split: {shown}; a clip "
+                         "would count twice: list each file once per split")
     if not clips:
-        found = sum(map(len, missing.values()))
-        raise ValueError(f"{path}: none of its {len(rows)} clips was found ({found} listed files are not there; "
-                         f"relative paths are taken from {root})" + "".join(f". {n}" for n in scan.notes(root)))
+        raise ValueError(f"{path}: none of its {len(rows)} clips was found ({len(lost)} listed files are not there, "
+                         f"e.g. {lost[0] if lost else '-'}; relative paths are taken from {root})"
+                         + "".join(f". {n}" for n in scan.notes(root)))
     train, guessed = guess_train_split(clips)
-    classes = sorted({label for split in clips.values() for c in split for label in c.labels})
-    notes = scan.notes(root)
-    untrained = sorted(set(classes) - {label for c in clips.get(train, []) for label in c.labels})
+    classes = sorted({label for split in clips.values() for c in split for label in c.labels}, key=_class_order)
+    notes = scan.notes(root) + [(f"columns {', '.join(ignored)} of {MANIFEST} are not read (path, label or labels, "
+                                 "split and id are)")] * bool(ignored)
+    if lost:
+        notes.append(f"{len(lost)} listed file(s) are not there (e.g. {lost[0]}; relative paths are taken from "
+                     f"{root}, the manifest's folder): counted as missing")
+    shared = {f: at for f, at in files.items() if len(at) > 1}
+    if shared:
+        f, at = next(iter(shared.items()))
+        notes.append(f"{len(shared)} file(s) are listed in more than one split (e.g. {f}: "
+                     f"{', '.join(f'{s} at line {n}' for n, s in at)}): those splits share clips, so an evaluation "
+                     "on one of them scores clips the model may have trained on")
+    by_case: dict[str, list[str]] = {}
+    for split in clips:
+        by_case.setdefault(split.lower(), []).append(split)
+    if alike := [sorted(names) for names in by_case.values() if len(names) > 1]:
+        notes.append("splits named alike are kept apart: " + "; ".join(", ".join(a) for a in alike)
+                     + " (a typo in the split column?)")
+    untrained = sorted(set(classes) - {label for c in clips.get(train, []) for label in c.labels}, key=_class_order)
     if untrained:
         notes.append(f"{len(untrained)} class(es) have no clip in the training split {train!r}, so a model cannot "
                      f"learn them: {', '.join(untrained[:10])}{' ...' if len(untrained) > 10 else ''}")
@@ -90,19 +123,48 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     )
 
 
-def _read(path: Path) -> tuple[list[tuple[int, dict[str, str]]], set[str]]:
-    """The rows (with their line numbers) and the column names; ValueError naming what the header
-    lacks. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first name."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = {c.strip() for c in reader.fieldnames or ()}
-        need = {"path", "split"} | ({"labels"} if "labels" in columns else {"label"})
-        if lacking := sorted(need - columns):
-            raise ValueError(f"{path}: its header row ({', '.join(reader.fieldnames or ()) or 'empty'}) lacks "
-                             f"{', '.join(lacking)}; the columns are path, label (or labels), split and, optional, id")
-        if {"label", "labels"} <= columns:
-            raise ValueError(f"{path}: both a label and a labels column: keep one (label: one class per clip; "
-                             "labels: several, separated by ';')")
-        rows = [(reader.line_num, {k.strip(): (v or "") for k, v in row.items() if k is not None})
-                for row in reader]
-    return rows, columns
+def _located(root: Path, where: str) -> Path:
+    """The file a row names: relative to ROOT unless absolute; a path written on Windows
+    (backslashes) read with slashes where that is what exists."""
+    path = Path(where) if Path(where).is_absolute() else root / where
+    if not path.exists() and "\\" in where:
+        other = Path(where.replace("\\", "/"))
+        path = other if other.is_absolute() else root / other
+    return path
+
+
+def _class_order(name: str) -> tuple:
+    """Labels that are numbers in numeric order ("2" before "10"), then the others by name."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
+    """The rows (with their line numbers; rows of empty fields, as spreadsheets leave at the end,
+    left out), the column names (in lower case) and the columns not read; ValueError naming what
+    the header lacks. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first
+    name; a header with ';' and no ',' is read as ';'-separated (spreadsheets in some locales)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}): save it as CSV UTF-8 (spreadsheets offer it)") from None
+    header = text.splitlines()[0] if text else ""
+    delimiter = ";" if ";" in header and "," not in header else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or ()]
+    columns = set(reader.fieldnames)
+    need = {"path", "split"} | ({"labels"} if "labels" in columns else {"label"})
+    if lacking := sorted(need - columns):
+        raise ValueError(f"{path}: its header row ({header.strip() or 'empty'}) lacks {', '.join(lacking)}; the "
+                         "columns are path, label (or labels), split and, optional, id")
+    if {"label", "labels"} <= columns:
+        raise ValueError(f"{path}: both a label and a labels column: keep one (label: one class per clip; "
+                         "labels: several, separated by ';')")
+    rows = []
+    for row in reader:
+        if any(k is None or (v or "").strip() for k, v in row.items()):
+            rows.append((reader.line_num, {k: (v if k is None else (v or "")) for k, v in row.items()}))
+    ignored = sorted(columns - {"path", "label", "labels", "split", "id"})
+    return rows, columns, ignored
