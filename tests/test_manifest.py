@@ -101,8 +101,7 @@ def test_what_spreadsheets_and_other_machines_write(tmp_path):
     for name in ("a/1.wav", "a/2.wav", "a/3.wav"):
         sf.write(tmp_path / name, tone(1.0), 16000)
     (tmp_path / "manifest.csv").write_bytes(
-        "Path;Label;Split;Speaker\r\na\\1.wav;dog;train;x\r\na/2.wav;cat;train;y\r\na/3.wav;dog;eval;z\r\n;;;\r\n;;;\r\n"
-        .encode())
+        b"Path;Label;Split;Speaker\r\na\\1.wav;dog;train;x\r\na/2.wav;cat;train;y\r\na/3.wav;dog;eval;z\r\n;;;\r\n;;;\r\n")
     spec = prepare("manifest", tmp_path)
     assert {s: [(c.id, c.labels, c.source.path) for c in cs] for s, cs in spec.clips.items()} == {
         "train": [("a/1", ("dog",), str(tmp_path / "a/1.wav")), ("a/2", ("cat",), str(tmp_path / "a/2.wav"))],
@@ -123,9 +122,9 @@ def test_a_file_in_two_splits_and_splits_named_alike_are_noted(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,label,split\n0.wav,a,train\n1.wav,b,train\n0.wav,a,eval\n"
                                            "2.wav,b,Train\n")
     notes = prepare("manifest", tmp_path).notes
-    assert notes == [f"1 file(s) are listed in more than one split (e.g. {tmp_path / '0.wav'}: train at line 2, eval at "
-                     "line 4): those splits share clips, so an evaluation on one of them scores clips the model may "
-                     "have trained on", "splits named alike are kept apart: Train, train (a typo in the split column?)"]
+    assert notes == [(f"1 file(s) are listed in more than one split (e.g. {tmp_path / '0.wav'}: train at line 2, eval "
+                      "at line 4): those splits share clips, so an evaluation on one of them scores clips the model "
+                      "may have trained on"), "splits named alike are kept apart: Train, train (a typo in the split column?)"]
 
 
 def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
