@@ -150,7 +150,8 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
             yield ClipTask(clips[row].id, None if unknown else clips[row].source)
 
 
-# Failures a file fetched or converted again mends; a re-run of the build leaves them as they are.
+# Failures a file fetched or converted again mends, which the build's report says how to retry (a
+# retry computes every failed clip again but those of unknown labels: the rest may fail again).
 MENDABLE = ("truncated", "unreadable", "missing")
 RETRY_HINT = " (mended, the same build command with --retry-failed computes it again)"
 
@@ -318,7 +319,7 @@ def _retry_notes(cfg: BuildConfig, earlier: EarlierFailures, group) -> list[str]
         notes.append(f"{mine} clip(s) failed in an earlier run of this build and were not tried again "
                      f"(`c2fdata info {cfg.out} --problems` says why); once their files are fixed, the same command "
                      "with --retry-failed computes them again")
-    if earlier.others:
+    if earlier.others and cfg.retry_failed:  # without it, other shards may still be building: theirs to say
         notes.append(f"{earlier.others} clip(s) that failed before are in other shards' blocks: their own --shard "
                      "with --retry-failed computes them again")
     return notes

@@ -54,7 +54,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                 "its start)")
     with open(path, "rb") as f:
         zip_start = f.read(4) == b"PK\x03\x04"  # torch.save's, even cut short (a partial copy)
-    if path.suffix != ".pt" and not zip_start:  # another file given (metrics.jsonl, a .pth of AST's)
+    if zip_start and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            other_zip = not any(n.endswith("/data.pkl") for n in z.namelist())  # torch.save writes NAME/data.pkl
+    else:
+        other_zip = False
+    if other_zip or (path.suffix != ".pt" and not zip_start):  # another file (metrics.jsonl, eval --scores' .npz)
         raise ValueError(f"{path} is not a c2f checkpoint: those are final.pt and checkpoints/last.pt in a run's "
                          "directory (starting weights of AST or timm go in model.init)")
     try:

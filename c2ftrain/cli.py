@@ -617,9 +617,14 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
     from rich.progress import Progress
     from rich.table import Table
 
+    from c2ftrain.evaluate import find_checkpoint
     from c2ftrain.predict import predict_files
 
     store = existing_store(store)
+    try:
+        checkpoint = find_checkpoint(checkpoint)  # a run directory: the checkpoint read, named as such
+    except ValueError as err:
+        fail(str(err))
     with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
         task = bar.add_task("scoring", total=None)
         try:

@@ -77,16 +77,33 @@ def load_trained_model(path: Path) -> tuple[AST, dict]:
     return model, state
 
 
-def trained_store(state: dict) -> str | None:
-    """The store a checkpoint was trained on: as the recipe named it, where that is found from
-    here, else its absolute path at training time (a relative store seen from another working
-    directory); None for a checkpoint that names none."""
-    from c2fdata.storage import as_location
+def absolute_store(store: str) -> str:
+    """A local store's absolute path (a remote one's URL as it is): what checkpoints record beside
+    the recipe's store, which may be relative to the directory the run was started in."""
+    from c2fdata.storage import is_remote
 
+    return str(store) if is_remote(store) else str(Path(store).absolute())
+
+
+def trained_store(state: dict) -> str | None:
+    """The store a checkpoint was trained on: as the recipe named it where that is the same store
+    from here (its fingerprint, where recorded), else its absolute path at training time (a
+    relative store seen from another working directory); None for a checkpoint that names none."""
     store, absolute = state.get("store"), state.get("store_absolute")
-    if store is not None and absolute and not as_location(store).exists() and as_location(absolute).exists():
-        return absolute
-    return store
+    if store is None or not absolute or absolute == store:
+        return store
+    return store if _is_store(store, state.get("store_fingerprint")) or not _is_store(absolute, None) else absolute
+
+
+def _is_store(path: str, fingerprint: str | None) -> bool:
+    """A store at `path`, with `fingerprint` where one is given."""
+    from c2fdata.store import open_store
+
+    try:
+        attrs = open_store(path).attrs
+    except (ValueError, OSError):  # StoreFormatError: nothing, or not a store, there
+        return False
+    return fingerprint is None or attrs.get("fingerprint") == fingerprint
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -178,7 +195,7 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
 def write_scores(path: Path, ids: list[str], scores: np.ndarray, targets: np.ndarray, classes) -> None:
     """An .npz of `ids` (N,), `scores` (N, K) float32 (softmax, or sigmoid for multi-label data),
     `targets` ((N, K) multi-hot, or (N,) class indices) and `classes` (K,) names: what a metric
-    c2f does not compute (EER, mAP at other cut-offs, per-class tables) needs."""
+    c2f does not compute (mAP of single-label data, per-class tables) needs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # np.savez would add .npz to a name without it

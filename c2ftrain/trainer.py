@@ -24,7 +24,7 @@ from c2fdata.pipeline import PipelineConfig, make_loader, open_reader
 from c2fdata.reader import StoreReader
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.distributed import Dist, gather_cat
-from c2ftrain.evaluate import evaluate_loader
+from c2ftrain.evaluate import absolute_store, evaluate_loader
 from c2ftrain.metrics import metric_name
 from c2ftrain.init_weights import initialise
 from c2ftrain.inputs import ModelInputs
@@ -143,11 +143,6 @@ class RunOutcome:
     @property
     def wall_s(self) -> float:
         return sum(r.wall_s for r in self.records)
-
-
-def absolute_store(store: str) -> str:
-    """A local store's absolute path (an s3:// URL as it is)."""
-    return str(store) if "://" in str(store) else str(Path(store).absolute())
 
 
 def model_config(recipe: Recipe, reader: StoreReader) -> ASTConfig:

@@ -5,8 +5,9 @@
 # shape (noisy tones; built once, AudioSet itself being out of reach offline).
 #   bash scripts/gpu-bench.sh [--loader dali|torch|both] [--out DIR] [--store DIR] [--repeats N] [--batches N]
 #                             [--batch-size N] [--phase N] [--tag NAME] [-- BENCH-THROUGHPUT-OPTIONS...]
-# Writes DIR/throughput-asb-gpu-<loader>[-b<N>][-p<N>...][-<NAME>].json and .png (default DIR:
-# results; the suffixes in the order the options are given). The JSON is rewritten after every
+# Writes DIR/throughput-asb-gpu-<loader><suffixes>.json and .png (default DIR: results), the
+# suffixes -b<N> (--batch-size, first), -p<N> (--phase) and -<NAME> (--tag) as the options add
+# them, e.g. throughput-asb-gpu-dali-b48-p1.json. The JSON is rewritten after every
 # timed round, so a run stopped early keeps its rounds ("finished": false). --phase N (repeatable)
 # measures phase N and the full-resolution phase, not every phase.
 # Options after -- go to `bench throughput` as they are, e.g.

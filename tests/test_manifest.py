@@ -75,11 +75,15 @@ def test_labels_column_is_multi_label(tmp_path):
     ("path,label,split\nx.wav,,train\nx.wav,a;b,train\n", "2 row(s) lack a path, a label or a split, have more"),
     ("path,label,split\nx.wav,high, pitched,train\n", "line 2: more fields than the header names (an unquoted comma"),
     ("path,label,split\nx.txt,a,train\n", "x.txt is not an audio file c2f reads"),
-    ("path,label,split\nnone.wav,a,train\n", "none of its 1 clips was found (1 listed files are not there"),
+    ("path,label,split\nnone.wav,a,train\n", ("none of its 1 clips can be built: 1 listed file(s) are not there, "
+                                               "e.g. none.wav")),
+    ("path,label,split\n", "lists no clip (a header row only)"),
+    ("path,label,split\nv.mp4,a,train\n", "none of its 1 clips can be built: 1 file under"),
     ("path,label,split\nx.wav,a,train\nx.wav,b,train\n", "listed more than once in one split"),
     ("path,label,split,id\nx.wav,a,train,1\ny.flac,a,train,1\n", "duplicate clip ids: '1'"),
 ])
 def test_a_bad_manifest_is_named_with_what_to_do(tmp_path, text, message):
+    (tmp_path / "v.mp4").write_bytes(b"\x00" * 64)
     sf.write(tmp_path / "x.wav", tone(1.0), 16000)
     sf.write(tmp_path / "y.flac", tone(1.0), 16000)
     (tmp_path / "x.txt").write_text("not audio")
@@ -131,3 +135,37 @@ def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
     (tmp_path / "manifest.csv").write_bytes("path,label,split\nx.wav,caf\u00e9,train\n".encode("cp1252"))
     with pytest.raises(ValueError, match="manifest.csv is not UTF-8 text .*save it as CSV UTF-8"):
         prepare("manifest", tmp_path)
+
+
+def test_the_untrained_classes_note_reads_the_training_split_chosen(tmp_path):
+    """Splits fit, dev: the guess is dev (first by name); --train-split fit has both classes."""
+    for k in range(3):
+        sf.write(tmp_path / f"{k}.wav", tone(1.0), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split\n0.wav,a,fit\n1.wav,b,fit\n2.wav,a,dev\n")
+    guessed = prepare("manifest", tmp_path)
+    assert guessed.train_split == "dev" and guessed.notes == [
+        "1 of 2 classes have no clip in the training split 'dev', so a model cannot learn them: b"]
+    assert prepare("manifest", tmp_path, train_split="fit").notes == []
+
+
+def test_labels_that_read_as_numbers_only_when_they_are(tmp_path):
+    """'nan', 'Inf' and '1e3' are names, not numbers: the order is one and the same every run."""
+    import subprocess
+    import sys
+
+    for k in range(6):
+        sf.write(tmp_path / f"{k}.wav", tone(1.0), 16000)
+    labels = ["10", "2", "Nan", "1", "Inf", "1e3"]
+    (tmp_path / "manifest.csv").write_text("path,label,split\n" + "".join(f"{k}.wav,{x},train\n" for k, x in enumerate(labels)))
+    code = f"from c2fdata.datasets import prepare; print(prepare('manifest', {str(tmp_path)!r}).vocabulary.names)"
+    orders = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+    assert orders == {"('1', '2', '10', '1e3', 'Inf', 'Nan')\n"}
+
+
+def test_a_file_under_root_has_one_id_written_relative_or_absolute(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(1.0), 16000)
+    sf.write(tmp_path / "y.wav", tone(1.0), 16000)
+    (tmp_path / "manifest.csv").write_text(f"path,label,split,\n{tmp_path / 'x.wav'},a,train,\ny.wav,b,train,\n")
+    spec = prepare("manifest", tmp_path)
+    assert [c.id for c in spec.clips["train"]] == ["x", "y"] and spec.notes == []  # the header's last ',' is no column

@@ -237,7 +237,7 @@ def test_folder_layout_mistakes_are_named(tmp_path):
     assert spec.notes == [
         (f"1 audio file(s) directly in a split folder, outside any class folder, are not clips (e.g. "
          f"{root / 'train' / 'loose.wav'}): move them into ROOT/<split>/<class>/"),
-        "1 class(es) have no clip in the training split 'train', so a model cannot learn them: owl"]
+        "1 of 2 classes have no clip in the training split 'train', so a model cannot learn them: owl"]
     nested = tmp_path / "nested"
     for c in ("bird", "cat", "dog"):
         wav(nested / c / "session1" / "0.wav")

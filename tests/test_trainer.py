@@ -200,9 +200,13 @@ def test_eval_finds_a_relative_training_store_from_another_directory(toy_store, 
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["store"] == str(toy_store)
-    (tmp_path / "toy").mkdir()  # a store of that name here is taken, as the recipe names it
-    r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--device", "cpu"])
-    assert r.exit_code == 2 and "no store here" in r.output
+    (tmp_path / "toy").mkdir()  # a folder of that name here, not the store: the recorded one is taken
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--json", "--device", "cpu"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["store"] == str(toy_store), r.output
+    # the scores file is not a checkpoint, though a zip: said so, not "damaged"
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--scores", str(tmp_path / "s.npz"), "--device", "cpu"])
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "s.npz")])
+    assert r.exit_code == 2 and "is not a c2f checkpoint: those are final.pt" in " ".join(r.output.split())
 
 
 def test_eval_says_how_many_clips_of_the_split_failed_in_the_build(tmp_path):

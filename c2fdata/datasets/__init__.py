@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from c2fdata.datasets.base import Clip, DatasetSpec, FileSource
+from c2fdata.datasets.base import Clip, DatasetSpec, FileSource, untrained_note
 
 # name -> (module, function); imported lazily so that one adapter's optional needs
 # (e.g. the synthesiser behind `instruments`) never break the others.
@@ -21,6 +21,9 @@ ADAPTERS = {
 NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder", "manifest"}
 
 
+# Datasets whose classes come from the data found (folders, CSV rows): one without a training
+# clip is worth a note. ESC-50's and AudioSet's fixed class lists leave it to their metadata.
+UNTRAINED_NOTED = {"folder", "manifest", "vggsound", "voxceleb"}
 DEFAULT_STORE = "stores/{dataset}"  # where `c2fdata build` writes without --out
 
 
@@ -75,6 +78,8 @@ def prepare(name: str, root=None, *, train_split: str | None = None, **options) 
     spec = getattr(importlib.import_module(module), func)(root, **options)
     if train_split is not None:
         spec.train_split, spec.train_split_note = train_split, ""
+    if name in UNTRAINED_NOTED:
+        spec.notes += untrained_note(spec)
     return spec
 
 

@@ -165,6 +165,20 @@ class DatasetSpec:
                              f"with --train-split (splits with clips: {', '.join(usable)})")
 
 
+def untrained_note(spec: DatasetSpec, shown: int = 10) -> list[str]:
+    """The classes a model of a single-label dataset cannot learn (no clip on disk in its training
+    split), noted once the training split is settled (--train-split included)."""
+    if spec.multi_label:
+        return []
+    have = {c.labels[0] for c in spec.clips.get(spec.train_split, [])}
+    untrained = [k for k in spec.vocabulary.ids if k not in have]
+    if not untrained:
+        return []
+    more = " ..." if len(untrained) > shown else ""
+    return [(f"{len(untrained)} of {len(spec.vocabulary.ids)} classes have no clip in the training split "
+             f"{spec.train_split!r}, so a model cannot learn them: {', '.join(untrained[:shown])}{more}")]
+
+
 def guess_train_split(splits, preferred: tuple[str, ...] = ("train",)) -> tuple[str, str]:
     """The split to take normalisation statistics from when the metadata does not say: the first
     of `preferred` present, else one named train in any case (`Train`), else the one name holding

@@ -58,10 +58,6 @@ def prepare_folder(root, *, target_frames: int | None = None, name: str = "folde
     if loose:
         notes.append(f"{len(loose)} audio file(s) directly in a split folder, outside any class folder, are not clips "
                      f"(e.g. {loose[0]}): move them into ROOT/<split>/<class>/")
-    untrained = sorted(classes - {c.labels[0] for c in clips.get(train, [])})
-    if untrained:
-        notes.append(f"{len(untrained)} class(es) have no clip in the training split {train!r}, so a model cannot "
-                     f"learn them: {', '.join(untrained[:10])}{' ...' if len(untrained) > 10 else ''}")
     if guessed and len(clips) > 2:
         guessed += (f". If the folders under {root} are classes, not splits, the layout is "
                     "ROOT/<split>/<class>/...: put them under ROOT/train/")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 from c2fdata.datasets.base import (
@@ -41,6 +42,7 @@ from c2fdata.vocab import Vocabulary
 TARGET_FRAMES = 1024
 MANIFEST = "manifest.csv"
 SHOWN = 5  # rows named in an error
+NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
 def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetSpec:
@@ -67,7 +69,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
             bad.append(f"line {line}: {dict(row)}")
             continue
         file = _located(root, where)
-        clip_id = row.get("id", "").strip() or str(Path(where.replace("\\", "/")).with_suffix(""))
+        clip_id = row.get("id", "").strip() or _default_id(root, where, file)
         ext = file.suffix.lower()
         if not file.is_file():
             missing.setdefault(split, []).append(clip_id)
@@ -89,10 +91,13 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         shown = "; ".join(f"{f} (lines {', '.join(str(n) for n, _ in at)})" for f, at in list(twice.items())[:SHOWN])
         raise ValueError(f"{path}: {len(twice)} file(s) listed more than once in one split: {shown}; a clip "
                          "would count twice: list each file once per split")
+    if not rows:
+        raise ValueError(f"{path} lists no clip (a header row only)")
     if not clips:
-        raise ValueError(f"{path}: none of its {len(rows)} clips was found ({len(lost)} listed files are not there, "
-                         f"e.g. {lost[0] if lost else '-'}; relative paths are taken from {root})"
-                         + "".join(f". {n}" for n in scan.notes(root)))
+        why = [f"{len(lost)} listed file(s) are not there, e.g. {lost[0]} (relative paths are taken from {root})"
+               for _ in lost[:1]]
+        raise ValueError(f"{path}: none of its {len(rows)} clips can be built: "
+                         + ". ".join(why + scan.notes(root)))
     train, guessed = guess_train_split(clips)
     classes = sorted({label for split in clips.values() for c in split for label in c.labels}, key=_class_order)
     notes = scan.notes(root) + [(f"columns {', '.join(ignored)} of {MANIFEST} are not read (path, label or labels, "
@@ -112,15 +117,21 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     if alike := [sorted(names) for names in by_case.values() if len(names) > 1]:
         notes.append("splits named alike are kept apart: " + "; ".join(", ".join(a) for a in alike)
                      + " (a typo in the split column?)")
-    untrained = sorted(set(classes) - {label for c in clips.get(train, []) for label in c.labels}, key=_class_order)
-    if untrained:
-        notes.append(f"{len(untrained)} class(es) have no clip in the training split {train!r}, so a model cannot "
-                     f"learn them: {', '.join(untrained[:10])}{' ...' if len(untrained) > 10 else ''}")
     return DatasetSpec(
         name="manifest", vocabulary=Vocabulary.from_names(classes), multi_label=multi_label,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split=train, missing=missing,
         notes=notes, train_split_note=guessed,
     )
+
+
+def _default_id(root: Path, where: str, file: Path) -> str:
+    """A clip's id where the manifest gives none: its path under ROOT without the extension, the
+    same whether the row wrote it relative or absolute (an id holding this machine's mount point
+    would differ between machines building shards of one store)."""
+    try:
+        return file.relative_to(root).with_suffix("").as_posix()
+    except ValueError:  # outside ROOT: as written
+        return Path(where.replace("\\", "/")).with_suffix("").as_posix()
 
 
 def _located(root: Path, where: str) -> Path:
@@ -134,11 +145,11 @@ def _located(root: Path, where: str) -> Path:
 
 
 def _class_order(name: str) -> tuple:
-    """Labels that are numbers in numeric order ("2" before "10"), then the others by name."""
-    try:
+    """Labels written as plain numbers in numeric order ("2" before "10"), then the others by name
+    ("nan", "Inf" and "1e3" are names: a NaN key would sort differently from one run to the next)."""
+    if NUMBER.fullmatch(name):
         return (0, float(name), name)
-    except ValueError:
-        return (1, 0.0, name)
+    return (1, 0.0, name)
 
 
 def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
@@ -154,7 +165,7 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
     delimiter = ";" if ";" in header and "," not in header else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or ()]
-    columns = set(reader.fieldnames)
+    columns = set(reader.fieldnames) - {""}  # a header ending in a separator, as spreadsheets write
     need = {"path", "split"} | ({"labels"} if "labels" in columns else {"label"})
     if lacking := sorted(need - columns):
         raise ValueError(f"{path}: its header row ({header.strip() or 'empty'}) lacks {', '.join(lacking)}; the "

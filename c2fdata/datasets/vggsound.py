@@ -94,10 +94,6 @@ def prepare_vggsound(root, *, target_frames: int | None = None, **_) -> DatasetS
     if not any(clips.values()):
         raise ValueError(_nothing_found(root, rows, audio, notes))
     names = sorted({r[2] for r in rows})
-    untrained = sorted(set(names) - {c.labels[0] for c in clips.get("train", [])})
-    if untrained:
-        notes.append(f"{len(untrained)} class(es) have no clip in the training split 'train', so a model cannot "
-                     f"learn them: {', '.join(untrained[:10])}{' ...' if len(untrained) > 10 else ''}")
     return DatasetSpec(
         name="vggsound", vocabulary=Vocabulary.from_names(names), multi_label=False,
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split="train", missing=missing,

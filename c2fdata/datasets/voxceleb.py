@@ -83,26 +83,21 @@ def prepare_voxceleb(root, *, target_frames: int | None = None, **_) -> DatasetS
 
 
 def _speaker_notes(speakers: list[str], entries, clips: dict[str, list[Clip]], wav: Path) -> list[str]:
-    """The speakers a model cannot learn (no training clip on disk), and where whole speakers have
-    no audio at all, the likely cause: one of VoxCeleb1's two downloads left out of wav/."""
-    untrained = sorted(set(speakers) - {c.labels[0] for c in clips["train"]})
-    if not untrained:
-        return []
-    note = (f"{len(untrained)} of {len(speakers)} speakers have no clip in the training split 'train', so a model "
-            f"cannot learn them: {', '.join(untrained[:SHOWN])}{' ...' if len(untrained) > SHOWN else ''}")
+    """Speakers with no audio at all, and the likely cause: one of VoxCeleb1's two downloads left
+    out of wav/ (the speakers without a training clip are noted for every dataset: prepare)."""
     heard = {c.labels[0] for split in clips.values() for c in split}
     absent = [s for s in speakers if s not in heard]
+    if not absent:
+        return []
     lost = set(absent)
-    if absent:
-        listed = sum(rel.split("/")[0] in lost for _, rel in entries)
-        which = ""
-        if lost == TEST_SPEAKERS & set(speakers):
-            which = ": the speakers of the vox1_test_wav download"
-        elif lost == set(speakers) - TEST_SPEAKERS:
-            which = ": the speakers of the vox1_dev_wav download"
-        shown = f"{', '.join(absent[:SHOWN])}{' ...' if len(absent) > SHOWN else ''}"
-        note += (f". {len(absent)} of them have no audio at all in {wav} ({shown}{which}), though "
-                 f"iden_split.txt lists {listed} utterances of theirs: VoxCeleb1 comes as two downloads, vox1_dev_wav "
-                 "(1,211 speakers) and vox1_test_wav (40 speakers, id10270 .. id10309), and iden_split.txt uses both; "
-                 f"put the idXXXXX folders of both wav/ folders into one wav/ under --root and {BUILD_AGAIN}")
-    return [note]
+    listed = sum(rel.split("/")[0] in lost for _, rel in entries)
+    which = ""
+    if lost == TEST_SPEAKERS & set(speakers):
+        which = ": the speakers of the vox1_test_wav download"
+    elif lost == set(speakers) - TEST_SPEAKERS:
+        which = ": the speakers of the vox1_dev_wav download"
+    shown = f"{', '.join(absent[:SHOWN])}{' ...' if len(absent) > SHOWN else ''}"
+    return [(f"{len(absent)} of {len(speakers)} speakers have no audio at all in {wav} ({shown}{which}), though "
+             f"iden_split.txt lists {listed} utterances of theirs: VoxCeleb1 comes as two downloads, vox1_dev_wav "
+             "(1,211 speakers) and vox1_test_wav (40 speakers, id10270 .. id10309), and iden_split.txt uses both; "
+             f"put the idXXXXX folders of both wav/ folders into one wav/ under --root and {BUILD_AGAIN}")]
