@@ -114,17 +114,20 @@ def main(verbose: bool) -> None:
                                     "recipes train on it unless they name data.train_split (default: the "
                                     "dataset's; AudioSet: the first of unbalanced_train, balanced_train, train "
                                     "with clips on disk).")
+@click.option("--classes", help="The classes, in order, instead of those the data holds: another store (its "
+              "classes: a test set built apart, lacking one) or a file of class names, one per line; for folder, "
+              "manifest, vggsound and voxceleb. A clip of another class fails as an unknown label.")
 @click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
               help="How features are kept: " + "; ".join(f"{c.name}: {c.help}" for c in CODECS.values())
               + " (docs/STORE.md compares them).")
 def build(dataset, root, out, workers, shard, limit, strict, retry_failed, fold, target_frames, block_clips, seed,
-          train_split, codec):
+          train_split, classes, codec):
     """Turn a dataset into a feature store; re-run the same command to resume."""
     from c2fdata.build import BuildConfig, StrictError, build_store, parse_shard
     from c2fdata.datasets import DEFAULT_STORE
     from c2fdata.store import DEFAULT_BLOCK_CLIPS, StoreFormatError
 
-    options = {"fold": fold, "seed": seed, "train_split": train_split}
+    options = {"fold": fold, "seed": seed, "train_split": train_split, "classes": classes}
     if target_frames:
         options["target_frames"] = target_frames
     try:

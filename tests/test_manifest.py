@@ -169,3 +169,41 @@ def test_a_file_under_root_has_one_id_written_relative_or_absolute(tmp_path):
     (tmp_path / "manifest.csv").write_text(f"path,label,split,\n{tmp_path / 'x.wav'},a,train,\ny.wav,b,train,\n")
     spec = prepare("manifest", tmp_path)
     assert [c.id for c in spec.clips["train"]] == ["x", "y"] and spec.notes == []  # the header's last ',' is no column
+
+
+def test_a_test_set_built_apart_takes_the_training_stores_classes(tmp_path):
+    """A test manifest lacking a class: with --classes STORE its store has the training store's
+    classes in their order, so a model trained there evaluates on it; a file of names does the
+    same; a label outside them fails as unknown."""
+    from c2fdata.vocab import Vocabulary
+    from c2ftrain.evaluate import evaluate_checkpoint
+    from c2ftrain.recipe import recipe_from_dict
+    from c2ftrain.trainer import PhaseTrainer
+
+    train, test = tmp_path / "train", tmp_path / "test"
+    for folder, rows in ((train, [("0", "a"), ("1", "b"), ("2", "c"), ("3", "a")]), (test, [("4", "c"), ("5", "a"), ("6", "zebra")])):
+        folder.mkdir()
+        for k, label in rows:
+            sf.write(folder / f"{k}.wav", tone(1.0, freq=200 + 300 * "abcz".index(label[0])), 16000)
+        split = "train" if folder == train else "eval"
+        (folder / "manifest.csv").write_text("path,label,split\n" + "".join(f"{k}.wav,{x},{split}\n" for k, x in rows))
+    opts = {"target_frames": 64}
+    build_store(BuildConfig(dataset="manifest", root=train, out=tmp_path / "s-train", options=opts))
+    res = build_store(BuildConfig(dataset="manifest", root=test, out=tmp_path / "s-test",
+                                  options={**opts, "train_split": "eval", "classes": str(tmp_path / "s-train")}))
+    assert StoreReader(tmp_path / "s-test", "eval").vocabulary == StoreReader(tmp_path / "s-train", "train").vocabulary
+    assert [(p["id"], p["reason"]) for p in res.problems] == [("6", "unknown-label")]
+    recipe = recipe_from_dict({
+        "name": "t", "store": str(tmp_path / "s-train"), "data": {"batch_size": 2, "backend": "torch", "num_workers": 0,
+                                                                  "eval_split": "train"},
+        "model": {"preset": "tiny", "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_stride": [16, 16]},
+        "phases": [{"method": "none", "factor": 1, "steps": 1}]})
+    PhaseTrainer(recipe, recipe.phases, tmp_path / "run", "c2f", device="cpu").run()
+    out = evaluate_checkpoint(tmp_path / "run" / "final.pt", tmp_path / "s-test", "eval", device="cpu")
+    assert out["clips"] == 2
+    (tmp_path / "classes.txt").write_text("# the model's classes\na\nb\n\nc\n")
+    assert prepare("manifest", test, classes=tmp_path / "classes.txt").vocabulary == Vocabulary.from_names(["a", "b", "c"])
+    with pytest.raises(ValueError, match="--classes is for datasets whose classes come from the data found"):
+        prepare("esc50", tmp_path, classes=tmp_path / "classes.txt")
+    with pytest.raises(ValueError, match="neither a store nor a file of class names"):
+        prepare("manifest", test, classes=tmp_path / "nothing")

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from c2fdata.datasets.base import Clip, DatasetSpec, FileSource, untrained_note
+from c2fdata.vocab import Vocabulary
 
 # name -> (module, function); imported lazily so that one adapter's optional needs
 # (e.g. the synthesiser behind `instruments`) never break the others.
@@ -59,12 +60,36 @@ def missing_store(store: str) -> str:
     return f"store {store} not found{where}; build it first: `{build_command(store)}`"
 
 
-def prepare(name: str, root=None, *, train_split: str | None = None, **options) -> DatasetSpec:
+def fixed_classes(source: str | Path) -> Vocabulary:
+    """The classes of another store (a folder holding zarr.json: its vocabulary, ids and names),
+    or of a text file (one class per line; blank lines and lines starting with # skipped): for a
+    store that must have a model's classes whatever its clips hold (a test set lacking one, a
+    split built apart). A clip whose label is not among them fails as an unknown label."""
+    from c2fdata.store import open_store
+
+    path = Path(source)
+    if (path / "zarr.json").is_file():
+        return Vocabulary.from_list(open_store(path).attrs["vocabulary"])
+    if not path.is_file():
+        raise ValueError(f"--classes {source}: neither a store nor a file of class names (one per line)")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"--classes {source}: no class in it (one per line)")
+    return Vocabulary.from_names(names)
+
+
+def prepare(name: str, root=None, *, train_split: str | None = None, classes: str | Path | None = None,
+            **options) -> DatasetSpec:
     """The dataset as its adapter finds it under root. `train_split` names the training split
     (its statistics normalise the store, and recipes train on it unless they name another),
-    where the adapter's choice is not wanted; a build checks it (DatasetSpec.check_train_split)."""
+    where the adapter's choice is not wanted; a build checks it (DatasetSpec.check_train_split).
+    `classes`: the classes, in order, instead of those found (see fixed_classes)."""
     if name not in ADAPTERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
+    if classes is not None and name not in UNTRAINED_NOTED:
+        raise ValueError(f"--classes is for datasets whose classes come from the data found "
+                         f"({', '.join(sorted(UNTRAINED_NOTED))}); {name}'s are fixed by its metadata")
     if name in NEEDS_ROOT and root is None:
         raise ValueError(f"dataset {name!r} needs --root (the folder holding its metadata and audio)")
     if name in NEEDS_ROOT and not Path(root).is_dir():
@@ -78,7 +103,9 @@ def prepare(name: str, root=None, *, train_split: str | None = None, **options) 
     spec = getattr(importlib.import_module(module), func)(root, **options)
     if train_split is not None:
         spec.train_split, spec.train_split_note = train_split, ""
-    if name in UNTRAINED_NOTED:
+    if classes is not None:
+        spec.vocabulary = fixed_classes(classes)
+    if name in UNTRAINED_NOTED and classes is None:  # given classes are a model's: this store may only test it
         spec.notes += untrained_note(spec)
     return spec
 
