@@ -23,8 +23,9 @@ NEEDS_ROOT = {"audioset", "vggsound", "esc50", "voxceleb", "folder", "manifest"}
 
 
 # Datasets whose classes come from the data found (folders, CSV rows): one without a training
-# clip is worth a note. ESC-50's and AudioSet's fixed class lists leave it to their metadata.
-UNTRAINED_NOTED = {"folder", "manifest", "vggsound", "voxceleb"}
+# clip is worth a note, and --classes may fix them instead. ESC-50's and AudioSet's class lists
+# are their metadata's.
+CLASSES_FROM_DATA = {"folder", "manifest", "vggsound", "voxceleb"}
 DEFAULT_STORE = "stores/{dataset}"  # where `c2fdata build` writes without --out
 
 
@@ -87,9 +88,9 @@ def prepare(name: str, root=None, *, train_split: str | None = None, classes: st
     `classes`: the classes, in order, instead of those found (see fixed_classes)."""
     if name not in ADAPTERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ADAPTERS))}")
-    if classes is not None and name not in UNTRAINED_NOTED:
+    if classes is not None and name not in CLASSES_FROM_DATA:
         raise ValueError(f"--classes is for datasets whose classes come from the data found "
-                         f"({', '.join(sorted(UNTRAINED_NOTED))}); {name}'s are fixed by its metadata")
+                         f"({', '.join(sorted(CLASSES_FROM_DATA))}); {name}'s are fixed by its metadata")
     if name in NEEDS_ROOT and root is None:
         raise ValueError(f"dataset {name!r} needs --root (the folder holding its metadata and audio)")
     if name in NEEDS_ROOT and not Path(root).is_dir():
@@ -105,7 +106,7 @@ def prepare(name: str, root=None, *, train_split: str | None = None, classes: st
         spec.train_split, spec.train_split_note = train_split, ""
     if classes is not None:
         spec.vocabulary = fixed_classes(classes)
-    if name in UNTRAINED_NOTED and classes is None:  # given classes are a model's: this store may only test it
+    if name in CLASSES_FROM_DATA and classes is None:  # given classes are a model's: this store may only test it
         spec.notes += untrained_note(spec)
     return spec
 
