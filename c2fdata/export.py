@@ -2,9 +2,11 @@
 
 The embedded `instruments` dataset is rendered on the fly and has no audio on disk; this writes
 its clips (or any adapter's, decoded as the build reads them) as float32 wav files, to
-listen to or to score with `c2ftrain predict`. Beside them, `labels.csv` (file, id, labels) and,
-for clips that could not be read or that a build skips (empty, NaN/inf samples, shorter than one
-window), `problems.csv` (id, reason): one bad clip never stops it.
+listen to or to score with `c2ftrain predict`. Beside them, `labels.csv` (file, id, labels),
+`manifest.csv` (the rows of every split exported into the folder, as `c2fdata build --dataset
+manifest --root OUT` reads them: a folder of exported splits builds as a store) and, for clips
+that could not be read or that a build skips (empty, NaN/inf samples, shorter than one window),
+`problems.csv` (id, reason): one bad clip never stops it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
     clips = limited(spec.clips[split], limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result, taken = ExportResult(out), set()
+    result, taken, listed = ExportResult(out), set(), []
     with open(out / "labels.csv", "w", newline="") as f:
         rows = csv.writer(f)
         rows.writerow(["file", "id", "labels"])
@@ -70,10 +72,27 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
                 taken.add(path.name)
                 sf.write(path, audio, sr, subtype="FLOAT")  # float32: the samples the build reads, unrounded
                 rows.writerow([path.name, clip.id, ";".join(clip.labels)])
+                listed.append((path.name, ";".join(clip.labels), clip.id))
                 result.written.append(path)
             if progress:
                 progress(i + 1, len(clips))
     if result.problems:
         with open(out / "problems.csv", "w", newline="") as f:
             csv.writer(f).writerows([("id", "reason"), *result.problems])
+    write_manifest(out, split, spec.multi_label, listed)
     return result
+
+
+def write_manifest(out: Path, split: str, multi_label: bool, rows: list[tuple[str, str, str]]) -> None:
+    """`out/manifest.csv` with `rows` (file, labels joined by ';', id) as `split`'s, the other
+    splits' rows already there kept: exports of several splits into one folder make one manifest."""
+    path, column = out / "manifest.csv", "labels" if multi_label else "label"
+    kept = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("split") != split]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", column, "split", "id"])
+        w.writerows([r["path"], r.get(column, ""), r["split"], r["id"]] for r in kept)
+        w.writerows([name, labels, split, clip_id] for name, labels, clip_id in rows)

@@ -70,3 +70,28 @@ def test_what_a_build_skips_is_listed_not_written(tmp_path):
     problems = {row["id"]: row["reason"] for row in csv.DictReader((tmp_path / "out" / "problems.csv").open())}
     assert sorted(problems) == ["a/blip", "a/nan"]
     assert problems["a/nan"].startswith("non-finite: ") and problems["a/blip"].startswith("too-short: ")
+
+
+def test_exported_splits_make_a_manifest_that_builds(tmp_path):
+    """Two splits exported into one folder: its manifest.csv lists both, and builds as a store
+    holding those clips with those labels."""
+    from c2fdata.build import BuildConfig, build_store
+    from c2fdata.reader import StoreReader
+
+    out = tmp_path / "out"
+    for split in ("train", "eval"):
+        r = CliRunner().invoke(main, ["export-audio", "--dataset", "instruments", "--split", split, "--limit", "4",
+                                      "--out", str(out)])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["export-audio", "--dataset", "instruments", "--split", "eval", "--limit", "2",
+                                  "--out", str(out)])  # the split exported again: its rows replaced, not added
+    rows = list(csv.DictReader((out / "manifest.csv").read_text().splitlines()))
+    assert [r["split"] for r in rows] == ["train"] * 4 + ["eval"] * 2
+    build_store(BuildConfig(dataset="manifest", root=out, out=tmp_path / "s", options={"target_frames": 256}))
+    from c2fdata.datasets.base import limited
+
+    spec = {s: prepare("instruments", None).clips[s] for s in ("train", "eval")}
+    for split, n in (("train", 4), ("eval", 2)):
+        reader = StoreReader(tmp_path / "s", split)
+        want = {c.id: c.labels[0] for c in limited(spec[split], n)}  # what --limit exported
+        assert dict(zip(reader.ids, (reader.vocabulary.names[int(k)] for k in reader.labels()))) == want
