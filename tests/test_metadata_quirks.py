@@ -267,7 +267,7 @@ def test_export_needs_no_training_split_on_disk(tmp_path):
     r = CliRunner().invoke(cli, ["export-audio", "--dataset", "vggsound", "--root", str(tmp_path), "--split", "test",
                                  "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bbb_000030.wav", "labels.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bbb_000030.wav", "labels.csv", "manifest.csv"]
 
 
 def test_duplicate_ids_name_their_files(tmp_path):
