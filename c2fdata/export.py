@@ -20,6 +20,7 @@ from pathlib import Path
 
 from c2fdata.datasets import prepare
 from c2fdata.datasets.base import limited
+from c2fdata.datasets.manifest import MANIFEST  # the file the manifest adapter reads
 from c2fdata.features import BadClip, FbankConfig, fbank
 
 
@@ -86,7 +87,7 @@ def export_audio(dataset: str, split: str, out: Path, *, root: Path | None = Non
 def write_manifest(out: Path, split: str, multi_label: bool, rows: list[tuple[str, str, str]]) -> None:
     """`out/manifest.csv` with `rows` (file, labels joined by ';', id) as `split`'s, the other
     splits' rows already there kept: exports of several splits into one folder make one manifest."""
-    path, column = out / "manifest.csv", "labels" if multi_label else "label"
+    path, column = out / MANIFEST, "labels" if multi_label else "label"
     kept = []
     if path.is_file():
         with open(path, newline="") as f:

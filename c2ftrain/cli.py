@@ -575,7 +575,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device)
     coarse-to-fine final.pt) at full resolution on a store split."""
     from rich.markup import escape
 
-    from c2ftrain.evaluate import evaluate_checkpoint
+    from c2ftrain.evaluate import EVALUATED, evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(checkpoint, existing_store(store), split, batch_size, device=_device(device),
@@ -588,7 +588,7 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device)
         console.print(f"{escape(metrics['checkpoint'])} on {escape(metrics['store'])}, split "
                       f"{escape(metrics['split'])} ({metrics['clips']} clips, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
-            if k not in ("skipped_clips", "checkpoint", "store", "split", "clips", "notes", "scores"):
+            if k not in EVALUATED:
                 console.print(f"{k:>10}: {metric_text(k, v)}")
         if scores_path:
             console.print(f"scores of every clip: {escape(str(scores_path))}")

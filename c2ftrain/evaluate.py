@@ -141,6 +141,10 @@ def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
     return model
 
 
+# What evaluate_checkpoint returns beside the metrics (what was evaluated, and how).
+EVALUATED = ("skipped_clips", "checkpoint", "store", "split", "clips", "notes", "scores")
+
+
 def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str | None = None,
                         batch_size: int = 64, device: str | None = None, scores_path: Path | None = None) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
