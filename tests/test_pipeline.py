@@ -295,6 +295,37 @@ def test_spawned_dali_workers_serve_the_same_batches(store, reader, monkeypatch)
 
 
 @needs_dali
+@pytest.mark.parametrize("mixup", [False, True], ids=["stored", "mixup"])
+def test_dali_source_hands_each_batch_over_as_one_array_per_output(store, reader, mixup):
+    """The reader process returns the batch's features and labels as one array each (what DALI
+    carries over as one buffer), equal sample by sample to what the batch source read; a batch
+    whose samples differ in shape stays a list."""
+    from types import SimpleNamespace
+
+    from c2fdata.pipeline.dali_source import DaliSource, PassState, dense
+
+    loader = make_loader(config(store, backend="torch", method="fshift", factor=2, **TRAINING,
+                                **({"mixup": 0.5} if mixup else {})), reader)  # its phase, resolved
+    cfg = loader.cfg
+    passes = PassState()
+    try:
+        source = DaliSource(reader, loader.plan, cfg, passes)
+        passes.set(1, 0)
+        out = dict(zip(source.outputs, source(SimpleNamespace(iteration=1))))
+        read = source.read(1, 1)  # the same batch, per sample
+    finally:
+        passes.close()
+    for name, samples in (("stored", read.features), ("labels", read.labels)):
+        assert isinstance(out[name], np.ndarray) and len(out[name]) == len(samples) == cfg.batch_size
+        for got, want in zip(out[name], samples):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    ragged = [np.zeros((3, 2), np.float16), np.zeros((4, 2), np.float16)]
+    assert dense(ragged) is ragged
+    assert isinstance(dense([np.zeros(3, np.float32), np.zeros(3, np.float16)]), list)  # mixed dtypes
+
+
+@needs_dali
 def test_a_spawned_reader_process_does_not_import_torch(store, reader, tmp_path):
     """Unpickling the source, which is all a spawned DALI reader process does before reading,
     imports neither torch nor DALI's torch plugin: ~2 s less per process and pipeline build
