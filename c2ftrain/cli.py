@@ -569,8 +569,12 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every clip's scores to FILE (.npz: ids, scores, targets, classes), for metrics of "
                    "your own.")
+@click.option("--windows", is_flag=True,
+              help="Score every clip over windows of the model's clip length that cover all its stored frames, their "
+                   "scores averaged (as predict scores files), not over its first window alone as training runs "
+                   "evaluate: whole utterances, up to the store's clip length.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device):
+def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, windows, device):
     """Evaluate a checkpoint (final.pt or checkpoints/last.pt, or a run directory: its
     coarse-to-fine final.pt) at full resolution on a store split."""
     from rich.markup import escape
@@ -579,14 +583,15 @@ def eval_cmd(checkpoint, store, split, batch_size, as_json, scores_path, device)
 
     try:
         metrics = evaluate_checkpoint(checkpoint, existing_store(store), split, batch_size, device=_device(device),
-                                      scores_path=scores_path)
+                                      scores_path=scores_path, windowed=windows)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
+        scored = f", {metrics['windows']} windows" if windows else ""
         console.print(f"{escape(metrics['checkpoint'])} on {escape(metrics['store'])}, split "
-                      f"{escape(metrics['split'])} ({metrics['clips']} clips, full resolution)", soft_wrap=True)
+                      f"{escape(metrics['split'])} ({metrics['clips']} clips{scored}, full resolution)", soft_wrap=True)
         for k, v in metrics.items():
             if k not in EVALUATED:
                 console.print(f"{k:>10}: {metric_text(k, v)}")

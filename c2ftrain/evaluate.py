@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,12 +10,17 @@ import numpy as np
 import torch
 
 from c2fdata.pipeline import PipelineConfig, make_loader
+from c2fdata.pipeline.torch_loader import normalize
 from c2fdata.reader import StoreReader
+from c2fdata.shard_io import CorruptClipError
 from c2ftrain.checkpoint import load_checkpoint
 from c2ftrain.distributed import Dist, gather_cat
 from c2ftrain.inputs import checkpoint_inputs
 from c2ftrain.metrics import compute_metrics
 from c2ftrain.model import AST, ASTConfig
+from c2ftrain.windows import windows
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_loader(model: AST, loader, multi_label: bool, device: torch.device, d: Dist = Dist(),
@@ -51,6 +57,54 @@ def loader_scores(model: AST, loader, multi_label: bool, device: torch.device, d
     i = gather_cat(d, torch.cat(index).cpu())
     order = torch.argsort(i)  # rank shards interleave; every clip once
     return s[order].numpy(), t[order].numpy(), i[order].numpy()
+
+
+@torch.no_grad()
+def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float | None, std: float | None,
+                    device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """As loader_scores, but each clip scored over the windows of `window` frames that cover all
+    its recorded frames (c2ftrain.windows), their scores averaged, rather than over its first
+    `window` frames alone; normalised with (mean, std) as the loaders do (None: not at all).
+    Windows of several clips share a batch. Also returns the number of windows scored. A clip
+    that fails its checksum is warned about and left out, as the loaders leave it out."""
+    was_training = model.training
+    model.eval()
+    frames, labels = reader.frames(), reader.labels()
+    sums = torch.zeros(len(reader), reader.n_classes, dtype=torch.float64)
+    counts = torch.zeros(len(reader), dtype=torch.int64)
+    xs: list[torch.Tensor] = []  # windows not scored yet, and the clip each belongs to
+    of: list[torch.Tensor] = []
+
+    def score(final: bool) -> None:
+        """Score the pending windows in batches of batch_size (the remainder too when final)."""
+        x, clip = torch.cat(xs), torch.cat(of)
+        end = len(x) if final else len(x) - len(x) % batch_size
+        for s in range(0, end, batch_size):
+            part = clip[s:s + batch_size]
+            sums.index_add_(0, part, class_scores(model, x[s:s + batch_size].to(device), reader.multi_label,
+                                                  device).double().cpu())
+            counts.index_add_(0, part, torch.ones_like(part))
+        xs[:], of[:] = [x[end:]], [clip[end:]]
+
+    try:
+        for i in range(len(reader)):
+            try:
+                feats = reader.features(i)
+            except CorruptClipError as err:
+                log.warning("corrupt clip skipped: %s", err)
+                continue
+            w = windows(torch.from_numpy(feats[: frames[i]]).float(), window)
+            xs.append(normalize(w, mean, std) if mean is not None else w)
+            of.append(torch.full((len(w),), i, dtype=torch.int64))
+            if sum(map(len, xs)) >= batch_size:
+                score(final=False)
+        if xs:
+            score(final=True)
+    finally:
+        model.train(was_training)
+    kept = torch.nonzero(counts).squeeze(1)
+    scores = (sums[kept] / counts[kept, None]).float().numpy()
+    return scores, labels[kept.numpy()], kept.numpy(), int(counts.sum())
 
 
 def class_scores(model: AST, x: torch.Tensor, multi_label: bool, device: torch.device) -> torch.Tensor:
@@ -142,11 +196,12 @@ def to_full_resolution(model: AST, state: dict, frames: int) -> AST:
 
 
 # What evaluate_checkpoint returns beside the metrics (what was evaluated, and how).
-EVALUATED = ("skipped_clips", "checkpoint", "store", "split", "clips", "notes", "scores")
+EVALUATED = ("skipped_clips", "checkpoint", "store", "split", "clips", "notes", "scores", "windows")
 
 
 def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str | None = None,
-                        batch_size: int = 64, device: str | None = None, scores_path: Path | None = None) -> dict:
+                        batch_size: int = 64, device: str | None = None, scores_path: Path | None = None,
+                        windowed: bool = False) -> dict:
     """Metrics of a saved checkpoint (final.pt or checkpoints/last.pt) at full resolution on one
     split of a store, fed as the model was trained (its clip length and normalisation, recorded
     in the checkpoint); a ValueError for a store whose features or classes differ from the
@@ -154,7 +209,10 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     clips left out because they failed their checksum (each warned about), as a run counts them;
     checkpoint, store, split and clips: what was evaluated (the defaults resolved: `path` may be a
     run directory, see find_checkpoint); notes: what the figures do not say by themselves.
-    scores_path: also write every clip's scores there (write_scores), for metrics of one's own."""
+    scores_path: also write every clip's scores there (write_scores), for metrics of one's own.
+    windowed: score each clip over windows of the model's length that cover all its stored frames,
+    their scores averaged (windowed_scores), not over its first window alone as training runs
+    evaluate; `windows` then says how many were scored."""
     path = find_checkpoint(path)
     model, state = load_trained_model(path)
     if store is None:  # the store it was trained on, which every checkpoint names
@@ -170,11 +228,6 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
     inputs = checkpoint_inputs(state, model.cfg, reader, path, store)
     to_full_resolution(model, state, inputs.target_frames)  # the length it was trained at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # as the trainer evaluates: the first target_frames of longer clips, its normalisation
-    loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,
-                                        target_frames=inputs.target_frames, norm_mean=inputs.norm_mean,
-                                        norm_std=inputs.norm_std, device="gpu" if device.type == "cuda" else "cpu"),
-                         reader)
     notes = []
     if failed := reader.failed():
         notes.append(f"{failed} clip(s) of {split} failed in the build and are not scored (`c2fdata info {store} "
@@ -183,15 +236,28 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
         notes.append(f"the model takes {inputs.target_frames} frames a clip and {store}'s clips hold at most "
                      f"{reader.target_frames}: every clip was zero-padded by at least "
                      f"{inputs.target_frames - reader.target_frames} frames, unlike the clips it was trained on")
-    try:
-        scores, targets, index = loader_scores(model.to(device), loader, reader.multi_label, device)
-        skipped = len(getattr(loader, "skipped_clips", ()))
-    finally:
-        loader.close()
-    written = {}
+    if windowed:
+        scores, targets, index, n_windows = windowed_scores(model.to(device), reader, inputs.target_frames,
+                                                            inputs.norm_mean, inputs.norm_std, device, batch_size)
+        skipped, written = len(reader) - len(index), {"windows": n_windows}
+        if reader.target_frames <= inputs.target_frames:
+            notes.append(f"--windows: {store}'s clips hold at most {reader.target_frames} frames, no more than the "
+                         f"model's {inputs.target_frames}: one window each, the same scores as without it")
+    else:
+        # as the trainer evaluates: the first target_frames of longer clips, its normalisation
+        loader = make_loader(PipelineConfig(store=store, split=split, batch_size=batch_size,
+                                            target_frames=inputs.target_frames, norm_mean=inputs.norm_mean,
+                                            norm_std=inputs.norm_std,
+                                            device="gpu" if device.type == "cuda" else "cpu"), reader)
+        try:
+            scores, targets, index = loader_scores(model.to(device), loader, reader.multi_label, device)
+            skipped = len(getattr(loader, "skipped_clips", ()))
+        finally:
+            loader.close()
+        written = {}
     if scores_path is not None:
         write_scores(scores_path, [reader.ids[k] for k in index], scores, targets, inputs.vocabulary.names)
-        written = {"scores": str(scores_path)}
+        written["scores"] = str(scores_path)
     return {**compute_metrics(scores, targets, reader.multi_label), "skipped_clips": skipped, "checkpoint": str(path),
             "store": str(store), "split": split, "clips": len(reader) - skipped, "notes": notes, **written}
 

@@ -4,8 +4,8 @@ Each file is turned into features as the model's training store made them (c2fda
 mono, resampled to the store's rate, Kaldi fbank with the store's settings, recorded in the
 checkpoint), normalised as in training, and scored at full resolution. A file longer than the
 model's clip length is scored in consecutive windows of that length, the last one ending at the
-file's end, and the window scores are averaged (the usual way to tag a recording longer than
-the clips a tagger was trained on); a shorter file is zero-padded at the end, as the store pads.
+file's end, and the window scores are averaged (c2ftrain.windows); a shorter file is
+zero-padded at the end, as the store pads.
 A file that cannot be read is reported and the others are still scored.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from c2fdata.datasets.base import AUDIO_EXTENSIONS, UNDECODABLE_EXTENSIONS, FileSource
-from c2fdata.features import BadClip, fbank, pad_or_crop
+from c2fdata.features import BadClip, fbank
 from c2fdata.pipeline.torch_loader import normalize
 from c2ftrain.evaluate import (
     class_scores,
@@ -30,6 +30,7 @@ from c2ftrain.evaluate import (
 )
 from c2ftrain.inputs import ModelInputs, checkpoint_inputs
 from c2ftrain.model import AST
+from c2ftrain.windows import windows
 
 
 @dataclass
@@ -66,17 +67,6 @@ def audio_files(paths: list[Path]) -> list[Path]:
         else:
             raise ValueError(f"{p}: no such file or folder")
     return out
-
-
-def window_starts(frames: int, window: int) -> list[int]:
-    """First frames of the windows that cover `frames`: consecutive, the last one ending at the
-    end (overlapping its neighbour where the length is not a multiple); [0] for a short file."""
-    if frames <= window:
-        return [0]
-    starts = list(range(0, frames - window + 1, window))
-    if starts[-1] + window < frames:
-        starts.append(frames - window)
-    return starts
 
 
 def load_predictor(checkpoint: Path, store: Path | str | None = None) -> tuple[AST, ModelInputs]:
@@ -131,8 +121,7 @@ def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.devi
         return Prediction(str(path), error=f"error: {type(err).__name__}: {err}")
     seconds = float(np.shape(audio)[0]) / sr
     window = inputs.target_frames
-    clips = torch.stack([pad_or_crop(feats[s:s + window], window)[0] for s in window_starts(len(feats), window)])
-    clips = normalize(clips, inputs.norm_mean, inputs.norm_std)
+    clips = normalize(windows(feats, window), inputs.norm_mean, inputs.norm_std)
     scores = [class_scores(model, batch.to(device), inputs.multi_label, device) for batch in clips.split(batch_size)]
     return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy())
 

@@ -23,8 +23,9 @@ from c2fdata.vocab import Vocabulary
 from c2ftrain.checkpoint import load_checkpoint, save_checkpoint
 from c2ftrain.cli import main
 from c2ftrain.evaluate import evaluate_checkpoint
-from c2ftrain.predict import load_predictor, predict_file, predict_files, window_starts
+from c2ftrain.predict import load_predictor, predict_file, predict_files
 from c2ftrain.trainer import PhaseTrainer
+from c2ftrain.windows import window_starts
 
 FRAMES = 128  # the store's clip length: 1.28 s
 NORM = (-6.0, 3.0)  # the recipe's normalisation, far from the store's own statistics
@@ -251,3 +252,55 @@ def test_eval_defaults_to_the_training_store_and_the_runs_eval_split(trained, tm
     save_checkpoint(tmp_path / "moved.pt", state)
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "moved.pt")])
     assert r.exit_code == 2 and f"was trained on the store {tmp_path / 'moved'}, which is not there" in r.output
+
+
+def test_eval_windows_scores_each_stored_clip_over_its_whole_length(trained, tmp_path):
+    """`eval --windows` on a store of clips longer than the model's 128 frames: each clip's scores
+    are the mean over windows at hand-computed starts of its stored frames, normalised by AST's
+    formula; the same as `predict` gives for its audio file (to float16 storage's rounding); plain
+    eval scores the first window alone."""
+    _, _, run = trained
+    seconds = {"high": (0.9, 2.7), "low": (1.5, 3.0)}  # Kaldi frames 88, 268, 148, 298
+    starts = {88: [0], 268: [0, 128, 140], 148: [0, 20], 298: [0, 128, 170]}  # the last window ends at the end
+    data = tmp_path / "data"
+    for split in ("train", "eval"):
+        for name, base in (("high", 1500), ("low", 200)):
+            (data / split / name).mkdir(parents=True)
+            for k, s in enumerate(seconds[name]):
+                sf.write(data / split / name / f"{k}.wav", tone(s, freq=base + 40 * k, seed=10 + k), 16000)
+    long = tmp_path / "long"
+    build_store(BuildConfig(dataset="folder", root=data, out=long, block_clips=4, options={"target_frames": 320}))
+    reader = StoreReader(long, "eval")
+    assert sorted(reader.frames().tolist()) == sorted(starts)
+
+    def cli_eval(*extra):
+        npz = tmp_path / f"scores{len(extra)}.npz"
+        res = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--store", str(long), "--batch-size", "4",
+                                        "--device", "cpu", "--json", "--scores", str(npz), *extra])
+        assert res.exit_code == 0, res.output
+        with np.load(npz) as z:
+            return json.loads(res.output[res.output.index("{"):]), dict(zip(z["ids"].tolist(), z["scores"]))
+
+    got, scores = cli_eval("--windows")
+    assert got["windows"] == 9 and got["clips"] == 4 and got["notes"] == []
+    first, first_scores = cli_eval()
+    assert "windows" not in first
+    model, _ = load_predictor(run / "final.pt")
+    predicted, _ = predict_files(run / "final.pt", [data / "eval"], device="cpu")
+    by_id = {"/".join(r.path.split("/")[-2:])[: -len(".wav")]: r for r in predicted}
+    for i, clip in enumerate(reader.ids):
+        n = int(reader.frames()[i])
+        x = torch.from_numpy(reader.features(i)[:n].astype(np.float32))
+        x = torch.nn.functional.pad(x, (0, 0, 0, max(0, FRAMES - n)))  # zeros past a short clip's end
+        x = torch.stack([x[s:s + FRAMES] for s in starts[n]])
+        with torch.no_grad():
+            each = torch.softmax(model((x - NORM[0]) / (2 * NORM[1])), -1)
+        np.testing.assert_allclose(scores[clip], each.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(first_scores[clip], each[0].numpy(), rtol=1e-5, atol=1e-6)
+        assert by_id[clip].windows == len(starts[n])
+        assert np.abs(by_id[clip].scores - scores[clip]).max() < 1e-3, clip
+    # where the store's clips are no longer than the model's, --windows changes nothing, and says so
+    same = evaluate_checkpoint(run / "final.pt", device="cpu", windowed=True)
+    plain = evaluate_checkpoint(run / "final.pt", device="cpu")
+    assert same["accuracy"] == plain["accuracy"] and same["windows"] == same["clips"]
+    assert any("one window each, the same scores as without it" in note for note in same["notes"])

@@ -141,11 +141,12 @@ def test_checkpoints_load_weights_only_and_eval_cli(toy_store, tmp_path):
     offset = int(np.frombuffer(data[-(16 * 16 + 4):-4], "<u8").reshape(16, 2)[0, 0])  # clip 0, from the shard index
     data[offset + 10] ^= 0x04
     shard.write_bytes(bytes(data))
-    r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(damaged), "--json",
-                                  "--device", "cpu"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["skipped_clips"] == 1, r.output
-    assert (json.loads(r.stdout)["clips"], json.loads(r.stdout)["split"]) == (31, "eval")  # 32 made, 1 left out
-    assert "1 clip(s) failed their checksum and were left out" in " ".join(r.stderr.split())
+    for windows in ([], ["--windows"]):  # through the loader, and clip by clip over windows
+        r = CliRunner().invoke(main, ["eval", str(tmp_path / "c2f" / "final.pt"), "--store", str(damaged), "--json",
+                                      "--device", "cpu", *windows])
+        assert r.exit_code == 0 and json.loads(r.stdout)["skipped_clips"] == 1, r.output
+        assert (json.loads(r.stdout)["clips"], json.loads(r.stdout)["split"]) == (31, "eval")  # 32 made, 1 left out
+        assert "1 clip(s) failed their checksum and were left out" in " ".join(r.stderr.split())
 
 
 def test_eval_feeds_a_checkpoint_as_it_was_trained(toy_store, tmp_path):
