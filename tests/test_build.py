@@ -608,3 +608,38 @@ def test_a_killed_build_leaves_no_worker_behind(folder_big, tmp_path, how):
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
     assert build_store(cfg(folder_big, out)).finalized  # and the build resumes
+
+
+def _damaged_mp3(path: Path, seconds: float = 3.0) -> Path:
+    """An MP3 (libsndfile writes it) with 600 bytes scrambled mid-stream: libmpg123 meets illegal
+    frame headers there, writes about them to file descriptor 2, resyncs and decodes on."""
+    sf.write(path, tone(seconds, freq=440), 16000, format="MP3")
+    data = bytearray(path.read_bytes())
+    for k in range(2000, 2600):
+        data[k] = (data[k] * 7 + 13) % 256
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile writes no MP3")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_what_a_decoder_says_about_a_damaged_file_is_the_clips_warning(tmp_path, capfd, workers):
+    """A damaged MP3 that libmpg123 decodes past (resyncing) is kept, with a warning naming the
+    file and quoting the decoder, in the build's problems and in the store; nothing of it reaches
+    the builder's stderr; a clean MP3 beside it has no warning."""
+    d = tmp_path / "d" / "train" / "a"
+    d.mkdir(parents=True)
+    sf.write(d / "clean.mp3", tone(3.0, freq=300), 16000, format="MP3")
+    bad = _damaged_mp3(d / "damaged.mp3")
+    with sf.SoundFile(bad) as f:  # the premise: libsndfile reads the damaged file without an error
+        assert f.read(dtype="float32").size > 0
+    capfd.readouterr()
+    result = build_store(BuildConfig(dataset="folder", root=tmp_path / "d", out=tmp_path / "s", workers=workers,
+                                     block_clips=2, options={"target_frames": 300}))
+    out, err = capfd.readouterr()
+    assert "MPEG" not in err and "resync" not in err and "MPEG" not in out
+    [problem] = result.problems
+    assert problem["reason"] == "decoder-warning" and not problem["fatal"] and problem["id"] == "a/damaged"
+    assert str(bad) in problem["detail"] and "Illegal Audio-MPEG-Header" in problem["detail"]
+    reader = StoreReader(tmp_path / "s", "train")
+    assert len(reader) == 2 and reader.failed() == 0  # both kept
