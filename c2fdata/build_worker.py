@@ -20,7 +20,7 @@ import numpy as np
 from c2fdata import store as st
 from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
-from c2fdata.decoder_notes import decoder_notes
+from c2fdata.decoder_notes import decoder_notes, quoted
 from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop, to_mono_float
 from c2fdata.lifetime import end_with
 from c2fdata.threads import one_torch_thread
@@ -31,7 +31,6 @@ SILENT_PEAK = 1e-6  # peak |sample| below this: the clip is flagged "silent" (ke
 SHORT_FRACTION = 0.5  # clips with fewer real frames than this share of the target are flagged
 POOL_CHUNK = 4  # clips per pool message: amortises pickling without starving workers near the end
 IN_FLIGHT_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the results held
-DECODER_LINES = 3  # of what a decoder said about one file, the lines a report shows
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,9 @@ def compute_clip(task: ClipTask) -> ClipResult:
         mono = to_mono_float(audio, source)  # once: fbank takes it as it is, the silence check below too
         feats = fbank(mono, sr, cfg, source=source, max_frames=target)
     except BadClip as err:
-        return ClipResult.failure(err.reason, err.detail + _decoder_said(said))
+        return ClipResult.failure(err.reason, err.detail + quoted(said))
     except Exception as err:  # a decoder bug must not kill a build of millions
-        return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}{_decoder_said(said)}")
+        return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}{quoted(said)}")
     padded, frames = pad_or_crop(feats, target)
     out = padded.numpy()  # (target, n_mels) float32
     # stats from the values readers will serve (float16, or the codec's rounding), padding left out
@@ -120,18 +119,10 @@ def compute_clip(task: ClipTask) -> ClipResult:
         sums = np.zeros(3)  # kept, but left out of the statistics: a few floor-valued clips would move them
     elif said:
         reason, detail = "decoder-warning", (f"{source}: kept as decoded, past damaged data (the audio may have a "
-                                             f"gap there){_decoder_said(said)}")
+                                             f"gap there){quoted(said)}")
     elif frames < SHORT_FRACTION * target:
         reason, detail = "short", f"{task.clip_id}: {frames} of {target} frames, zero-padded"
     return ClipResult(status=st.OK, features=codec.stored(out), frames=frames, sums=sums, reason=reason, detail=detail)
-
-
-def _decoder_said(said: list[str]) -> str:
-    """What the decoder wrote while decoding the clip's file, for the clip's report ("" if nothing)."""
-    if not said:
-        return ""
-    more = f" / ... ({len(said)} lines)" if len(said) > DECODER_LINES else ""
-    return "; the decoder said: " + " / ".join(said[:DECODER_LINES]) + more
 
 
 class PoolResults:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+SHOWN = 3  # of what a decoder said about one file, the lines a report quotes
 _SINK: tuple[int, int] | None = None  # (process id, file descriptor): this process's capture file, reused
 
 
@@ -42,6 +43,14 @@ def decoder_notes() -> Iterator[list[str]]:
         os.lseek(sink, 0, os.SEEK_SET)
         text = os.read(sink, min(size, 1 << 16)).decode(errors="replace")  # a flood is cut, not kept whole
         said.extend(line.strip() for line in text.splitlines() if line.strip() and "\x1b[" not in line)
+
+
+def quoted(said: list[str]) -> str:
+    """What the decoder said, for a clip's or a file's report ("" if nothing)."""
+    if not said:
+        return ""
+    more = f" / ... ({len(said)} lines)" if len(said) > SHOWN else ""
+    return "; the decoder said: " + " / ".join(said[:SHOWN]) + more
 
 
 def _open_sink() -> int:
