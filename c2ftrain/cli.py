@@ -564,7 +564,7 @@ def report_cmd(run_dirs, out_dir, finished_only, as_json):
 @click.option("--store", help="the store to evaluate on, a folder or an s3:// URL (default: the one the checkpoint "
                               "was trained on)")
 @click.option("--split", help="the split to evaluate (default: the run's evaluation split, else eval)")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every clip's scores to FILE (.npz: ids, scores, targets, classes), for metrics of "

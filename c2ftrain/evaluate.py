@@ -60,17 +60,19 @@ def loader_scores(model: AST, loader, multi_label: bool, device: torch.device, d
 
 
 @torch.no_grad()
-def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float | None, std: float | None,
+def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float, std: float,
                     device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """As loader_scores, but each clip scored over the windows of `window` frames that cover all
     its recorded frames (c2ftrain.windows), their scores averaged, rather than over its first
-    `window` frames alone; normalised with (mean, std) as the loaders do (None: not at all).
-    Windows of several clips share a batch. Also returns the number of windows scored. A clip
-    that fails its checksum is warned about and left out, as the loaders leave it out."""
+    `window` frames alone; normalised with (mean, std) as the loaders do. Windows of several
+    clips share a batch. Also returns the number of windows scored. A clip that fails its
+    checksum is warned about and left out, as the loaders leave it out."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
     frames, labels = reader.frames(), reader.labels()
-    sums = torch.zeros(len(reader), reader.n_classes, dtype=torch.float64)
+    sums = torch.zeros(len(reader), reader.n_classes)  # float32, as the loader path's scores: a few windows a clip
     counts = torch.zeros(len(reader), dtype=torch.int64)
     xs: list[torch.Tensor] = []  # windows not scored yet, and the clip each belongs to
     of: list[torch.Tensor] = []
@@ -82,7 +84,7 @@ def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float | 
         for s in range(0, end, batch_size):
             part = clip[s:s + batch_size]
             sums.index_add_(0, part, class_scores(model, x[s:s + batch_size].to(device), reader.multi_label,
-                                                  device).double().cpu())
+                                                  device).cpu())
             counts.index_add_(0, part, torch.ones_like(part))
         xs[:], of[:] = [x[end:]], [clip[end:]]
 
@@ -93,9 +95,8 @@ def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float | 
             except CorruptClipError as err:
                 log.warning("corrupt clip skipped: %s", err)
                 continue
-            w = windows(torch.from_numpy(feats[: frames[i]]).float(), window)
-            xs.append(normalize(w, mean, std) if mean is not None else w)
-            of.append(torch.full((len(w),), i, dtype=torch.int64))
+            xs.append(normalize(windows(torch.from_numpy(feats[: frames[i]]).float(), window), mean, std))
+            of.append(torch.full((len(xs[-1]),), i, dtype=torch.int64))
             if sum(map(len, xs)) >= batch_size:
                 score(final=False)
         if xs:
@@ -103,8 +104,8 @@ def windowed_scores(model: AST, reader: StoreReader, window: int, mean: float | 
     finally:
         model.train(was_training)
     kept = torch.nonzero(counts).squeeze(1)
-    scores = (sums[kept] / counts[kept, None]).float().numpy()
-    return scores, labels[kept.numpy()], kept.numpy(), int(counts.sum())
+    scores = sums[kept].div_(counts[kept, None])  # one (kept, K) copy, divided in place
+    return scores.numpy(), labels[kept.numpy()], kept.numpy(), int(counts.sum())
 
 
 def class_scores(model: AST, x: torch.Tensor, multi_label: bool, device: torch.device) -> torch.Tensor:
@@ -236,6 +237,8 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
         notes.append(f"the model takes {inputs.target_frames} frames a clip and {store}'s clips hold at most "
                      f"{reader.target_frames}: every clip was zero-padded by at least "
                      f"{inputs.target_frames - reader.target_frames} frames, unlike the clips it was trained on")
+    if not len(reader):
+        raise ValueError(f"{store}: split {split!r} holds no clips to evaluate")
     if windowed:
         scores, targets, index, n_windows = windowed_scores(model.to(device), reader, inputs.target_frames,
                                                             inputs.norm_mean, inputs.norm_std, device, batch_size)
@@ -255,6 +258,9 @@ def evaluate_checkpoint(path: Path, store: Path | str | None = None, split: str 
         finally:
             loader.close()
         written = {}
+    if not len(index):
+        raise ValueError(f"{store}: no clip of split {split!r} could be scored: all {len(reader)} failed their "
+                         "checksum (each named above); `c2fdata verify` on the store says how to rebuild them")
     if scores_path is not None:
         write_scores(scores_path, [reader.ids[k] for k in index], scores, targets, inputs.vocabulary.names)
         written["scores"] = str(scores_path)

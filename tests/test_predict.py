@@ -299,6 +299,9 @@ def test_eval_windows_scores_each_stored_clip_over_its_whole_length(trained, tmp
         np.testing.assert_allclose(first_scores[clip], each[0].numpy(), rtol=1e-5, atol=1e-6)
         assert by_id[clip].windows == len(starts[n])
         assert np.abs(by_id[clip].scores - scores[clip]).max() < 1e-3, clip
+    res = CliRunner().invoke(main, ["eval", str(run / "final.pt"), "--store", str(long), "--windows",
+                                    "--batch-size", "0"])
+    assert res.exit_code == 2 and "--batch-size" in res.output  # not a ZeroDivisionError, nor NaN metrics
     # where the store's clips are no longer than the model's, --windows changes nothing, and says so
     same = evaluate_checkpoint(run / "final.pt", device="cpu", windowed=True)
     plain = evaluate_checkpoint(run / "final.pt", device="cpu")
