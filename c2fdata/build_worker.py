@@ -98,7 +98,7 @@ def compute_clip(task: ClipTask) -> ClipResult:
     try:
         with decoder_notes() as said:  # its words about a damaged stream it decoded past, kept for the report
             audio, sr = task.source()
-        source = str(getattr(task.source, "path", task.clip_id))
+        source = str(task.source) if hasattr(task.source, "path") else task.clip_id  # a segment says which
         mono = to_mono_float(audio, source)  # once: fbank takes it as it is, the silence check below too
         feats = fbank(mono, sr, cfg, source=source, max_frames=target)
     except BadClip as err:

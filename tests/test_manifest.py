@@ -110,7 +110,8 @@ def test_what_spreadsheets_and_other_machines_write(tmp_path):
     assert {s: [(c.id, c.labels, c.source.path) for c in cs] for s, cs in spec.clips.items()} == {
         "train": [("a/1", ("dog",), str(tmp_path / "a/1.wav")), ("a/2", ("cat",), str(tmp_path / "a/2.wav"))],
         "eval": [("a/3", ("dog",), str(tmp_path / "a/3.wav"))]}
-    assert spec.notes == ["columns speaker of manifest.csv are not read (path, label or labels, split and id are)"]
+    assert spec.notes == [("columns speaker of manifest.csv are not read (path, label or labels, split, id, start "
+                           "and end are)")]
 
 
 def test_numbers_as_labels_are_classes_in_numeric_order(tmp_path):
@@ -207,3 +208,59 @@ def test_a_test_set_built_apart_takes_the_training_stores_classes(tmp_path):
         prepare("esc50", tmp_path, classes=tmp_path / "classes.txt")
     with pytest.raises(ValueError, match="neither a store nor a file of class names"):
         prepare("manifest", test, classes=tmp_path / "nothing")
+
+
+def test_segments_of_a_recording_are_clips_with_the_features_of_the_segment_cut_out(tmp_path):
+    """start/end columns: each segment of a 3-s recording (two tones, then a third) is a clip
+    whose features equal those of the same samples cut into a file of their own and built as a
+    folder tree's clip; default ids carry the times; a segment past the file's end fails as its
+    clip's problem, naming the file and times; a recording split across splits is noted."""
+    rec = np.concatenate([tone(1.0, freq=300, seed=1), tone(1.5, freq=1200, seed=2), tone(0.5, freq=700, seed=3)])
+    sf.write(tmp_path / "rec.wav", rec, 16000)
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,split,start,end\n"
+        "rec.wav,low,train,0,1\n"
+        "rec.wav,high,train,1,2.5\n"
+        "rec.wav,mid,eval,2.5,\n"
+        "rec.wav,low,eval,2.75,4\n")  # past the end (3 s)
+    spec = prepare("manifest", tmp_path)
+    assert [(c.id, c.source.start, c.source.end) for c in spec.clips["train"]] == [("rec_0_1", 0, 1), ("rec_1_2.5", 1, 2.5)]
+    assert [c.id for c in spec.clips["eval"]] == ["rec_2.5_end", "rec_2.75_4"]
+    assert spec.notes[0] == (f"1 recording(s) have segments in more than one split (e.g. {tmp_path / 'rec.wav'}: "
+                             "eval, train): an evaluation then scores other parts of recordings the model trained on "
+                             "(the same speaker, room, microphone), which can flatter it")
+    res = build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "s", options={"target_frames": 160}))
+    [problem] = [p for p in res.problems if p["reason"] != "short"]  # the 0.5-s segment is short of 160 frames
+    assert problem["reason"] == "segment" and problem["fatal"] and problem["id"] == "rec_2.75_4"
+    assert f"{tmp_path / 'rec.wav'} [2.75-4 s]: ends past the file's end (3.000 s)" in problem["detail"]
+    # the same samples as files of their own, built as a folder tree: the same features
+    for split, name, first, last in (("train", "a", 0, 16000), ("train", "b", 16000, 40000), ("eval", "c", 40000, 48000)):
+        (tmp_path / "tree" / split / name).mkdir(parents=True)
+        sf.write(tmp_path / "tree" / split / name / "x.wav", rec[first:last], 16000)
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "tree", out=tmp_path / "f", options={"target_frames": 160}))
+    for split, rows in (("train", (0, 1)), ("eval", (0,))):
+        seg, cut = StoreReader(tmp_path / "s", split), StoreReader(tmp_path / "f", split)
+        for k in rows:
+            assert seg.frames()[k] == cut.frames()[k]
+            np.testing.assert_array_equal(seg[k][0], cut[k][0])
+
+
+@pytest.mark.parametrize("times, message", [
+    ("-1,2", "are no segment"), ("2,1", "are no segment"), ("1,1", "are no segment"), ("a,2", "must be numbers"),
+    ("nan,", "are no segment"),
+])
+def test_times_that_are_no_segment_are_refused_naming_the_line(tmp_path, times, message):
+    sf.write(tmp_path / "rec.wav", tone(3.0), 16000)
+    (tmp_path / "manifest.csv").write_text(f"path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,a,train,{times}\n")
+    with pytest.raises(ValueError, match=rf"line 3: start .* {message}"):
+        prepare("manifest", tmp_path)
+
+
+def test_the_same_segment_twice_in_a_split_is_refused_two_segments_are_not(tmp_path):
+    sf.write(tmp_path / "rec.wav", tone(3.0), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,b,train,1,2\n")
+    assert len(prepare("manifest", tmp_path).clips["train"]) == 2
+    (tmp_path / "manifest.csv").write_text("path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,a,train,0,1.0\n")
+    with pytest.raises(ValueError, match=r"1 clip\(s\) listed more than once in one split: .*rec\.wav \[0-1 s\] "
+                                         r"\(lines 2, 3\)"):
+        prepare("manifest", tmp_path)

@@ -73,9 +73,23 @@ def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") ->
 BUILD_AGAIN = "build again (into a new --out where a store was built already: its clip lists change)"
 
 
+# a segment's end may pass its file's end by this much (seconds): times written from durations
+# rounded to the millisecond, or summed in floating point, land a little past it
+SEGMENT_END_SLACK = 0.01
+
+
 @dataclass(frozen=True)
 class FileSource:
+    """An audio file, whole, or the segment [start, end) of it (seconds; end None: to the file's
+    end), as a manifest lists a segment of a longer recording."""
+
     path: str
+    start: float = 0.0
+    end: float | None = None
+
+    @property
+    def segment(self) -> bool:
+        return self.start > 0 or self.end is not None
 
     def __call__(self) -> tuple[np.ndarray, int]:
         import soundfile as sf
@@ -83,7 +97,14 @@ class FileSource:
         try:
             with sf.SoundFile(self.path) as f:
                 cut = _cut_short(f.extra_info, f.channels * SAMPLE_BYTES.get(f.subtype, 1), f.format)
-                audio, sr = f.read(dtype="float32", always_2d=False), f.samplerate
+                sr = f.samplerate
+                if not cut and self.segment:
+                    f.seek(self._first_frame(f.frames, sr))
+                    audio = f.read(self._last_frame(f.frames, sr) - f.tell(), dtype="float32", always_2d=False)
+                else:
+                    audio = f.read(dtype="float32", always_2d=False)
+        except BadClip:
+            raise
         except FileNotFoundError:
             raise BadClip("missing", f"{self.path}: file not found") from None
         except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError
@@ -97,8 +118,25 @@ class FileSource:
                                        "copy? Fetch it again")
         return audio, int(sr)
 
+    def _first_frame(self, frames: int, sr: int) -> int:
+        first = round(self.start * sr)
+        if first >= frames:
+            raise BadClip("segment", f"{self}: starts at or past the file's end ({frames / sr:.3f} s): check the "
+                                     "manifest's start column")
+        return first
+
+    def _last_frame(self, frames: int, sr: int) -> int:
+        if self.end is None:
+            return frames
+        if self.end > frames / sr + SEGMENT_END_SLACK:
+            raise BadClip("segment", f"{self}: ends past the file's end ({frames / sr:.3f} s): check the manifest's "
+                                     "end column, or the file (cut short?)")
+        return min(round(self.end * sr), frames)
+
     def __str__(self) -> str:
-        return self.path
+        if not self.segment:
+            return self.path
+        return f"{self.path} [{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
 
 
 @dataclass(frozen=True)

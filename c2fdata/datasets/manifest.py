@@ -4,19 +4,24 @@ For data that is not laid out as a folder tree, or that another tool lists (a lh
 CSV from a labelling tool, Kinetics-Sounds' own CSVs turned into one): no file is moved or
 copied. The CSV has a header row naming its columns, in any order:
 
-- `path`: the audio file, relative to ROOT or absolute (whole files: a segment of a longer
-  recording must be cut into its own file first);
+- `path`: the audio file, relative to ROOT or absolute;
 - `label` (one class per clip: single-label) or `labels` (classes separated by `;`: multi-label);
 - `split`: the split the clip belongs to (`train`, `eval`, ...);
-- `id` (optional): the clip's id, unique in its split (default: `path` without its extension).
+- `id` (optional): the clip's id, unique in its split (default: `path` without its extension,
+  and the segment's times where the row has them: `rec/a_12.5_15`);
+- `start`, `end` (optional, seconds): the clip is that segment of the file (a blank start is 0, a
+  blank end the file's end), as a lhotse cut of a longer recording is; without them, the whole
+  file. A segment past the file's end fails as its clip's problem, naming the file and times.
 
 Classes are the sorted set of the labels (labels that are numbers in numeric order). The
 statistics come from the split named "train" (as for folder trees: in any case, or the one name
 holding "train"), or the one --train-split names. A listed file that is not there is counted as
 missing (reported, never fatal); a file c2f cannot decode (.m4a, .mp4, ...) is named in a note;
-rows without a path, label or split, or with more fields than the header (an unquoted comma),
-and a file listed twice in one split are errors naming the rows; a file in two splits, splits
-named alike (`Train`, `train`) and columns not read are noted. What spreadsheets and other
+rows without a path, label or split, with more fields than the header (an unquoted comma) or
+with times that are not a segment (start < 0, end <= start), and a clip (a file, or one segment of
+it) listed twice in one split are errors naming the rows; a clip in two splits, a recording with
+segments in more than one split, splits named alike (`Train`, `train`) and columns not read are
+noted. What spreadsheets and other
 machines write is read as meant: a byte-order mark, `;` as the separator, headers in capitals,
 trailing empty rows, Windows paths.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from pathlib import Path
 
@@ -57,7 +63,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     missing: dict[str, list[str]] = {}
     scan = AudioScan()
     bad: list[str] = []
-    files: dict[Path, list[tuple[int, str]]] = {}  # a file listed more than once: where
+    files: dict[tuple, list[tuple[int, str]]] = {}  # a clip (file, start, end) listed more than once: where
     lost: list[str] = []
     for line, row in rows:
         if None in row:  # DictReader keeps the fields past the header's under None
@@ -68,8 +74,13 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         if not where or not split or not labels or (not multi_label and len(labels) > 1):
             bad.append(f"line {line}: {dict(row)}")
             continue
+        try:
+            start, end = _segment(row.get("start", ""), row.get("end", ""))
+        except ValueError as err:
+            bad.append(f"line {line}: {err}")
+            continue
         file = _located(root, where)
-        clip_id = row.get("id", "").strip() or _default_id(root, where, file)
+        clip_id = row.get("id", "").strip() or _default_id(root, where, file) + _times(start, end)
         ext = file.suffix.lower()
         if not file.is_file():
             missing.setdefault(split, []).append(clip_id)
@@ -79,18 +90,19 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         elif ext not in AUDIO_EXTENSIONS:
             bad.append(f"line {line}: {where} is not an audio file c2f reads ({', '.join(AUDIO_EXTENSIONS)})")
         else:
-            clips.setdefault(split, []).append(Clip(clip_id, split, labels, FileSource(str(file))))
-            files.setdefault(file.resolve(), []).append((line, split))
+            clips.setdefault(split, []).append(Clip(clip_id, split, labels, FileSource(str(file), start, end)))
+            files.setdefault((file.resolve(), start, end), []).append((line, split))
     if bad:
         more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
         raise ValueError(f"{path}: {len(bad)} row(s) lack a path, a label or a split, have more fields than the "
-                         f"header, or name more than one class in a `label` column (use `labels` for several, "
-                         f"separated by ';'): {'; '.join(bad[:SHOWN])}{more}")
+                         f"header, name more than one class in a `label` column (use `labels` for several, "
+                         f"separated by ';'), or times that are no segment: {'; '.join(bad[:SHOWN])}{more}")
     twice = {f: at for f, at in files.items() if len({s for _, s in at}) < len(at)}
     if twice:
-        shown = "; ".join(f"{f} (lines {', '.join(str(n) for n, _ in at)})" for f, at in list(twice.items())[:SHOWN])
-        raise ValueError(f"{path}: {len(twice)} file(s) listed more than once in one split: {shown}; a clip "
-                         "would count twice: list each file once per split")
+        shown = "; ".join(f"{_clip_name(*f)} (lines {', '.join(str(n) for n, _ in at)})"
+                          for f, at in list(twice.items())[:SHOWN])
+        raise ValueError(f"{path}: {len(twice)} clip(s) listed more than once in one split: {shown}; a clip "
+                         "would count twice: list each file (or segment) once per split")
     if not rows:
         raise ValueError(f"{path} lists no clip (a header row only)")
     if not clips:
@@ -101,16 +113,24 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     train, guessed = guess_train_split(clips)
     classes = sorted({label for split in clips.values() for c in split for label in c.labels}, key=_class_order)
     notes = scan.notes(root) + [(f"columns {', '.join(ignored)} of {MANIFEST} are not read (path, label or labels, "
-                                 "split and id are)")] * bool(ignored)
+                                 "split, id, start and end are)")] * bool(ignored)
     if lost:
         notes.append(f"{len(lost)} listed file(s) are not there (e.g. {lost[0]}; relative paths are taken from "
                      f"{root}, the manifest's folder): counted as missing")
     shared = {f: at for f, at in files.items() if len(at) > 1}
     if shared:
         f, at = next(iter(shared.items()))
-        notes.append(f"{len(shared)} file(s) are listed in more than one split (e.g. {f}: "
+        notes.append(f"{len(shared)} file(s) are listed in more than one split (e.g. {_clip_name(*f)}: "
                      f"{', '.join(f'{s} at line {n}' for n, s in at)}): those splits share clips, so an evaluation "
                      "on one of them scores clips the model may have trained on")
+    split_of: dict[Path, set[str]] = {}  # a recording's splits, over its segments
+    for (file, start, end), at in files.items():
+        if start or end is not None:
+            split_of.setdefault(file, set()).update(s for _, s in at)
+    if across := sorted(f for f, splits in split_of.items() if len(splits) > 1):
+        notes.append(f"{len(across)} recording(s) have segments in more than one split (e.g. {across[0]}: "
+                     f"{', '.join(sorted(split_of[across[0]]))}): an evaluation then scores other parts of "
+                     "recordings the model trained on (the same speaker, room, microphone), which can flatter it")
     by_case: dict[str, list[str]] = {}
     for split in clips:
         by_case.setdefault(split.lower(), []).append(split)
@@ -122,6 +142,30 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         target_frames=target_frames or TARGET_FRAMES, clips=clips, train_split=train, missing=missing,
         notes=notes, train_split_note=guessed,
     )
+
+
+def _segment(start: str, end: str) -> tuple[float, float | None]:
+    """A row's start and end columns (seconds; blank: 0 and the file's end) as FileSource takes
+    them; a ValueError saying what is wrong."""
+    try:
+        first = float(start) if start.strip() else 0.0
+        last = float(end) if end.strip() else None
+    except ValueError:
+        raise ValueError(f"start {start!r} and end {end!r} must be numbers of seconds") from None
+    if not math.isfinite(first) or first < 0 or (last is not None and not (math.isfinite(last) and last > first)):
+        raise ValueError(f"start {start!r} and end {end!r} are no segment (0 <= start < end)")
+    return first, last
+
+
+def _times(start: float, end: float | None) -> str:
+    """What a segment adds to its default id ("" for a whole file)."""
+    if not start and end is None:
+        return ""
+    return f"_{start:g}_{'end' if end is None else f'{end:g}'}"
+
+
+def _clip_name(file: Path, start: float, end: float | None) -> str:
+    return str(FileSource(str(file), start, end))
 
 
 def _default_id(root: Path, where: str, file: Path) -> str:
@@ -169,7 +213,7 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
     need = {"path", "split"} | ({"labels"} if "labels" in columns else {"label"})
     if lacking := sorted(need - columns):
         raise ValueError(f"{path}: its header row ({header.strip() or 'empty'}) lacks {', '.join(lacking)}; the "
-                         "columns are path, label (or labels), split and, optional, id")
+                         "columns are path, label (or labels), split and, optional, id, start and end")
     if {"label", "labels"} <= columns:
         raise ValueError(f"{path}: both a label and a labels column: keep one (label: one class per clip; "
                          "labels: several, separated by ';')")
@@ -177,5 +221,5 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
     for row in reader:
         if any(k is None or (v or "").strip() for k, v in row.items()):
             rows.append((reader.line_num, {k: (v if k is None else (v or "")) for k, v in row.items()}))
-    ignored = sorted(columns - {"path", "label", "labels", "split", "id"})
+    ignored = sorted(columns - {"path", "label", "labels", "split", "id", "start", "end"})
     return rows, columns, ignored
