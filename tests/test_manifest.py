@@ -110,8 +110,8 @@ def test_what_spreadsheets_and_other_machines_write(tmp_path):
     assert {s: [(c.id, c.labels, c.source.path) for c in cs] for s, cs in spec.clips.items()} == {
         "train": [("a/1", ("dog",), str(tmp_path / "a/1.wav")), ("a/2", ("cat",), str(tmp_path / "a/2.wav"))],
         "eval": [("a/3", ("dog",), str(tmp_path / "a/3.wav"))]}
-    assert spec.notes == [("columns speaker of manifest.csv are not read (path, label or labels, split, id, start "
-                           "and end are)")]
+    assert spec.notes == [("columns speaker of manifest.csv are not read (path, label or labels, split, id, start, "
+                           "end and channel are)")]
 
 
 def test_numbers_as_labels_are_classes_in_numeric_order(tmp_path):
@@ -263,4 +263,29 @@ def test_the_same_segment_twice_in_a_split_is_refused_two_segments_are_not(tmp_p
     (tmp_path / "manifest.csv").write_text("path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,a,train,0,1.0\n")
     with pytest.raises(ValueError, match=r"1 clip\(s\) listed more than once in one split: .*rec\.wav \[0-1 s\] "
                                          r"\(lines 2, 3\)"):
+        prepare("manifest", tmp_path)
+
+
+def test_a_channel_of_a_multi_channel_recording_is_a_clip_of_its_own(tmp_path):
+    """channel column: channel 1 of a stereo file has the features of that channel written as a
+    mono file of its own (a folder tree's clip); blank mixes both; a channel the file lacks fails
+    as its clip's problem; a channel that is not a number is refused naming the line."""
+    left, right = tone(1.0, freq=300, seed=1), tone(1.0, freq=1500, seed=2)
+    sf.write(tmp_path / "st.wav", np.stack([left, right], 1), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split,channel\nst.wav,low,train,0\nst.wav,high,train,1\n"
+                                           "st.wav,both,train,\nst.wav,none,train,2\n")
+    spec = prepare("manifest", tmp_path)
+    assert [c.id for c in spec.clips["train"]] == ["st_ch0", "st_ch1", "st", "st_ch2"]
+    res = build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "s", options={"target_frames": 128}))
+    [problem] = res.problems
+    assert problem["reason"] == "channel" and problem["id"] == "st_ch2"
+    assert f"{tmp_path / 'st.wav'} [channel 2]: the file has 2 channel(s)" in problem["detail"]
+    (tmp_path / "tree" / "train" / "high").mkdir(parents=True)
+    sf.write(tmp_path / "tree" / "train" / "high" / "r.wav", right, 16000)
+    build_store(BuildConfig(dataset="folder", root=tmp_path / "tree", out=tmp_path / "f", options={"target_frames": 128}))
+    got = StoreReader(tmp_path / "s", "train")
+    np.testing.assert_array_equal(got[1][0], StoreReader(tmp_path / "f", "train")[0][0])
+    assert not np.array_equal(got[0][0], got[1][0]) and not np.array_equal(got[2][0], got[1][0])
+    (tmp_path / "manifest.csv").write_text("path,label,split,channel\nst.wav,low,train,left\n")
+    with pytest.raises(ValueError, match=r"line 2: channel 'left' must be a channel number from 0"):
         prepare("manifest", tmp_path)

@@ -81,11 +81,13 @@ SEGMENT_END_SLACK = 0.01
 @dataclass(frozen=True)
 class FileSource:
     """An audio file, whole, or the segment [start, end) of it (seconds; end None: to the file's
-    end), as a manifest lists a segment of a longer recording."""
+    end), as a manifest lists a segment of a longer recording; `channel` (0-based) takes that
+    channel of a multi-channel file alone (None: all of them, mixed to mono later)."""
 
     path: str
     start: float = 0.0
     end: float | None = None
+    channel: int | None = None
 
     @property
     def segment(self) -> bool:
@@ -116,6 +118,12 @@ class FileSource:
         if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
                                        "copy? Fetch it again")
+        if self.channel is not None:
+            channels = 1 if audio.ndim == 1 else audio.shape[1]
+            if self.channel >= channels:
+                raise BadClip("channel", f"{self}: the file has {channels} channel(s), numbered from 0: check the "
+                                         "manifest's channel column")
+            audio = audio if audio.ndim == 1 else np.ascontiguousarray(audio[:, self.channel])
         return audio, int(sr)
 
     def _first_frame(self, frames: int, sr: int) -> int:
@@ -134,9 +142,9 @@ class FileSource:
         return min(round(self.end * sr), frames)
 
     def __str__(self) -> str:
-        if not self.segment:
-            return self.path
-        return f"{self.path} [{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
+        where = [f"{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s"] if self.segment else []
+        where += [f"channel {self.channel}"] if self.channel is not None else []
+        return f"{self.path} [{', '.join(where)}]" if where else self.path
 
 
 @dataclass(frozen=True)

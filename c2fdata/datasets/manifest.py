@@ -11,7 +11,9 @@ copied. The CSV has a header row naming its columns, in any order:
   and the segment's times where the row has them: `rec/a_12.5_15`);
 - `start`, `end` (optional, seconds): the clip is that segment of the file (a blank start is 0, a
   blank end the file's end), as a lhotse cut of a longer recording is; without them, the whole
-  file. A segment past the file's end fails as its clip's problem, naming the file and times.
+  file. A segment past the file's end fails as its clip's problem, naming the file and times;
+- `channel` (optional, from 0): that channel of a multi-channel file alone (blank: every channel,
+  mixed to mono), as a lhotse cut names one; the default id then ends in `_ch<N>`.
 
 Classes are the sorted set of the labels (labels that are numbers in numeric order). The
 statistics come from the split named "train" (as for folder trees: in any case, or the one name
@@ -76,11 +78,13 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
             continue
         try:
             start, end = _segment(row.get("start", ""), row.get("end", ""))
+            channel = _channel(row.get("channel", ""))
         except ValueError as err:
             bad.append(f"line {line}: {err}")
             continue
         file = _located(root, where)
-        clip_id = row.get("id", "").strip() or _default_id(root, where, file) + _times(start, end)
+        clip_id = (row.get("id", "").strip()
+                   or _default_id(root, where, file) + _times(start, end) + (f"_ch{channel}" if channel is not None else ""))
         ext = file.suffix.lower()
         if not file.is_file():
             missing.setdefault(split, []).append(clip_id)
@@ -90,13 +94,13 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         elif ext not in AUDIO_EXTENSIONS:
             bad.append(f"line {line}: {where} is not an audio file c2f reads ({', '.join(AUDIO_EXTENSIONS)})")
         else:
-            clips.setdefault(split, []).append(Clip(clip_id, split, labels, FileSource(str(file), start, end)))
-            files.setdefault((file.resolve(), start, end), []).append((line, split))
+            clips.setdefault(split, []).append(Clip(clip_id, split, labels, FileSource(str(file), start, end, channel)))
+            files.setdefault((file.resolve(), start, end, channel), []).append((line, split))
     if bad:
         more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
         raise ValueError(f"{path}: {len(bad)} row(s) lack a path, a label or a split, have more fields than the "
                          f"header, name more than one class in a `label` column (use `labels` for several, "
-                         f"separated by ';'), or times that are no segment: {'; '.join(bad[:SHOWN])}{more}")
+                         f"separated by ';'), or times or a channel that are not valid: {'; '.join(bad[:SHOWN])}{more}")
     twice = {f: at for f, at in files.items() if len({s for _, s in at}) < len(at)}
     if twice:
         shown = "; ".join(f"{_clip_name(*f)} (lines {', '.join(str(n) for n, _ in at)})"
@@ -113,7 +117,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     train, guessed = guess_train_split(clips)
     classes = sorted({label for split in clips.values() for c in split for label in c.labels}, key=_class_order)
     notes = scan.notes(root) + [(f"columns {', '.join(ignored)} of {MANIFEST} are not read (path, label or labels, "
-                                 "split, id, start and end are)")] * bool(ignored)
+                                 "split, id, start, end and channel are)")] * bool(ignored)
     if lost:
         notes.append(f"{len(lost)} listed file(s) are not there (e.g. {lost[0]}; relative paths are taken from "
                      f"{root}, the manifest's folder): counted as missing")
@@ -124,7 +128,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
                      f"{', '.join(f'{s} at line {n}' for n, s in at)}): those splits share clips, so an evaluation "
                      "on one of them scores clips the model may have trained on")
     split_of: dict[Path, set[str]] = {}  # a recording's splits, over its segments
-    for (file, start, end), at in files.items():
+    for (file, start, end, _), at in files.items():
         if start or end is not None:
             split_of.setdefault(file, set()).update(s for _, s in at)
     if across := sorted(f for f, splits in split_of.items() if len(splits) > 1):
@@ -164,8 +168,17 @@ def _times(start: float, end: float | None) -> str:
     return f"_{start:g}_{'end' if end is None else f'{end:g}'}"
 
 
-def _clip_name(file: Path, start: float, end: float | None) -> str:
-    return str(FileSource(str(file), start, end))
+def _channel(text: str) -> int | None:
+    """A row's channel column (blank: None, every channel); a ValueError unless a whole number >= 0."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit():
+        raise ValueError(f"channel {text!r} must be a channel number from 0")
+    return int(text)
+
+
+def _clip_name(file: Path, start: float, end: float | None, channel: int | None) -> str:
+    return str(FileSource(str(file), start, end, channel))
 
 
 def _default_id(root: Path, where: str, file: Path) -> str:
@@ -213,7 +226,7 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
     need = {"path", "split"} | ({"labels"} if "labels" in columns else {"label"})
     if lacking := sorted(need - columns):
         raise ValueError(f"{path}: its header row ({header.strip() or 'empty'}) lacks {', '.join(lacking)}; the "
-                         "columns are path, label (or labels), split and, optional, id, start and end")
+                         "columns are path, label (or labels), split and, optional, id, start, end and channel")
     if {"label", "labels"} <= columns:
         raise ValueError(f"{path}: both a label and a labels column: keep one (label: one class per clip; "
                          "labels: several, separated by ';')")
@@ -221,5 +234,5 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
     for row in reader:
         if any(k is None or (v or "").strip() for k, v in row.items()):
             rows.append((reader.line_num, {k: (v if k is None else (v or "")) for k, v in row.items()}))
-    ignored = sorted(columns - {"path", "label", "labels", "split", "id", "start", "end"})
+    ignored = sorted(columns - {"path", "label", "labels", "split", "id", "start", "end", "channel"})
     return rows, columns, ignored
