@@ -152,7 +152,7 @@ def _clip_tasks(todo: list[BlockTask], clips_by_split: dict[str, list[Clip]],
 
 # Failures a file fetched or converted again mends, which the build's report says how to retry (a
 # retry computes every failed clip again but those of unknown labels: the rest may fail again).
-MENDABLE = ("truncated", "unreadable", "missing")
+MENDABLE = ("truncated", "damaged", "unreadable", "missing")
 RETRY_HINT = " (mended, the same build command with --retry-failed computes it again)"
 
 

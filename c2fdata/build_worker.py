@@ -20,7 +20,6 @@ import numpy as np
 from c2fdata import store as st
 from c2fdata.codec import DEFAULT_CODEC, FeatureCodec, get_codec
 from c2fdata.datasets.base import AudioSource
-from c2fdata.decoder_notes import decoder_notes, quoted
 from c2fdata.features import BadClip, FbankConfig, fbank, pad_or_crop, to_mono_float
 from c2fdata.lifetime import end_with
 from c2fdata.threads import one_torch_thread
@@ -94,17 +93,15 @@ def compute_clip(task: ClipTask) -> ClipResult:
     if task.source is None:
         return ClipResult.failure("unknown-label", f"{task.clip_id}: label not in the vocabulary")
     cfg, target, codec = _SETTINGS
-    said: list[str] = []
     try:
-        with decoder_notes() as said:  # its words about a damaged stream it decoded past, kept for the report
-            audio, sr = task.source()
+        audio, sr = task.source()
         source = str(task.source) if hasattr(task.source, "path") else task.clip_id  # a segment says which
         mono = to_mono_float(audio, source)  # once: fbank takes it as it is, the silence check below too
         feats = fbank(mono, sr, cfg, source=source, max_frames=target)
     except BadClip as err:
-        return ClipResult.failure(err.reason, err.detail + quoted(said))
+        return ClipResult.failure(err.reason, err.detail)
     except Exception as err:  # a decoder bug must not kill a build of millions
-        return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}{quoted(said)}")
+        return ClipResult.failure("error", f"{task.clip_id}: {type(err).__name__}: {err}")
     padded, frames = pad_or_crop(feats, target)
     out = padded.numpy()  # (target, n_mels) float32
     # stats from the values readers will serve (float16, or the codec's rounding), padding left out
@@ -117,9 +114,6 @@ def compute_clip(task: ClipTask) -> ClipResult:
     if peak < SILENT_PEAK:
         reason, detail = "silent", f"{task.clip_id}: peak amplitude {peak:.2g} (mono, mean removed)"
         sums = np.zeros(3)  # kept, but left out of the statistics: a few floor-valued clips would move them
-    elif said:
-        reason, detail = "decoder-warning", (f"{source}: kept as decoded, past damaged data (the audio may have a "
-                                             f"gap there){quoted(said)}")
     elif frames < SHORT_FRACTION * target:
         reason, detail = "short", f"{task.clip_id}: {frames} of {target} frames, zero-padded"
     return ClipResult(status=st.OK, features=codec.stored(out), frames=frames, sums=sums, reason=reason, detail=detail)

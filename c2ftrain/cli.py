@@ -640,7 +640,7 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
     vocab = inputs.vocabulary
     if as_json:
         for r in results:
-            row = {"path": r.path, "seconds": r.seconds, "windows": r.windows, "error": r.error, "warning": r.warning}
+            row = {"path": r.path, "seconds": r.seconds, "windows": r.windows, "error": r.error}
             row["top"] = r.top(vocab, top_k) if not r.error else []
             click.echo(json.dumps(row))
     else:
@@ -656,10 +656,6 @@ def predict(checkpoint, audio, top_k, store, as_json, device):
                        escape("\n".join(f"{c['score']:.3f} {c['name']}" for c in r.top(vocab, top_k))))
             t.add_row(escape(r.path), f"{r.seconds:.2f}", str(r.windows), classes)
         console.print(t)
-        for r in results:
-            if r.warning:  # on stderr, as the notes of eval
-                log_console(stderr=True).print(f"[yellow]warning[/yellow]: {escape(r.path)}: {escape(r.warning)}",
-                                               soft_wrap=True)
     bad = [r for r in results if r.error]
     if bad:
         Console(stderr=True).print(f"[bold red]{len(bad)} of {len(results)} files could not be scored[/] "

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from c2fdata.datasets.base import AUDIO_EXTENSIONS, UNDECODABLE_EXTENSIONS, FileSource
-from c2fdata.decoder_notes import decoder_notes, quoted
 from c2fdata.features import BadClip, fbank
 from c2fdata.pipeline.torch_loader import normalize
 from c2ftrain.evaluate import (
@@ -41,7 +40,6 @@ class Prediction:
     windows: int = 0  # clip-length windows scored (their scores averaged)
     scores: np.ndarray | None = None  # (K,) float32: sigmoid (multi-label) or softmax, per class
     error: str = ""  # why the file was not scored ("" when it was)
-    warning: str = ""  # what to know of a file scored (its decoder met damaged data and decoded past it)
 
     def top(self, vocabulary, k: int) -> list[dict]:
         """The k best classes: index, id, name, score."""
@@ -114,21 +112,18 @@ def predict_file(model: AST, inputs: ModelInputs, path: Path, device: torch.devi
     if Path(path).suffix.lower() in UNDECODABLE_EXTENSIONS:
         return Prediction(str(path), error=f"format c2f cannot decode ({Path(path).suffix}): convert it, e.g. "
                                            f"`ffmpeg -i {Path(path).name} -ac 1 -ar 16000 {Path(path).stem}.flac`")
-    said: list[str] = []
     try:
-        with decoder_notes() as said:  # a damaged stream's notes, kept for this file's row
-            audio, sr = FileSource(str(path))()
+        audio, sr = FileSource(str(path))()
         feats = fbank(audio, sr, inputs.features, source=str(path))  # (frames, n_mels) float32
     except BadClip as err:
-        return Prediction(str(path), error=f"{err.reason}: {err.detail}{quoted(said)}")
+        return Prediction(str(path), error=f"{err.reason}: {err.detail}")
     except Exception as err:  # noqa: BLE001  (a decoder bug on one file must not lose the others' scores)
         return Prediction(str(path), error=f"error: {type(err).__name__}: {err}")
     seconds = float(np.shape(audio)[0]) / sr
     window = inputs.target_frames
     clips = normalize(windows(feats, window), inputs.norm_mean, inputs.norm_std)
     scores = [class_scores(model, batch.to(device), inputs.multi_label, device) for batch in clips.split(batch_size)]
-    warning = f"decoded past damaged data (the audio may have a gap there){quoted(said)}" if said else ""
-    return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy(), warning=warning)
+    return Prediction(str(path), seconds, len(clips), torch.cat(scores).mean(0).cpu().numpy())
 
 
 def predict_files(checkpoint: Path, paths: list[Path], *, store: Path | str | None = None, device: str | None = None,

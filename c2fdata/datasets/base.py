@@ -73,6 +73,11 @@ def _cut_short(extra_info: str, frame_bytes: int = 1, container: str = "WAV") ->
 BUILD_AGAIN = "build again (into a new --out where a store was built already: its clip lists change)"
 
 
+# An MP3 may decode to this many samples fewer than its header declares (one MPEG-1 Layer III
+# frame) before its clip is refused as damaged: libmpg123 skips damaged frames with a note on
+# stderr and decodes on, so the audio comes out shorter, spliced where the frames went missing.
+MP3_MISSING_SLACK = 1152
+
 # a segment's end may pass its file's end by this much (seconds): times written from durations
 # rounded to the millisecond, or summed in floating point, land a little past it
 SEGMENT_END_SLACK = 0.01
@@ -100,11 +105,13 @@ class FileSource:
             with sf.SoundFile(self.path) as f:
                 cut = _cut_short(f.extra_info, f.channels * SAMPLE_BYTES.get(f.subtype, 1), f.format)
                 sr = f.samplerate
-                if not cut and self.segment:
-                    f.seek(self._first_frame(f.frames, sr))
-                    audio = f.read(self._last_frame(f.frames, sr) - f.tell(), dtype="float32", always_2d=False)
-                else:
-                    audio = f.read(dtype="float32", always_2d=False)
+                first, last = 0, f.frames
+                if self.segment and not cut:
+                    first, last = self._first_frame(f.frames, sr), self._last_frame(f.frames, sr)
+                if first:
+                    f.seek(first)
+                audio = f.read(last - first if self.segment else -1, dtype="float32", always_2d=False)
+                missing = (last - first) - len(audio) if f.subtype.startswith("MPEG") and not cut else 0
         except BadClip:
             raise
         except FileNotFoundError:
@@ -118,6 +125,10 @@ class FileSource:
         if cut:  # libsndfile reads what is there without a word: a part of a clip is not the clip
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
                                        "copy? Fetch it again")
+        if missing > MP3_MISSING_SLACK:  # as above: frames skipped without an error
+            raise BadClip("damaged", f"{self}: {missing} of {missing + len(audio)} samples ({missing / sr:.2f} s) could "
+                                     "not be decoded (damaged frames the decoder skipped, or the file is cut short): "
+                                     "fetch it again")
         if self.channel is not None:
             channels = 1 if audio.ndim == 1 else audio.shape[1]
             if self.channel >= channels:
