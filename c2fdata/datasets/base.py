@@ -77,6 +77,23 @@ BUILD_AGAIN = "build again (into a new --out where a store was built already: it
 # frame) before its clip is refused as damaged: libmpg123 skips damaged frames with a note on
 # stderr and decodes on, so the audio comes out shorter, spliced where the frames went missing.
 MP3_MISSING_SLACK = 1152
+MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")  # a first frame that counts the file's frames (LAME, ffmpeg)
+
+
+def _mp3_declares_length(path: str) -> bool:
+    """Whether an MP3's first frame counts its frames (a Xing, Info or VBRI header, which LAME and
+    ffmpeg write): only then is libmpg123's length exact. Without one it is estimated from the
+    file's size, which tags after the audio or a variable bitrate make wrong, so that a whole file
+    could read as short."""
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+        start = 0
+        if len(head) == 10 and head[:3] == b"ID3":  # an ID3v2 tag first: its size is 4 syncsafe bytes
+            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+            start = 10 + size + (10 if head[5] & 0x10 else 0)  # and a footer, where the flag says so
+        fh.seek(start)
+        first = fh.read(2048)
+    return any(tag in first for tag in MP3_LENGTH_TAGS)
 
 # a segment's end may pass its file's end by this much (seconds): times written from durations
 # rounded to the millisecond, or summed in floating point, land a little past it
@@ -111,7 +128,8 @@ class FileSource:
                 if first:
                     f.seek(first)
                 audio = f.read(last - first if self.segment else -1, dtype="float32", always_2d=False)
-                missing = (last - first) - len(audio) if f.subtype.startswith("MPEG") and not cut else 0
+                judged = f.subtype.startswith("MPEG") and not cut and _mp3_declares_length(self.path)
+                missing = (last - first) - len(audio) if judged else 0
         except BadClip:
             raise
         except FileNotFoundError:
