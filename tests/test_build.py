@@ -639,7 +639,7 @@ def test_an_mp3_that_decodes_short_of_its_header_is_refused_as_damaged(tmp_path)
                                      options={"target_frames": 300}))
     [problem] = result.problems
     assert problem["reason"] == "damaged" and problem["fatal"] and problem["id"] == "a/damaged"
-    assert f"{bad}: {declared - decoded} of {declared} samples" in problem["detail"]
+    assert f"{bad}: {declared - decoded} of its {declared} samples" in problem["detail"]
     assert "--retry-failed" in problem["detail"]
     reader = StoreReader(tmp_path / "s", "train")
     assert sorted(reader.ids) == ["a/clean", "a/tagged"] and reader.failed() == 1  # the two whole ones served
@@ -651,4 +651,6 @@ def test_an_mp3_that_decodes_short_of_its_header_is_refused_as_damaged(tmp_path)
 
     with pytest.raises(BadClip, match="could not be decoded"):
         FileSource(str(bad))()
+    with pytest.raises(BadClip, match="could not be decoded"):  # a segment of it too, wherever the damage is
+        FileSource(str(bad), 2.0, 2.5)()
     assert FileSource(str(guessed))()[0].size > 0

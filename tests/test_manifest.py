@@ -226,9 +226,10 @@ def test_segments_of_a_recording_are_clips_with_the_features_of_the_segment_cut_
     spec = prepare("manifest", tmp_path)
     assert [(c.id, c.source.start, c.source.end) for c in spec.clips["train"]] == [("rec_0_1", 0, 1), ("rec_1_2.5", 1, 2.5)]
     assert [c.id for c in spec.clips["eval"]] == ["rec_2.5_end", "rec_2.75_4"]
-    assert spec.notes[0] == (f"1 recording(s) have segments in more than one split (e.g. {tmp_path / 'rec.wav'}: "
-                             "eval, train): an evaluation then scores other parts of recordings the model trained on "
-                             "(the same speaker, room, microphone), which can flatter it")
+    assert spec.notes[0] == (f"1 recording(s) give clips to more than one split through different segments or "
+                             f"channels (e.g. {tmp_path / 'rec.wav'}: eval, train): an evaluation then scores other "
+                             "parts of recordings the model trained on (the same speaker, room, microphone), which "
+                             "can flatter it")
     res = build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "s", options={"target_frames": 160}))
     [problem] = [p for p in res.problems if p["reason"] != "short"]  # the 0.5-s segment is short of 160 frames
     assert problem["reason"] == "segment" and problem["fatal"] and problem["id"] == "rec_2.75_4"
@@ -289,3 +290,36 @@ def test_a_channel_of_a_multi_channel_recording_is_a_clip_of_its_own(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,label,split,channel\nst.wav,low,train,left\n")
     with pytest.raises(ValueError, match=r"line 2: channel 'left' must be a channel number from 0"):
         prepare("manifest", tmp_path)
+
+
+@pytest.mark.parametrize("fmt, rate", [("FLAC", 16000), ("OGG", 22050), ("MP3", 22050), ("MP3", 16000)])
+def test_a_segment_is_the_slice_of_the_whole_decoded_file_in_every_format(tmp_path, fmt, rate):
+    """Segments of compressed files equal the same samples of the whole file as soundfile decodes
+    it, starts near the end included (Vorbis, Opus and MP3 seek a few hundred samples off)."""
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile writes no {fmt}")
+    from c2fdata.datasets.base import FileSource
+
+    path = tmp_path / f"rec.{fmt.lower()}"
+    sf.write(path, tone(10.05, sr=rate, freq=440, seed=3), rate, format=fmt)
+    whole, sr = sf.read(path, dtype="float32")
+    for start, end in ((0.5, 2.5), (3.33, 4.0), (9.7, 10.0), (9.9, None), (0.0, 1.0)):
+        got, got_sr = FileSource(str(path), start, end)()
+        first, last = round(start * sr), len(whole) if end is None else round(end * sr)
+        assert got_sr == sr
+        # (MP3 decodes differ from one decode of the file to the next by float rounding, 1e-8)
+        np.testing.assert_allclose(got, whole[first:last], rtol=0, atol=1e-6, err_msg=f"{fmt} {start}-{end}")
+
+
+def test_ids_and_notes_of_segments_and_channels_that_print_alike_or_leak(tmp_path):
+    """Times too close for six digits keep distinct ids; the whole file in one split and a segment
+    or another channel of it in another is noted as a recording in two splits; a channel written
+    "1.0" (a table with blanks in the column) is channel 1."""
+    sf.write(tmp_path / "st.wav", tone(3.0, channels=2), 16000)
+    (tmp_path / "manifest.csv").write_text("path,label,split,start,end,channel\n"
+                                           "st.wav,a,train,1.000001,2.5,\nst.wav,a,train,1.000002,2.5,\n"
+                                           "st.wav,b,train,,,0\nst.wav,b,eval,0,3,1.0\n")
+    spec = prepare("manifest", tmp_path)
+    assert [c.id for c in spec.clips["train"]] == ["st_1.000001_2.5", "st_1.000002_2.5", "st_ch0"]
+    assert [(c.id, c.source.channel) for c in spec.clips["eval"]] == [("st_0_3_ch1", 1)]
+    assert any(n.startswith("1 recording(s) give clips to more than one split") for n in spec.notes)

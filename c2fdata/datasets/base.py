@@ -77,12 +77,12 @@ BUILD_AGAIN = "build again (into a new --out where a store was built already: it
 # frame) before its clip is refused as damaged: libmpg123 skips damaged frames with a note on
 # stderr and decodes on, so the audio comes out shorter, spliced where the frames went missing.
 MP3_MISSING_SLACK = 1152
-MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")  # a first frame that counts the file's frames (LAME, ffmpeg)
 
 
-def _mp3_declares_length(path: str) -> bool:
-    """Whether an MP3's first frame counts its frames (a Xing, Info or VBRI header, which LAME and
-    ffmpeg write): only then is libmpg123's length exact. Without one it is estimated from the
+def _mp3_counts_frames(path: str) -> bool:
+    """Whether an MP3's first frame is a Xing or Info header that counts the file's frames (LAME
+    and ffmpeg write one), where libmpg123 reads it: only then is the length libsndfile reports
+    exact. Without one (VBRI included: libmpg123 ignores it) the length is estimated from the
     file's size, which tags after the audio or a variable bitrate make wrong, so that a whole file
     could read as short."""
     with open(path, "rb") as fh:
@@ -92,8 +92,22 @@ def _mp3_declares_length(path: str) -> bool:
             size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
             start = 10 + size + (10 if head[5] & 0x10 else 0)  # and a footer, where the flag says so
         fh.seek(start)
-        first = fh.read(2048)
-    return any(tag in first for tag in MP3_LENGTH_TAGS)
+        frame = fh.read(64)
+    if len(frame) < 4 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return False  # not a frame where one should start: leave the length alone
+    mpeg1, mono = frame[1] & 0x18 == 0x18, frame[3] & 0xC0 == 0xC0
+    at = 4 + (2 if not frame[1] & 0x01 else 0) + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
+    tag, flags = frame[at:at + 4], frame[at + 4:at + 8]
+    return tag in (b"Xing", b"Info") and len(flags) == 4 and bool(flags[3] & 0x01)  # its frames field is there
+
+def seconds_text(x: float) -> str:
+    """A time as ids and messages write it: exact (the shortest text that reads back as the same
+    float, so that two segments never print alike), without a trailing ".0"."""
+    return repr(float(x)).removesuffix(".0")
+
+
+# a manifest row fixed after a build: its default id (and so the store's clip list) changes
+FIXED_ROW = "a row fixed changes its default id: build into a new --out"
 
 # a segment's end may pass its file's end by this much (seconds): times written from durations
 # rounded to the millisecond, or summed in floating point, land a little past it
@@ -125,11 +139,18 @@ class FileSource:
                 first, last = 0, f.frames
                 if self.segment and not cut:
                     first, last = self._first_frame(f.frames, sr), self._last_frame(f.frames, sr)
-                if first:
+                missing = 0
+                if first and (f.subtype in SAMPLE_BYTES or f.format == "FLAC"):  # seeking is sample-exact there
                     f.seek(first)
-                audio = f.read(last - first if self.segment else -1, dtype="float32", always_2d=False)
-                judged = f.subtype.startswith("MPEG") and not cut and _mp3_declares_length(self.path)
-                missing = (last - first) - len(audio) if judged else 0
+                    audio = f.read(last - first, dtype="float32", always_2d=False)
+                else:
+                    # the whole file: Vorbis, Opus and MP3 seek a few hundred samples off (a decoder
+                    # without its warm-up), and a damaged MP3 shows only over its whole length
+                    audio = f.read(dtype="float32", always_2d=False)
+                    whole = len(audio)
+                    if f.subtype.startswith("MPEG") and not cut and _mp3_counts_frames(self.path):
+                        missing = f.frames - whole
+                    audio = audio[first:last] if self.segment else audio
         except BadClip:
             raise
         except FileNotFoundError:
@@ -144,14 +165,14 @@ class FileSource:
             raise BadClip("truncated", f"{self.path}: the file is cut short ({cut}): an interrupted download or "
                                        "copy? Fetch it again")
         if missing > MP3_MISSING_SLACK:  # as above: frames skipped without an error
-            raise BadClip("damaged", f"{self}: {missing} of {missing + len(audio)} samples ({missing / sr:.2f} s) could "
-                                     "not be decoded (damaged frames the decoder skipped, or the file is cut short): "
-                                     "fetch it again")
+            raise BadClip("damaged", f"{self.path}: {missing} of its {missing + whole} samples ({missing / sr:.2f} s) "
+                                     "could not be decoded (damaged frames the decoder skipped, or the file is cut "
+                                     "short): fetch it again")
         if self.channel is not None:
             channels = 1 if audio.ndim == 1 else audio.shape[1]
             if self.channel >= channels:
                 raise BadClip("channel", f"{self}: the file has {channels} channel(s), numbered from 0: check the "
-                                         "manifest's channel column")
+                                         f"manifest's channel column ({FIXED_ROW})")
             audio = audio if audio.ndim == 1 else np.ascontiguousarray(audio[:, self.channel])
         return audio, int(sr)
 
@@ -159,7 +180,7 @@ class FileSource:
         first = round(self.start * sr)
         if first >= frames:
             raise BadClip("segment", f"{self}: starts at or past the file's end ({frames / sr:.3f} s): check the "
-                                     "manifest's start column")
+                                     f"manifest's start column ({FIXED_ROW})")
         return first
 
     def _last_frame(self, frames: int, sr: int) -> int:
@@ -167,11 +188,11 @@ class FileSource:
             return frames
         if self.end > frames / sr + SEGMENT_END_SLACK:
             raise BadClip("segment", f"{self}: ends past the file's end ({frames / sr:.3f} s): check the manifest's "
-                                     "end column, or the file (cut short?)")
+                                     f"end column, or the file (cut short?) ({FIXED_ROW})")
         return min(round(self.end * sr), frames)
 
     def __str__(self) -> str:
-        where = [f"{self.start:g}-{'end' if self.end is None else f'{self.end:g}'} s"] if self.segment else []
+        where = [f"{seconds_text(self.start)}-{'end' if self.end is None else seconds_text(self.end)} s"] if self.segment else []
         where += [f"channel {self.channel}"] if self.channel is not None else []
         return f"{self.path} [{', '.join(where)}]" if where else self.path
 

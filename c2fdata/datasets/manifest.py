@@ -44,6 +44,7 @@ from c2fdata.datasets.base import (
     DatasetSpec,
     FileSource,
     guess_train_split,
+    seconds_text,
 )
 from c2fdata.vocab import Vocabulary
 
@@ -127,14 +128,15 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
         notes.append(f"{len(shared)} file(s) are listed in more than one split (e.g. {_clip_name(*f)}: "
                      f"{', '.join(f'{s} at line {n}' for n, s in at)}): those splits share clips, so an evaluation "
                      "on one of them scores clips the model may have trained on")
-    split_of: dict[Path, set[str]] = {}  # a recording's splits, over its segments
-    for (file, start, end, _), at in files.items():
-        if start or end is not None:
-            split_of.setdefault(file, set()).update(s for _, s in at)
-    if across := sorted(f for f, splits in split_of.items() if len(splits) > 1):
-        notes.append(f"{len(across)} recording(s) have segments in more than one split (e.g. {across[0]}: "
-                     f"{', '.join(sorted(split_of[across[0]]))}): an evaluation then scores other parts of "
-                     "recordings the model trained on (the same speaker, room, microphone), which can flatter it")
+    split_of: dict[Path, set[str]] = {}  # a recording's splits, over all its rows (whole, segments, channels)
+    for (file, *_), at in files.items():
+        split_of.setdefault(file, set()).update(s for _, s in at)
+    same_clip = {f[0] for f in shared}  # said above
+    if across := sorted(f for f, splits in split_of.items() if len(splits) > 1 and f not in same_clip):
+        notes.append(f"{len(across)} recording(s) give clips to more than one split through different segments or "
+                     f"channels (e.g. {across[0]}: {', '.join(sorted(split_of[across[0]]))}): an evaluation then "
+                     "scores other parts of recordings the model trained on (the same speaker, room, microphone), "
+                     "which can flatter it")
     by_case: dict[str, list[str]] = {}
     for split in clips:
         by_case.setdefault(split.lower(), []).append(split)
@@ -165,16 +167,20 @@ def _times(start: float, end: float | None) -> str:
     """What a segment adds to its default id ("" for a whole file)."""
     if not start and end is None:
         return ""
-    return f"_{start:g}_{'end' if end is None else f'{end:g}'}"
+    return f"_{seconds_text(start)}_{'end' if end is None else seconds_text(end)}"
 
 
 def _channel(text: str) -> int | None:
     """A row's channel column (blank: None, every channel); a ValueError unless a whole number >= 0."""
     if not text.strip():
         return None
-    if not text.strip().isdigit():
+    try:
+        number = float(text)  # "1.0" too: what a table with blanks in the column writes
+    except ValueError:
+        number = -1.0
+    if not number.is_integer() or number < 0:
         raise ValueError(f"channel {text!r} must be a channel number from 0")
-    return int(text)
+    return int(number)
 
 
 def _clip_name(file: Path, start: float, end: float | None, channel: int | None) -> str:
