@@ -654,3 +654,8 @@ def test_an_mp3_that_decodes_short_of_its_header_is_refused_as_damaged(tmp_path)
     with pytest.raises(BadClip, match="could not be decoded"):  # a segment of it too, wherever the damage is
         FileSource(str(bad), 2.0, 2.5)()
     assert FileSource(str(guessed))()[0].size > 0
+    data = bytearray(bad.read_bytes())  # a Xing header without its frames field: a guessed length too
+    at = data.index(b"Xing")
+    data[at + 7] &= 0xFE
+    guessed.write_bytes(bytes(data))
+    assert FileSource(str(guessed))()[0].size > 0
