@@ -100,6 +100,7 @@ def _mp3_counts_frames(path: str) -> bool:
     tag, flags = frame[at:at + 4], frame[at + 4:at + 8]
     return tag in (b"Xing", b"Info") and len(flags) == 4 and bool(flags[3] & 0x01)  # its frames field is there
 
+
 def seconds_text(x: float) -> str:
     """A time as ids and messages write it: exact (the shortest text that reads back as the same
     float, so that two segments never print alike), without a trailing ".0"."""
@@ -140,7 +141,7 @@ class FileSource:
                 if self.segment and not cut:
                     first, last = self._first_frame(f.frames, sr), self._last_frame(f.frames, sr)
                 missing = 0
-                if first and (f.subtype in SAMPLE_BYTES or f.format == "FLAC"):  # seeking is sample-exact there
+                if self.segment and (f.subtype in SAMPLE_BYTES or f.format == "FLAC"):  # seeking is sample-exact
                     f.seek(first)
                     audio = f.read(last - first, dtype="float32", always_2d=False)
                 else:
@@ -192,7 +193,8 @@ class FileSource:
         return min(round(self.end * sr), frames)
 
     def __str__(self) -> str:
-        where = [f"{seconds_text(self.start)}-{'end' if self.end is None else seconds_text(self.end)} s"] if self.segment else []
+        end = "end" if self.end is None else seconds_text(self.end)
+        where = [f"{seconds_text(self.start)}-{end} s"] if self.segment else []
         where += [f"channel {self.channel}"] if self.channel is not None else []
         return f"{self.path} [{', '.join(where)}]" if where else self.path
 

@@ -21,9 +21,9 @@ holding "train"), or the one --train-split names. A listed file that is not ther
 missing (reported, never fatal); a file c2f cannot decode (.m4a, .mp4, ...) is named in a note;
 rows without a path, label or split, with more fields than the header (an unquoted comma) or
 with times that are not a segment (start < 0, end <= start), and a clip (a file, or one segment of
-it) listed twice in one split are errors naming the rows; a clip in two splits, a recording with
-segments in more than one split, splits named alike (`Train`, `train`) and columns not read are
-noted. What spreadsheets and other
+it) listed twice in one split are errors naming the rows; a clip in two splits, a recording giving
+clips to several splits (through other segments or channels), splits named alike (`Train`,
+`train`) and columns not read are noted. What spreadsheets and other
 machines write is read as meant: a byte-order mark, `;` as the separator, headers in capitals,
 trailing empty rows, Windows paths.
 """
@@ -66,7 +66,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     missing: dict[str, list[str]] = {}
     scan = AudioScan()
     bad: list[str] = []
-    files: dict[tuple, list[tuple[int, str]]] = {}  # a clip (file, start, end) listed more than once: where
+    files: dict[tuple, list[tuple[int, str]]] = {}  # each clip (file, start, end, channel): where it is listed
     lost: list[str] = []
     for line, row in rows:
         if None in row:  # DictReader keeps the fields past the header's under None
@@ -84,8 +84,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
             bad.append(f"line {line}: {err}")
             continue
         file = _located(root, where)
-        clip_id = (row.get("id", "").strip()
-                   or _default_id(root, where, file) + _times(start, end) + (f"_ch{channel}" if channel is not None else ""))
+        clip_id = row.get("id", "").strip() or _default_id(root, where, file) + _part(start, end, channel)
         ext = file.suffix.lower()
         if not file.is_file():
             missing.setdefault(split, []).append(clip_id)
@@ -163,11 +162,10 @@ def _segment(start: str, end: str) -> tuple[float, float | None]:
     return first, last
 
 
-def _times(start: float, end: float | None) -> str:
-    """What a segment adds to its default id ("" for a whole file)."""
-    if not start and end is None:
-        return ""
-    return f"_{seconds_text(start)}_{'end' if end is None else seconds_text(end)}"
+def _part(start: float, end: float | None, channel: int | None) -> str:
+    """What a segment's times and a channel add to a default id ("" for a whole file)."""
+    times = "" if not start and end is None else f"_{seconds_text(start)}_{'end' if end is None else seconds_text(end)}"
+    return times + ("" if channel is None else f"_ch{channel}")
 
 
 def _channel(text: str) -> int | None:
