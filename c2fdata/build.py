@@ -6,6 +6,7 @@ The library API is `build_store(BuildConfig(...), progress=...)`; the CLI only r
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -108,6 +109,19 @@ class BlockResult:
     @property
     def failed(self) -> int:
         return int(np.count_nonzero(self.status == st.FAILED))
+
+
+def _parts_digest(clips_by_split: dict[str, list]) -> str | None:
+    """A digest of which part of its file each clip is (a manifest's segment times and channel),
+    for the store's fingerprint: a clip whose times change under the same id is another clip. None
+    where every clip is a whole file, so that such stores keep the fingerprint they had."""
+    parts = {split: [getattr(c.source, "part", "") for c in clips] for split, clips in clips_by_split.items()}
+    if not any(any(p) for p in parts.values()):
+        return None
+    h = hashlib.sha256()
+    for split in sorted(parts):
+        h.update(split.encode() + b"\0" + "\n".join(parts[split]).encode())
+    return h.hexdigest()[:16]
 
 
 def _labels_and_issues(spec: DatasetSpec, limit: int | None):
@@ -227,7 +241,8 @@ def build_store(cfg: BuildConfig, progress=None, fbank_cfg: FbankConfig | None =
             target_frames=spec.target_frames, splits=metas, train_split=spec.train_split,
             fbank=fbank_cfg, block_clips=cfg.block_clips, codec=cfg.codec, missing=missing,
             prepare_issues=[i for i in issues if i["reason"] != "missing"],
-            extra_attrs={"notes": spec.notes, "train_split_note": spec.train_split_note},
+            extra_attrs={"notes": spec.notes, "train_split_note": spec.train_split_note,
+                         **({"parts": parts} if (parts := _parts_digest(clips_by_split)) else {})},
         )
 
     group = open_group()

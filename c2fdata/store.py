@@ -176,6 +176,8 @@ def fingerprint(attrs: dict, splits: dict[str, SplitMeta]) -> str:
     settings = {k: attrs[k] for k in keys}
     if attrs.get("codec", DEFAULT_CODEC) != DEFAULT_CODEC:  # float16 stores keep their old fingerprint
         settings["codec"] = attrs["codec"]
+    if attrs.get("parts"):  # which part of its file each clip is (manifest segments, channels); whole files: none
+        settings["parts"] = attrs["parts"]
     h.update(json.dumps(settings, sort_keys=True).encode())
     for name in sorted(splits):
         h.update(name.encode())
@@ -384,6 +386,8 @@ def _what_differs(was: dict, now: dict) -> str:
 
     if counts(was) != counts(now):
         diff.append(f"clips per split {counts(was)} here, {counts(now)} now (files added or removed, or --limit)")
+    if was.get("parts") != now.get("parts"):
+        diff.append("clips are other segments or channels of their files (the manifest's start, end or channel)")
     return "; ".join(diff) or ("the same splits and counts, but other clip ids or labels (files renamed or "
                                "replaced, or the metadata changed)")
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import zarr
 from conftest import tone
 
 from c2fdata.build import BuildConfig, build_store
@@ -323,3 +324,23 @@ def test_ids_and_notes_of_segments_and_channels_that_print_alike_or_leak(tmp_pat
     assert [c.id for c in spec.clips["train"]] == ["st_1.000001_2.5", "st_1.000002_2.5", "st_ch0"]
     assert [(c.id, c.source.channel) for c in spec.clips["eval"]] == [("st_0_3_ch1", 1)]
     assert any(n.startswith("1 recording(s) give clips to more than one split") for n in spec.notes)
+
+
+def test_a_segment_changed_under_the_same_id_is_another_store(tmp_path):
+    """The fingerprint covers which part of its file each clip is: a manifest whose times (or
+    channel) change under the same ids is refused by the store built before, saying so; a store
+    of whole files records no parts (its fingerprint as before); verify agrees with the build."""
+    from c2fdata.reader import StoreFormatError
+    from c2fdata.verify import verify_store
+
+    sf.write(tmp_path / "rec.wav", tone(3.0, channels=2), 16000)
+    manifest = "path,label,split,id,start,end,channel\nrec.wav,a,train,cut1,{},2,\nrec.wav,b,train,cut2,2,3,0\n"
+    (tmp_path / "manifest.csv").write_text(manifest.format(0))
+    build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "s", options={"target_frames": 64}))
+    assert verify_store(tmp_path / "s") == []
+    (tmp_path / "manifest.csv").write_text(manifest.format(1))  # cut1 is now 1-2 s, under the same id
+    with pytest.raises(StoreFormatError, match="other segments or channels of their files"):
+        build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "s", options={"target_frames": 64}))
+    (tmp_path / "manifest.csv").write_text("path,label,split\nrec.wav,a,train\n")
+    build_store(BuildConfig(dataset="manifest", root=tmp_path, out=tmp_path / "w", options={"target_frames": 64}))
+    assert "parts" not in dict(zarr.open_group(str(tmp_path / "w"), mode="r").attrs)

@@ -130,6 +130,13 @@ class FileSource:
     def segment(self) -> bool:
         return self.start > 0 or self.end is not None
 
+    @property
+    def part(self) -> str:
+        """Which part of the file this is, as the store's fingerprint records it ("" for all of it)."""
+        end = "end" if self.end is None else seconds_text(self.end)
+        return (f"{seconds_text(self.start)}-{end}" if self.segment else "") + (
+            "" if self.channel is None else f"/ch{self.channel}")
+
     def __call__(self) -> tuple[np.ndarray, int]:
         import soundfile as sf
 
