@@ -119,7 +119,9 @@ class Location:
     def zarr_store(self, read_only: bool):
         """What zarr.open_group/open_array take for this location."""
         if self.fs is None:
-            return self.path
+            # absolute: zarr's local store cuts its own folder's name out of every key by a plain text
+            # replace, so a relative store named "test" lost it from the middle of "test/ids" too
+            return os.path.abspath(self.path)
         from zarr.storage import FsspecStore
 
         return FsspecStore.from_url(self.url, storage_options=s3_options(), read_only=read_only)

@@ -328,7 +328,7 @@ def create_or_open(
         if not loc.exists():
             raise
         return _open_same(loc, attrs)
-    return zarr.open_group(loc.path, mode="r+")
+    return zarr.open_group(loc.zarr_store(read_only=False), mode="r+")
 
 
 def _open_same(loc: Location, attrs: dict) -> zarr.Group:

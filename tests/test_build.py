@@ -659,3 +659,23 @@ def test_an_mp3_that_decodes_short_of_its_header_is_refused_as_damaged(tmp_path)
     data[at + 7] &= 0xFE
     guessed.write_bytes(bytes(data))
     assert FileSource(str(guessed))()[0].size > 0
+
+
+def test_a_store_named_as_its_split_by_a_relative_path_reads(tmp_path, monkeypatch):
+    """`--out test` (relative, named as one of its splits): zarr's local store cut its folder's name
+    out of every key by text, "test/ids" too, and every read of the store failed."""
+    from click.testing import CliRunner
+
+    from c2fdata.cli import main as c2fdata_main
+    from c2fdata.store import create_store_from_arrays
+    from c2fdata.vocab import Vocabulary
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    split = {"features": rng.normal(-5, 2, (4, 8, 128)).astype(np.float32), "frames": np.full(4, 8),
+             "labels": [["a"], ["b"]] * 2, "ids": [f"c{i}" for i in range(4)]}
+    create_store_from_arrays("test", dataset="x", vocabulary=Vocabulary.from_names(["a", "b"]), multi_label=False,
+                             splits={"train": split, "test": split})
+    assert StoreReader("test", "test").ids == ["c0", "c1", "c2", "c3"]
+    assert verify_store("test") == []
+    assert CliRunner().invoke(c2fdata_main, ["info", "test"]).exit_code == 0

@@ -8,6 +8,7 @@ from conftest import tone
 
 from c2fdata.build import BuildConfig, build_store
 from c2fdata.datasets import prepare
+from c2fdata.features import BadClip
 from c2fdata.reader import StoreReader
 
 
@@ -128,7 +129,7 @@ def test_a_file_in_two_splits_and_splits_named_alike_are_noted(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,label,split\n0.wav,a,train\n1.wav,b,train\n0.wav,a,eval\n"
                                            "2.wav,b,Train\n")
     notes = prepare("manifest", tmp_path).notes
-    assert notes == [(f"1 file(s) are listed in more than one split (e.g. {tmp_path / '0.wav'}: train at line 2, eval "
+    assert notes == [(f"1 clip(s) are listed in more than one split (e.g. {tmp_path / '0.wav'}: train at line 2, eval "
                       "at line 4): those splits share clips, so an evaluation on one of them scores clips the model "
                       "may have trained on"), "splits named alike are kept apart: Train, train (a typo in the split column?)"]
 
@@ -256,6 +257,20 @@ def test_times_that_are_no_segment_are_refused_naming_the_line(tmp_path, times, 
     (tmp_path / "manifest.csv").write_text(f"path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,a,train,{times}\n")
     with pytest.raises(ValueError, match=rf"line 3: start .* {message}"):
         prepare("manifest", tmp_path)
+
+
+def test_times_as_spreadsheets_and_lhotse_write_them(tmp_path):
+    """A decimal comma (a ';'-separated spreadsheet) is a decimal point; an end up to 50 ms past the
+    file's end (lhotse loads such cuts) reads to the end; further is refused."""
+    from c2fdata.datasets.base import FileSource
+
+    sf.write(tmp_path / "rec.wav", tone(3.0), 16000)
+    (tmp_path / "manifest.csv").write_text("path;label;split;start;end\nrec.wav;a;train;1,5;3,04\n")
+    [clip] = prepare("manifest", tmp_path).clips["train"]
+    assert (clip.source.start, clip.source.end) == (1.5, 3.04)
+    assert len(clip.source()[0]) == 24000  # 1.5 s to the end
+    with pytest.raises(BadClip, match="ends past the file's end"):
+        FileSource(str(tmp_path / "rec.wav"), 1.5, 3.06)()
 
 
 def test_the_same_segment_twice_in_a_split_is_refused_two_segments_are_not(tmp_path):

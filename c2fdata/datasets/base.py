@@ -107,12 +107,12 @@ def seconds_text(x: float) -> str:
     return repr(float(x)).removesuffix(".0")
 
 
-# a manifest row fixed after a build: its default id (and so the store's clip list) changes
-FIXED_ROW = "a row fixed changes its default id: build into a new --out"
+# a manifest row fixed after a build: the store's fingerprint covers ids, times and channels
+FIXED_ROW = "a fixed row makes another store: build it into a new --out"
 
-# a segment's end may pass its file's end by this much (seconds): times written from durations
-# rounded to the millisecond, or summed in floating point, land a little past it
-SEGMENT_END_SLACK = 0.01
+# a segment's end may pass its file's end by this much (seconds), read to the end: lhotse loads
+# cuts that far past their recording (durations rounded, or summed in floating point)
+SEGMENT_END_SLACK = 0.05
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     shared = {f: at for f, at in files.items() if len(at) > 1}
     if shared:
         f, at = next(iter(shared.items()))
-        notes.append(f"{len(shared)} file(s) are listed in more than one split (e.g. {_clip_name(*f)}: "
+        notes.append(f"{len(shared)} clip(s) are listed in more than one split (e.g. {_clip_name(*f)}: "
                      f"{', '.join(f'{s} at line {n}' for n, s in at)}): those splits share clips, so an evaluation "
                      "on one of them scores clips the model may have trained on")
     split_of: dict[Path, set[str]] = {}  # a recording's splits, over all its rows (whole, segments, channels)
@@ -152,9 +152,12 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
 def _segment(start: str, end: str) -> tuple[float, float | None]:
     """A row's start and end columns (seconds; blank: 0 and the file's end) as FileSource takes
     them; a ValueError saying what is wrong."""
+    def seconds(text: str) -> float:  # a decimal comma, as spreadsheets of some locales write: 1,5
+        return float(text.replace(",", ".") if "," in text and "." not in text else text)
+
     try:
-        first = float(start) if start.strip() else 0.0
-        last = float(end) if end.strip() else None
+        first = seconds(start) if start.strip() else 0.0
+        last = seconds(end) if end.strip() else None
     except ValueError:
         raise ValueError(f"start {start!r} and end {end!r} must be numbers of seconds") from None
     if not math.isfinite(first) or first < 0 or (last is not None and not (math.isfinite(last) and last > first)):
