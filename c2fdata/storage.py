@@ -121,6 +121,7 @@ class Location:
         if self.fs is None:
             # absolute: zarr's local store cuts its own folder's name out of every key by a plain text
             # replace, so a relative store named "test" lost it from the middle of "test/ids" too
+            # (an absolute path still collides only for a store right under "/" named like a key)
             return os.path.abspath(self.path)
         from zarr.storage import FsspecStore
 

@@ -91,7 +91,11 @@ def _where(group: zarr.Group) -> str:
     fs = getattr(store, "fs", None)
     if fs is not None and getattr(store, "path", None):
         return fs.unstrip_protocol(store.path)
-    return str(getattr(store, "root", None) or getattr(store, "path", None) or "the store")
+    where = str(getattr(store, "root", None) or getattr(store, "path", None) or "the store")
+    # zarr is given absolute paths (storage.Location.zarr_store): a store under the working
+    # directory is named as it was most likely typed
+    cwd = os.getcwd()
+    return os.path.relpath(where) if where.startswith(cwd + os.sep) else where
 
 
 def read_meta(group: zarr.Group, split: str, name: str, where: str | None = None) -> np.ndarray:
@@ -386,8 +390,10 @@ def _what_differs(was: dict, now: dict) -> str:
 
     if counts(was) != counts(now):
         diff.append(f"clips per split {counts(was)} here, {counts(now)} now (files added or removed, or --limit)")
-    if was.get("parts") != now.get("parts"):
-        diff.append("clips are other segments or channels of their files (the manifest's start, end or channel)")
+    if counts(was) == counts(now) and was.get("parts") != now.get("parts"):
+        diff.append("clips are other segments or channels of their files (the manifest's start, end or channel)"
+                    if "parts" in was else "it was built by an earlier c2f, which did not record the segments' "
+                    "times and channels in the fingerprint: build into a new --out")
     return "; ".join(diff) or ("the same splits and counts, but other clip ids or labels (files renamed or "
                                "replaced, or the metadata changed)")
 

@@ -679,3 +679,6 @@ def test_a_store_named_as_its_split_by_a_relative_path_reads(tmp_path, monkeypat
     assert StoreReader("test", "test").ids == ["c0", "c1", "c2", "c3"]
     assert verify_store("test") == []
     assert CliRunner().invoke(c2fdata_main, ["info", "test"]).exit_code == 0
+    from c2fdata.store import _where, open_store
+
+    assert _where(open_store("test")) == "test"  # messages name it as typed, not by the absolute path zarr gets

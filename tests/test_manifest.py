@@ -273,6 +273,27 @@ def test_times_as_spreadsheets_and_lhotse_write_them(tmp_path):
         FileSource(str(tmp_path / "rec.wav"), 1.5, 3.06)()
 
 
+def test_a_comma_is_a_decimal_comma_only_in_semicolon_files_and_minus_zero_is_zero(tmp_path):
+    sf.write(tmp_path / "rec.wav", tone(3.0), 16000)
+    (tmp_path / "manifest.csv").write_text('path,label,split,start,end\nrec.wav,a,train,"1,5",2\n')
+    with pytest.raises(ValueError, match="must be numbers of seconds"):  # 1,5 could mean 15 there
+        prepare("manifest", tmp_path)
+    (tmp_path / "manifest.csv").write_text("path,label,split,start,end\nrec.wav,a,train,-0,1\n")
+    assert [c.id for c in prepare("manifest", tmp_path).clips["train"]] == ["rec_0_1"]
+
+
+def test_a_store_built_before_parts_were_fingerprinted_is_named_as_such():
+    from c2fdata.store import _what_differs
+
+    was = {"codec": "float16", "dataset": "manifest", "target_frames": 64, "block_clips": 32, "features": {},
+           "multi_label": False, "vocabulary": ["a"], "splits": {"train": {"clips": 2}}}
+    now = {**was, "parts": "abc"}
+    assert "built by an earlier c2f" in _what_differs(was, now)
+    assert "other segments or channels" in _what_differs({**was, "parts": "xyz"}, now)
+    more = {**now, "splits": {"train": {"clips": 3}}}  # a clip added: said as such, not as other parts
+    assert "segments" not in _what_differs({**was, "parts": "xyz"}, more)
+
+
 def test_the_same_segment_twice_in_a_split_is_refused_two_segments_are_not(tmp_path):
     sf.write(tmp_path / "rec.wav", tone(3.0), 16000)
     (tmp_path / "manifest.csv").write_text("path,label,split,start,end\nrec.wav,a,train,0,1\nrec.wav,b,train,1,2\n")

@@ -60,7 +60,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     if not path.is_file():
         raise ValueError(f"{path} not found: --dataset manifest reads ROOT/{MANIFEST}, a CSV with a header row "
                          "path,label,split (or labels, several classes separated by ';'; an id column optional)")
-    rows, columns, ignored = _read(path)
+    rows, columns, ignored, delimiter = _read(path)
     multi_label = "labels" in columns
     clips: dict[str, list[Clip]] = {}
     missing: dict[str, list[str]] = {}
@@ -78,7 +78,7 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
             bad.append(f"line {line}: {dict(row)}")
             continue
         try:
-            start, end = _segment(row.get("start", ""), row.get("end", ""))
+            start, end = _segment(row.get("start", ""), row.get("end", ""), decimal_comma=delimiter == ";")
             channel = _channel(row.get("channel", ""))
         except ValueError as err:
             bad.append(f"line {line}: {err}")
@@ -149,11 +149,12 @@ def prepare_manifest(root, *, target_frames: int | None = None, **_) -> DatasetS
     )
 
 
-def _segment(start: str, end: str) -> tuple[float, float | None]:
+def _segment(start: str, end: str, decimal_comma: bool = False) -> tuple[float, float | None]:
     """A row's start and end columns (seconds; blank: 0 and the file's end) as FileSource takes
-    them; a ValueError saying what is wrong."""
-    def seconds(text: str) -> float:  # a decimal comma, as spreadsheets of some locales write: 1,5
-        return float(text.replace(",", ".") if "," in text and "." not in text else text)
+    them; a ValueError saying what is wrong. decimal_comma: "1,5" is 1.5, as the spreadsheets
+    that write ';'-separated files write it (in a ','-separated file it could be a thousands mark)."""
+    def seconds(text: str) -> float:
+        return float(text.replace(",", ".") if decimal_comma and "," in text and "." not in text else text) + 0.0
 
     try:
         first = seconds(start) if start.strip() else 0.0
@@ -216,9 +217,9 @@ def _class_order(name: str) -> tuple:
     return (1, 0.0, name)
 
 
-def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
+def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str], str]:
     """The rows (with their line numbers; rows of empty fields, as spreadsheets leave at the end,
-    left out), the column names (in lower case) and the columns not read; ValueError naming what
+    left out), the column names (in lower case), the columns not read and the delimiter; ValueError naming what
     the header lacks. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first
     name; a header with ';' and no ',' is read as ';'-separated (spreadsheets in some locales)."""
     try:
@@ -242,4 +243,4 @@ def _read(path: Path) -> tuple[list[tuple[int, dict]], set[str], list[str]]:
         if any(k is None or (v or "").strip() for k, v in row.items()):
             rows.append((reader.line_num, {k: (v if k is None else (v or "")) for k, v in row.items()}))
     ignored = sorted(columns - {"path", "label", "labels", "split", "id", "start", "end", "channel"})
-    return rows, columns, ignored
+    return rows, columns, ignored, delimiter
