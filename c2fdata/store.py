@@ -390,7 +390,7 @@ def _what_differs(was: dict, now: dict) -> str:
 
     if counts(was) != counts(now):
         diff.append(f"clips per split {counts(was)} here, {counts(now)} now (files added or removed, or --limit)")
-    if counts(was) == counts(now) and was.get("parts") != now.get("parts"):
+    elif was.get("parts") != now.get("parts"):
         diff.append("clips are other segments or channels of their files (the manifest's start, end or channel)"
                     if "parts" in was else "it was built by an earlier c2f, which did not record the segments' "
                     "times and channels in the fingerprint: build into a new --out")

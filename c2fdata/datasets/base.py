@@ -131,11 +131,16 @@ class FileSource:
         return self.start > 0 or self.end is not None
 
     @property
+    def span(self) -> str:
+        """The segment's times, "start-end" in seconds ("end": the file's), or "" for all of it."""
+        if not self.segment:
+            return ""
+        return f"{seconds_text(self.start)}-{'end' if self.end is None else seconds_text(self.end)}"
+
+    @property
     def part(self) -> str:
         """Which part of the file this is, as the store's fingerprint records it ("" for all of it)."""
-        end = "end" if self.end is None else seconds_text(self.end)
-        return (f"{seconds_text(self.start)}-{end}" if self.segment else "") + (
-            "" if self.channel is None else f"/ch{self.channel}")
+        return self.span + ("" if self.channel is None else f"/ch{self.channel}")
 
     def __call__(self) -> tuple[np.ndarray, int]:
         import soundfile as sf
@@ -200,8 +205,7 @@ class FileSource:
         return min(round(self.end * sr), frames)
 
     def __str__(self) -> str:
-        end = "end" if self.end is None else seconds_text(self.end)
-        where = [f"{seconds_text(self.start)}-{end} s"] if self.segment else []
+        where = [f"{self.span} s"] if self.segment else []
         where += [f"channel {self.channel}"] if self.channel is not None else []
         return f"{self.path} [{', '.join(where)}]" if where else self.path
 
